@@ -1,0 +1,39 @@
+# The README's commands. `make demo` and `make test` create or refresh the
+# virtualenv in $(VENV) and install what they need, so on a fresh machine they
+# are all a user types.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= dev,deploy,hypertune
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo-run
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip wheel
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh $(DEMO_DIR)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+bench: install
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS),bench]"
+	$(PY) benchmarks/preprocess.py
+	$(PY) benchmarks/input_pipeline.py
+	$(PY) benchmarks/train_step.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache
