@@ -1,0 +1,37 @@
+"""Model families for tiny-imagenet-200 and the registry that builds them.
+
+Importing this package registers every family. Use::
+
+    from trainer import models
+
+    model = models.build_model("minception", num_classes=200)
+    defaults = models.get_defaults("minception")
+"""
+
+from trainer.models import inception_resnet_v2, inception_v1, minception
+from trainer.models.inception_resnet_v2 import backbone_layers, backbone_model, set_backbone_trainable
+from trainer.models.registry import (
+    MAIN_OUTPUT,
+    ArchDefaults,
+    build_model,
+    get_defaults,
+    list_models,
+    main_output_model,
+    register_model,
+)
+
+__all__ = [
+    "MAIN_OUTPUT",
+    "ArchDefaults",
+    "backbone_layers",
+    "backbone_model",
+    "build_model",
+    "get_defaults",
+    "inception_resnet_v2",
+    "inception_v1",
+    "list_models",
+    "main_output_model",
+    "minception",
+    "register_model",
+    "set_backbone_trainable",
+]

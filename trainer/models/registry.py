@@ -1,0 +1,209 @@
+"""Registry of model families: one table of defaults, one entry point to build.
+
+Each family module decorates its builder with :func:`register_model`; the
+trainer, the explainer and the tests only ever call :func:`build_model`,
+:func:`get_defaults` and :func:`list_models`, so a new architecture needs no
+change outside its own file (timm's ``_registry.py`` idea).
+
+A builder is a plain function ``builder(num_classes, *, input_size, dropout,
+...)``. The keyword arguments it declares are the ones it accepts; their
+default values come from the :class:`ArchDefaults` fields of the same name.
+"""
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+
+import keras
+
+# Output layer name of the main classification head (see docs/design.md).
+MAIN_OUTPUT = "predictions"
+
+# Smallest input side every family can take: below it pooling stages collapse.
+MIN_INPUT_SIZE = 32
+
+# Build-time options a caller may pass; each builder accepts a subset.
+_OPTIONS = ("input_size", "dropout", "aux_dropout", "weights")
+
+_BUILDERS: dict[str, Callable[..., keras.Model]] = {}
+_DEFAULTS: dict[str, "ArchDefaults"] = {}
+
+# Marks "not given" where None is a meaningful value (weights=None: random init).
+_UNSET = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchDefaults:
+    """Per-architecture defaults: the single table the trainer reads.
+
+    Attributes:
+        input_size: Side ``S`` of the ``[B, S, S, 3]`` raw-pixel input the
+            model takes (after the augmentation policy's evaluation transform).
+        augmentation: Augmentation policy name: ``book``, ``crop`` or ``none``.
+        optimizer: Optimizer name.
+        learning_rate: Initial learning rate.
+        dropout: Dropout rate before the main softmax head.
+        aux_dropout: Dropout rate before the auxiliary heads (0 without them).
+        aux_loss_weight: Weight of each auxiliary head's loss.
+        aux_outputs: Names of the auxiliary output layers, in order.
+        early_stopping_patience: Epochs without val-loss improvement to stop.
+        lr_plateau_factor: Learning-rate multiplier on a plateau.
+        lr_plateau_patience: Epochs without improvement before reducing.
+        batch_size: Global batch size.
+        epochs: Maximum number of epochs.
+        weights: Backbone weights: ``"imagenet"``, ``None`` (random) or a path.
+        warmup_epochs: Epochs training the head only before unfreezing the
+            backbone (fine-tuning families only).
+        feature_layer: Name of the last spatial layer, Grad-CAM's target.
+    """
+
+    input_size: int
+    augmentation: str
+    learning_rate: float
+    dropout: float
+    early_stopping_patience: int
+    feature_layer: str
+    optimizer: str = "adam"
+    aux_dropout: float = 0.0
+    aux_loss_weight: float = 0.0
+    aux_outputs: tuple[str, ...] = ()
+    lr_plateau_factor: float = 0.1
+    lr_plateau_patience: int = 5
+    batch_size: int = 128
+    epochs: int = 50
+    weights: str | None = None
+    warmup_epochs: int = 0
+
+
+def register_model(name: str, defaults: ArchDefaults) -> Callable:
+    """Registers a model builder under ``name`` with its defaults.
+
+    Args:
+        name: Registry name (the ``--model`` value).
+        defaults: The architecture's row of the defaults table.
+
+    Returns:
+        A decorator that records the builder and returns it unchanged.
+
+    Raises:
+        ValueError: If ``name`` is already registered or the builder accepts an
+            option that is not a known build option.
+    """
+    if not isinstance(defaults, ArchDefaults):
+        raise ValueError(f"defaults for {name!r} must be an ArchDefaults, got {defaults!r}")
+
+    def decorator(builder: Callable[..., keras.Model]) -> Callable[..., keras.Model]:
+        if name in _BUILDERS:
+            raise ValueError(f"model {name!r} is already registered")
+        unknown = sorted(set(_builder_options(builder)) - set(_OPTIONS))
+        if unknown:
+            raise ValueError(f"builder for {name!r} takes unknown options {unknown}; known: {list(_OPTIONS)}")
+        _BUILDERS[name] = builder
+        _DEFAULTS[name] = defaults
+        return builder
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    """Returns the registered model names, sorted."""
+    return sorted(_BUILDERS)
+
+
+def get_defaults(name: str) -> ArchDefaults:
+    """Returns the defaults of model ``name``.
+
+    Raises:
+        ValueError: If ``name`` is not registered.
+    """
+    _check_name(name)
+    return _DEFAULTS[name]
+
+
+def build_model(name: str, num_classes: int, *, seed: int | None = None, **options) -> keras.Model:
+    """Builds a registered model taking ``[B, S, S, 3]`` float32 pixels in [0, 255].
+
+    Args:
+        name: Registry name, one of :func:`list_models`.
+        num_classes: Number of classes of the softmax heads.
+        seed: If given, seeds Python, NumPy and the backend (global state) so
+            the initial weights are reproducible.
+        **options: ``input_size``, ``dropout``, ``aux_dropout`` (families with
+            auxiliary heads), ``weights`` (fine-tuning families: ``"imagenet"``,
+            ``None`` for random init, or a local weights file path). A value of
+            ``None`` (except for ``weights``) or an omitted option falls back to
+            :func:`get_defaults`.
+
+    Returns:
+        A functional ``keras.Model`` whose main output layer is ``predictions``.
+        Families with auxiliary heads return a dict of outputs keyed by layer
+        name; the others return the ``predictions`` tensor.
+
+    Raises:
+        ValueError: On an unknown name, option, or an invalid option value.
+    """
+    _check_name(name)
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    builder = _BUILDERS[name]
+    accepted = _builder_options(builder)
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown build options {unknown} for {name!r}; known: {list(_OPTIONS)}")
+    kwargs = {}
+    for option in accepted:
+        value = options.pop(option, _UNSET)
+        if value is _UNSET or (value is None and option != "weights"):
+            value = getattr(_DEFAULTS[name], option)
+        kwargs[option] = value
+    for option, value in options.items():
+        if value is not None:
+            raise ValueError(f"option {option}={value!r} does not apply to {name!r}; it takes {accepted}")
+    _validate(name, kwargs)
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    return builder(num_classes, **kwargs)
+
+
+def main_output_model(model: keras.Model) -> keras.Model:
+    """Returns the single-output model of the ``predictions`` head.
+
+    The returned model shares layers and weights with ``model``; use it for
+    metrics, checkpoints of the serving graph, export and explanations.
+
+    Args:
+        model: A model built by :func:`build_model`.
+
+    Returns:
+        ``model`` itself when it has one output, else a new functional model
+        from the same inputs to the ``predictions`` layer.
+
+    Raises:
+        ValueError: If ``model`` has no ``predictions`` layer.
+    """
+    names = [layer.name for layer in model.layers]
+    if MAIN_OUTPUT not in names:
+        raise ValueError(f"model {model.name!r} has no {MAIN_OUTPUT!r} layer")
+    if len(model.outputs) == 1:
+        return model
+    return keras.Model(model.input, model.get_layer(MAIN_OUTPUT).output, name=f"{model.name}_main")
+
+
+def _builder_options(builder: Callable) -> tuple[str, ...]:
+    params = inspect.signature(builder).parameters.values()
+    return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+def _check_name(name: str) -> None:
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+
+
+def _validate(name: str, kwargs: dict) -> None:
+    size = kwargs.get("input_size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < MIN_INPUT_SIZE):
+        raise ValueError(f"input_size for {name!r} must be an integer >= {MIN_INPUT_SIZE}, got {size!r}")
+    for option in ("dropout", "aux_dropout"):
+        rate = kwargs.get(option)
+        if rate is not None and not (isinstance(rate, int | float) and 0.0 <= rate < 1.0):
+            raise ValueError(f"{option} for {name!r} must be in [0, 1), got {rate!r}")
