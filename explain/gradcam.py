@@ -55,9 +55,16 @@ def _float32_layer(layer):
 
 
 def float32_clone(model):
-    """Returns a copy of ``model`` with the same weights whose layers all compute in float32."""
+    """Returns a copy of ``model`` with the same weights whose layers all compute in float32.
+
+    Several outputs come back as a list in ``model.outputs`` order: Score-CAM
+    reads ``predict``'s result as a list, not as the dict a model built with
+    named outputs returns.
+    """
     clone = keras.models.clone_model(model, clone_function=_float32_layer)
     clone.set_weights(model.get_weights())
+    if len(clone.outputs) > 1:
+        clone = keras.Model(clone.inputs, list(clone.outputs), name=clone.name)
     return clone
 
 
