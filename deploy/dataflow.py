@@ -1,0 +1,50 @@
+"""Runs the preprocessing Beam job (``python -m preprocessing.task``) on Dataflow."""
+
+import shlex
+
+MODULE = "preprocessing.task"
+
+
+def build_argv(spec):
+    """Returns the ``preprocessing.task`` argument list for a :class:`deploy.config.DataflowJob`.
+
+    The job's own flags come first, then Beam's Dataflow options, then the
+    extra flags given after ``--``.
+    """
+    argv = [
+        "--raw-dir",
+        spec.raw_dir,
+        "--output-dir",
+        spec.output_dir,
+        "--runner",
+        "DataflowRunner",
+        "--project",
+        spec.project,
+        "--region",
+        spec.region,
+        "--temp_location",
+        spec.temp_location,
+        "--job_name",
+        spec.name,
+        "--setup_file",
+        spec.setup_file,
+        "--max_num_workers",
+        str(spec.max_num_workers),
+        "--machine_type",
+        spec.machine_type,
+    ]
+    if spec.service_account:
+        argv += ["--service_account_email", spec.service_account]
+    return argv + list(spec.beam_args)
+
+
+def command_line(argv):
+    """Returns the shell command that runs the job with ``argv``."""
+    return shlex.join(["python", "-m", MODULE, *argv])
+
+
+def run(argv):
+    """Runs the pipeline in this process (imported lazily: Beam is heavy)."""
+    from preprocessing import task
+
+    return task.run(argv)

@@ -1,0 +1,81 @@
+"""Vertex AI hyperparameter tuning over the trainer's CustomJob.
+
+Vertex AI passes each trial's values as ``--<parameter_id>=<value>``, so the
+parameter ids below are trainer flags. The trainer reports validation
+accuracy after every epoch with cloudml-hypertune under :data:`METRIC_TAG`;
+Vertex AI maximizes it.
+"""
+
+import dataclasses
+
+from google.cloud import aiplatform_v1
+
+from deploy import vertex
+
+# The tag the trainer passes to
+# hypertune.HyperTune().report_hyperparameter_tuning_metric(hyperparameter_metric_tag=...).
+METRIC_TAG = "val_accuracy"
+# Trainer flag that turns the report on (off outside a tuning trial).
+METRIC_FLAG = "--hypertune-metric"
+
+Spec = aiplatform_v1.StudySpec
+Param = Spec.ParameterSpec
+
+
+def parameter_specs():
+    """Returns the searched space: learning rate (log), dropout (linear), batch size (discrete)."""
+    return [
+        Param(
+            parameter_id="learning_rate",
+            double_value_spec=Param.DoubleValueSpec(min_value=1e-4, max_value=1e-1),
+            scale_type=Param.ScaleType.UNIT_LOG_SCALE,
+        ),
+        Param(
+            parameter_id="dropout",
+            double_value_spec=Param.DoubleValueSpec(min_value=0.0, max_value=0.6),
+            scale_type=Param.ScaleType.UNIT_LINEAR_SCALE,
+        ),
+        Param(
+            parameter_id="batch_size",
+            discrete_value_spec=Param.DiscreteValueSpec(values=[32, 64, 128, 256]),
+            scale_type=Param.ScaleType.UNIT_LINEAR_SCALE,
+        ),
+    ]
+
+
+def trial_job(spec):
+    """Returns the :class:`deploy.config.VertexJob` of one trial: the job plus the metric flag."""
+    job = spec.vertex.job
+    job = dataclasses.replace(job, trainer_args=(*job.trainer_args, METRIC_FLAG, METRIC_TAG))
+    return dataclasses.replace(spec.vertex, job=job)
+
+
+def build_tuning_job(spec):
+    """Returns the ``aiplatform_v1.HyperparameterTuningJob`` for a :class:`deploy.config.TuneJob`."""
+    study = Spec(
+        metrics=[Spec.MetricSpec(metric_id=METRIC_TAG, goal=Spec.MetricSpec.GoalType.MAXIMIZE)],
+        parameters=parameter_specs(),
+        # Bayesian optimization over the space (the service default).
+        algorithm=Spec.Algorithm.ALGORITHM_UNSPECIFIED,
+        measurement_selection_type=Spec.MeasurementSelectionType.BEST_MEASUREMENT,
+    )
+    return aiplatform_v1.HyperparameterTuningJob(
+        display_name=spec.vertex.job.name,
+        study_spec=study,
+        max_trial_count=spec.max_trials,
+        parallel_trial_count=spec.parallel_trials,
+        max_failed_trial_count=spec.max_failed_trials,
+        trial_job_spec=vertex.custom_job_spec(trial_job(spec)),
+        labels={"app": "tiny-inception", "arch": spec.vertex.job.arch.replace("_", "-")},
+    )
+
+
+def submit(spec, tuning_job):
+    """Creates ``tuning_job`` in the project and region of ``spec.vertex``.
+
+    Returns:
+        The resource name of the created job.
+    """
+    client = vertex.job_service_client(spec.vertex.region)
+    parent = f"projects/{spec.vertex.project}/locations/{spec.vertex.region}"
+    return client.create_hyperparameter_tuning_job(parent=parent, hyperparameter_tuning_job=tuning_job).name
