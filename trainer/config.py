@@ -1,0 +1,192 @@
+"""The trainer's resolved configuration: one frozen dataclass, validated once.
+
+Values come, lowest precedence first, from the architecture's defaults
+(``models.get_defaults``), an optional YAML/JSON file and the command line;
+:mod:`trainer.task` merges them and builds a :class:`TrainConfig`. Everything
+below the entry point receives this object (or plain values taken from it) and
+never reads flags or the environment.
+"""
+
+import dataclasses
+import json
+
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+PRECISIONS = ("float32", "mixed_float16", "bfloat16")
+AUGMENT_ON = ("host", "device")
+POLICIES = ("book", "crop", "none")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "nadam", "adamax", "adagrad", "adadelta", "lion")
+CONFIG_FILE = "config.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs.
+
+    Attributes:
+        data_dir: Folder (local or ``gs://``) holding ``metadata.json`` and the shards.
+        job_dir: Output folder (local or ``gs://``).
+        arch: Registered architecture name.
+        epochs: Number of epochs to train.
+        batch_size: Global batch size (summed over all replicas and workers).
+        learning_rate: Initial learning rate.
+        optimizer: Optimizer name, one of :data:`OPTIMIZERS`.
+        weights: Initial weights passed to the model builder (``None``, ``imagenet`` or a path).
+        mixed_precision: Keras dtype policy: ``float32``, ``mixed_float16`` or ``bfloat16``.
+        jit_compile: Compile the per-replica train step with XLA.
+        strategy: ``auto``, ``one_device``, ``mirrored`` or ``multi_worker``.
+        num_cpu_devices: Split the CPU into this many logical devices (0 or 1: no split).
+        steps_per_epoch: Training steps per epoch; ``None``: one pass over ``train``.
+        validation_steps: Validation steps per epoch; ``None``: the whole ``valid`` split.
+        seed: Seed of every random generator.
+        deterministic: Turn on TensorFlow op determinism.
+        augment_on: Run augmentation in the tf.data pipeline (``host``) or in the train step.
+        policy: Augmentation policy: ``book``, ``crop`` or ``none``.
+        crop_size: Crop side of the ``crop`` policy.
+        cache: Cache decoded images in memory.
+        dropout: Dropout rate of the main head.
+        aux_dropout: Dropout rate of the auxiliary heads.
+        aux_loss_weight: Weight of each auxiliary head's loss.
+        early_stopping_patience: Epochs without ``val_loss`` improvement before stopping.
+        min_delta: Smallest ``val_loss`` decrease that counts as an improvement (early stopping).
+        lr_plateau_patience: Epochs without improvement before the learning rate is reduced.
+        lr_plateau_factor: Factor applied to the learning rate on a plateau.
+        warmup_epochs: Epochs with a frozen backbone (two-phase fine-tuning); 0: none.
+        log_dir: TensorBoard folder (``AIP_TENSORBOARD_LOG_DIR`` or ``job_dir/logs``).
+        checkpoint_dir: Plateau checkpoints (``AIP_CHECKPOINT_DIR`` or ``job_dir/checkpoints``).
+        backup_dir: Preemption backup (``checkpoint_dir``'s sibling ``backup``).
+        export_dir: SavedModel folder (``AIP_MODEL_DIR`` or ``job_dir/export``).
+        explain: Enable the Grad-CAM callback when the ``explain`` package provides one.
+        hypertune_metric: Tag under which the validation accuracy is reported to
+            Vertex AI hyperparameter tuning; ``None`` outside a tuning trial.
+        debug_dump_weights: Test-only: folder where every worker dumps its final weights.
+    """
+
+    data_dir: str
+    job_dir: str
+    arch: str
+    epochs: int = 50
+    batch_size: int = 128
+    learning_rate: float = 0.01
+    optimizer: str = "sgd"
+    weights: str | None = None
+    mixed_precision: str = "float32"
+    jit_compile: bool = False
+    strategy: str = "auto"
+    num_cpu_devices: int = 0
+    steps_per_epoch: int | None = None
+    validation_steps: int | None = None
+    seed: int = 42
+    deterministic: bool = False
+    augment_on: str = "host"
+    policy: str = "book"
+    crop_size: int = 56
+    cache: bool = False
+    dropout: float | None = None
+    aux_dropout: float | None = None
+    aux_loss_weight: float = 0.3
+    early_stopping_patience: int = 10
+    min_delta: float = 0.0
+    lr_plateau_patience: int = 5
+    lr_plateau_factor: float = 0.1
+    warmup_epochs: int = 0
+    log_dir: str = ""
+    checkpoint_dir: str = ""
+    backup_dir: str = ""
+    export_dir: str = ""
+    explain: bool = True
+    hypertune_metric: str | None = None
+    debug_dump_weights: str | None = None
+
+    def __post_init__(self):
+        for name in ("data_dir", "job_dir", "arch"):
+            if not getattr(self, name):
+                raise ValueError(f"{name.replace('_', '-')} is required")
+        _check_choice("strategy", self.strategy, STRATEGIES)
+        _check_choice("mixed_precision", self.mixed_precision, PRECISIONS)
+        _check_choice("augment_on", self.augment_on, AUGMENT_ON)
+        _check_choice("policy", self.policy, POLICIES)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        for name in ("epochs", "batch_size", "crop_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("steps_per_epoch", "validation_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or unset, got {value}")
+        for name in ("num_cpu_devices", "early_stopping_patience", "lr_plateau_patience", "warmup_epochs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("dropout", "aux_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0.0 < self.lr_plateau_factor < 1.0:
+            raise ValueError(f"lr_plateau_factor must be in (0, 1), got {self.lr_plateau_factor}")
+        if self.aux_loss_weight < 0 or self.min_delta < 0:
+            raise ValueError("aux_loss_weight and min_delta must be >= 0")
+        # Derived output folders default to the job dir's layout.
+        root = self.job_dir.rstrip("/")
+        defaults = {
+            "log_dir": f"{root}/logs",
+            "checkpoint_dir": f"{root}/checkpoints",
+            "backup_dir": f"{root}/backup",
+            "export_dir": f"{root}/export",
+        }
+        for name, value in defaults.items():
+            if not getattr(self, name):
+                object.__setattr__(self, name, value)
+
+    def to_dict(self):
+        """Returns the configuration as a JSON-serializable dict."""
+        return dataclasses.asdict(self)
+
+    def to_json(self):
+        """Returns the configuration as indented JSON text."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def hparams(self):
+        """Returns the hyperparameters shown in TensorBoard's HParams dashboard."""
+        keys = (
+            "arch",
+            "epochs",
+            "batch_size",
+            "learning_rate",
+            "optimizer",
+            "mixed_precision",
+            "policy",
+            "augment_on",
+            "aux_loss_weight",
+            "lr_plateau_factor",
+            "lr_plateau_patience",
+            "early_stopping_patience",
+            "min_delta",
+            "warmup_epochs",
+        )
+        values = {key: getattr(self, key) for key in keys}
+        values["dropout"] = -1.0 if self.dropout is None else self.dropout
+        values["aux_dropout"] = -1.0 if self.aux_dropout is None else self.aux_dropout
+        return values
+
+
+def field_names():
+    """Returns the names of every :class:`TrainConfig` field."""
+    return [field.name for field in dataclasses.fields(TrainConfig)]
+
+
+def from_dict(values):
+    """Builds a :class:`TrainConfig` from a dict, rejecting unknown keys.
+
+    Raises:
+        ValueError: On an unknown key or an invalid value.
+    """
+    unknown = sorted(set(values) - set(field_names()))
+    if unknown:
+        raise ValueError(f"unknown configuration keys: {', '.join(unknown)}")
+    return TrainConfig(**values)
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")

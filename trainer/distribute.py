@@ -1,0 +1,154 @@
+"""Strategy selection, logical CPU devices and the ``TF_CONFIG`` cluster.
+
+Call :func:`configure_devices` before anything initializes TensorFlow's
+runtime (creating a tensor does), then :func:`make_strategy`.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+
+def configure_devices(num_cpu_devices):
+    """Splits the first CPU into ``num_cpu_devices`` logical devices.
+
+    This lets a mirrored strategy run over several CPU "replicas" on a machine
+    without GPUs. It must run before TensorFlow initializes its devices.
+
+    Args:
+        num_cpu_devices: Number of logical CPU devices; 0 or 1 leaves the CPU as is.
+
+    Raises:
+        RuntimeError: If TensorFlow's devices are already initialized with another split.
+    """
+    if num_cpu_devices <= 1:
+        return
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    config = [tf.config.LogicalDeviceConfiguration() for _ in range(num_cpu_devices)]
+    try:
+        tf.config.set_logical_device_configuration(cpu, config)
+    except RuntimeError as error:
+        if len(tf.config.list_logical_devices("CPU")) != num_cpu_devices:
+            raise RuntimeError(f"cannot split the CPU after TensorFlow initialized: {error}") from error
+
+
+def tf_config():
+    """Returns the parsed ``TF_CONFIG`` environment variable (``{}`` when unset)."""
+    text = os.environ.get("TF_CONFIG", "")
+    if not text.strip():
+        return {}
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {error}") from error
+
+
+def cluster_size(config=None):
+    """Returns the number of tasks (chief + workers) named in ``TF_CONFIG``."""
+    config = tf_config() if config is None else config
+    cluster = config.get("cluster", {})
+    return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
+
+
+def task_identity(config=None):
+    """Returns ``(task_type, task_index)`` of this process (``(None, None)`` without a cluster)."""
+    config = tf_config() if config is None else config
+    task = config.get("task", {})
+    return task.get("type"), task.get("index")
+
+
+def is_chief(config=None):
+    """Returns whether this process writes the job's outputs.
+
+    The chief is the ``chief`` task, or worker 0 when the cluster has no chief;
+    a single process is always the chief.
+    """
+    config = tf_config() if config is None else config
+    if cluster_size(config) <= 1:
+        return True
+    task_type, task_index = task_identity(config)
+    if task_type == "chief":
+        return True
+    has_chief = bool(config.get("cluster", {}).get("chief"))
+    return task_type == "worker" and task_index == 0 and not has_chief
+
+
+def choose(name, *, num_gpus, num_cpu_devices, num_tasks):
+    """Resolves ``auto`` and checks the requested strategy name.
+
+    Args:
+        name: ``auto``, ``one_device``, ``mirrored`` or ``multi_worker``.
+        num_gpus: Number of local GPUs.
+        num_cpu_devices: Number of logical CPU devices requested.
+        num_tasks: Number of tasks in ``TF_CONFIG``.
+
+    Returns:
+        ``"default"``, ``"one_device"``, ``"mirrored"`` or ``"multi_worker"``.
+    """
+    if name == "auto":
+        if num_tasks > 1:
+            return "multi_worker"
+        if num_gpus > 1 or num_cpu_devices > 1:
+            return "mirrored"
+        return "default"
+    if name == "multi_worker" and num_tasks <= 1:
+        raise ValueError("strategy multi_worker needs TF_CONFIG naming more than one task")
+    return name
+
+
+def make_strategy(name, num_cpu_devices=0):
+    """Creates the ``tf.distribute`` strategy for ``name``.
+
+    ``auto`` picks ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` names more
+    than one task, ``MirroredStrategy`` over all local GPUs when there are
+    several (or over the logical CPU devices of ``--num-cpu-devices``), else
+    the default strategy.
+
+    Returns:
+        A ``tf.distribute.Strategy``.
+    """
+    gpus = tf.config.list_physical_devices("GPU")
+    kind = choose(name, num_gpus=len(gpus), num_cpu_devices=num_cpu_devices, num_tasks=cluster_size())
+    if kind == "multi_worker":
+        options = tf.distribute.experimental.CommunicationOptions(
+            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO
+        )
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    if kind == "mirrored":
+        if len(gpus) > 1:
+            return tf.distribute.MirroredStrategy()
+        devices = [d.name for d in tf.config.list_logical_devices("GPU" if gpus else "CPU")]
+        # HierarchicalCopyAllReduce needs NCCL-capable GPUs; CPUs reduce by copying.
+        cross = None if gpus else tf.distribute.ReductionToOneDevice()
+        return tf.distribute.MirroredStrategy(devices, cross_device_ops=cross)
+    if kind == "one_device":
+        device = "/gpu:0" if gpus else "/cpu:0"
+        return tf.distribute.OneDeviceStrategy(device)
+    return tf.distribute.get_strategy()
+
+
+def strategy_name(strategy):
+    """Returns a short name of ``strategy`` for logs and metrics."""
+    return type(strategy).__name__
+
+
+def worker_dir(directory, chief):
+    """Returns where this worker writes ``directory``'s files.
+
+    Saving a distributed checkpoint is collective: every worker must save, but
+    only the chief's copy is kept. Non-chief workers write to a temporary
+    folder that :func:`cleanup_worker_dir` deletes (the standard
+    MultiWorkerMirroredStrategy pattern).
+    """
+    if chief:
+        return directory
+    return tempfile.mkdtemp(prefix="workertemp-")
+
+
+def cleanup_worker_dir(path, chief):
+    """Deletes a non-chief worker's temporary folder."""
+    if not chief:
+        shutil.rmtree(path, ignore_errors=True)

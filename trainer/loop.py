@@ -1,0 +1,311 @@
+"""One small distributed training loop over ``strategy.run``.
+
+Keras 3's ``model.fit`` fails under ``MultiWorkerMirroredStrategy``
+(keras-team/keras#20585), while a step run through ``strategy.run`` works. So
+every strategy (default, mirrored, multi-worker) trains through this loop; it
+drives ordinary Keras callbacks through a ``keras.callbacks.CallbackList``
+(they read and write ``model.optimizer.learning_rate`` and
+``model.stop_training`` as under ``fit``).
+
+Per-replica steps return sums (loss, correct top-1/top-5, example count,
+optionally a confusion matrix) that are reduced with ``SUM`` across replicas;
+dividing on the host gives exact means even with uneven final batches and
+empty batches on workers that ran out of data.
+"""
+
+import dataclasses
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+MAIN_OUTPUT = "predictions"
+
+
+@dataclasses.dataclass
+class LoopResult:
+    """What :meth:`DistributedLoop.fit` ended with.
+
+    Attributes:
+        epochs_completed: Epochs fully trained (including earlier, resumed runs).
+        interrupted: Whether a stop was requested (preemption) before the end.
+        step_in_epoch: Steps of the interrupted epoch already trained.
+        history: ``epoch -> logs`` of the epochs trained in this run.
+    """
+
+    epochs_completed: int
+    interrupted: bool = False
+    step_in_epoch: int = 0
+    history: dict = dataclasses.field(default_factory=dict)
+
+
+def _top5_k(num_classes):
+    return min(5, num_classes)
+
+
+def batch_statistics(labels, probabilities, per_example_loss, num_classes, confusion=False):
+    """Returns per-replica sums of one batch: loss, correct top-1/top-5, count.
+
+    Args:
+        labels: int32 ``[B]``.
+        probabilities: ``[B, num_classes]`` softmax outputs.
+        per_example_loss: float32 ``[B]``.
+        num_classes: Number of classes.
+        confusion: Also return the ``[C, C]`` confusion matrix (rows: true labels).
+    """
+    labels = tf.cast(labels, tf.int32)
+    probabilities = tf.cast(probabilities, tf.float32)
+    _, top = tf.math.top_k(probabilities, k=_top5_k(num_classes))
+    hits = tf.cast(tf.equal(top, labels[:, None]), tf.float32)
+    stats = {
+        "loss_sum": tf.reduce_sum(per_example_loss),
+        "top1": tf.reduce_sum(hits[:, 0]),
+        "top5": tf.reduce_sum(hits),
+        "count": tf.cast(tf.size(labels), tf.float32),
+    }
+    if confusion:
+        stats["confusion"] = tf.math.confusion_matrix(
+            labels, top[:, 0], num_classes=num_classes, dtype=tf.float32
+        )
+    return stats
+
+
+def summarize(totals, prefix=""):
+    """Turns reduced sums into ``loss``, ``accuracy`` and ``top5_accuracy`` logs."""
+    count = max(float(totals["count"]), 1.0)
+    logs = {
+        f"{prefix}loss": float(totals["loss_sum"]) / count,
+        f"{prefix}accuracy": float(totals["top1"]) / count,
+        f"{prefix}top5_accuracy": float(totals["top5"]) / count,
+    }
+    if "objective" in totals:
+        logs[f"{prefix}loss"] = float(totals["objective"]) / max(float(totals["steps"]), 1.0)
+    return logs
+
+
+def split_outputs(outputs):
+    """Returns ``(main, {aux_name: aux})`` of a model's outputs (tensor or dict)."""
+    if isinstance(outputs, dict):
+        aux = {name: value for name, value in outputs.items() if name != MAIN_OUTPUT}
+        return outputs[MAIN_OUTPUT], aux
+    if isinstance(outputs, list | tuple):
+        return outputs[0], {f"aux{i}": value for i, value in enumerate(outputs[1:], start=1)}
+    return outputs, {}
+
+
+class DistributedLoop:
+    """Trains and evaluates a Keras model with ``strategy.run``.
+
+    Args:
+        strategy: The ``tf.distribute`` strategy the model was built under.
+        model: The training model (possibly with auxiliary outputs), compiled
+            with its optimizer so callbacks find ``model.optimizer``.
+        eval_model: The single-output model used for evaluation.
+        num_classes: Number of classes.
+        global_batch_size: Global batch size the loss is averaged over.
+        aux_loss_weight: Weight of every auxiliary head's loss.
+        augmenter: Optional ``(images, seed) -> images`` applied in the train
+            step (``--augment-on device``).
+        seed: Base seed of the in-step augmentation.
+        jit_compile: Compile the per-replica step with XLA.
+    """
+
+    def __init__(
+        self,
+        strategy,
+        model,
+        eval_model,
+        *,
+        num_classes,
+        global_batch_size,
+        aux_loss_weight=0.0,
+        augmenter=None,
+        seed=0,
+        jit_compile=False,
+    ):
+        self.strategy = strategy
+        self.model = model
+        self.eval_model = eval_model
+        self.num_classes = num_classes
+        self.global_batch_size = global_batch_size
+        self.aux_loss_weight = aux_loss_weight
+        self.augmenter = augmenter
+        self.seed = seed
+        self.jit_compile = jit_compile
+        with strategy.scope():
+            self.step_counter = tf.Variable(0, dtype=tf.int64, trainable=False, name="loop_step")
+        self.reset()
+
+    def reset(self):
+        """Rebuilds the compiled steps (after unfreezing layers or replacing the optimizer)."""
+        self._train_function = None
+        self._eval_functions = {}
+
+    # ----------------------------------------------------------------- train
+    def _replica_train_step(self, images, labels):
+        model = self.model
+        optimizer = model.optimizer
+        if self.augmenter is not None:
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            seed = tf.stack([tf.cast(self.seed + replica, tf.int64), self.step_counter.read_value()])
+            images = self.augmenter(images, tf.cast(seed, tf.int32))
+        with tf.GradientTape() as tape:
+            main, aux = split_outputs(model(images, training=True))
+            per_example = keras.losses.sparse_categorical_crossentropy(labels, tf.cast(main, tf.float32))
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch_size)
+            for value in aux.values():
+                aux_loss = keras.losses.sparse_categorical_crossentropy(labels, tf.cast(value, tf.float32))
+                loss += self.aux_loss_weight * tf.nn.compute_average_loss(
+                    aux_loss, global_batch_size=self.global_batch_size
+                )
+            if model.losses:
+                regularization = tf.add_n([tf.cast(x, tf.float32) for x in model.losses])
+                loss += tf.nn.scale_regularization_loss(regularization)
+            scaled = optimizer.scale_loss(loss)
+        variables = model.trainable_variables
+        gradients = tape.gradient(scaled, variables)
+        optimizer.apply(gradients, variables)
+        stats = batch_statistics(labels, main, per_example, self.num_classes)
+        stats["objective"] = loss
+        return stats
+
+    def _make_train_function(self):
+        replica_step = self._replica_train_step
+        if self.jit_compile:
+            replica_step = tf.function(replica_step, jit_compile=True, reduce_retracing=True)
+
+        @tf.function
+        def train_function(iterator):
+            images, labels = next(iterator)
+            stats = self.strategy.run(replica_step, args=(images, labels))
+            self.step_counter.assign_add(1)
+            return {k: self.strategy.reduce("SUM", v, axis=None) for k, v in stats.items()}
+
+        return train_function
+
+    def train_step(self, iterator):
+        """Runs one distributed training step; returns the reduced batch sums."""
+        if self._train_function is None:
+            self._train_function = self._make_train_function()
+        return self._train_function(iterator)
+
+    # ------------------------------------------------------------------ eval
+    def _make_eval_function(self, confusion):
+        def replica_step(images, labels):
+            probabilities = self.eval_model(images, training=False)
+            per_example = keras.losses.sparse_categorical_crossentropy(
+                labels, tf.cast(probabilities, tf.float32)
+            )
+            return batch_statistics(labels, probabilities, per_example, self.num_classes, confusion)
+
+        @tf.function
+        def eval_function(images, labels):
+            stats = self.strategy.run(replica_step, args=(images, labels))
+            return {k: self.strategy.reduce("SUM", v, axis=None) for k, v in stats.items()}
+
+        return eval_function
+
+    def evaluate(self, dataset, steps=None, confusion=False):
+        """Evaluates ``eval_model`` over a distributed dataset.
+
+        Args:
+            dataset: A distributed dataset (finite).
+            steps: Stop after this many batches; ``None``: the whole dataset.
+            confusion: Also return the summed confusion matrix.
+
+        Returns:
+            ``(logs, confusion_matrix or None)`` with ``loss``, ``accuracy``,
+            ``top5_accuracy`` and ``count``.
+        """
+        if confusion not in self._eval_functions:
+            self._eval_functions[confusion] = self._make_eval_function(confusion)
+        function = self._eval_functions[confusion]
+        totals = None
+        for index, (images, labels) in enumerate(dataset):
+            if steps is not None and index >= steps:
+                break
+            stats = function(images, labels)
+            totals = stats if totals is None else {k: totals[k] + stats[k] for k in totals}
+        if totals is None:
+            raise ValueError("evaluation dataset is empty")
+        logs = summarize(totals)
+        logs["count"] = int(totals["count"])
+        matrix = totals["confusion"].numpy().astype(np.int64) if confusion else None
+        return logs, matrix
+
+    # ------------------------------------------------------------------- fit
+    def fit(
+        self,
+        train_dataset,
+        *,
+        epochs,
+        steps_per_epoch,
+        callbacks,
+        valid_dataset=None,
+        validation_steps=None,
+        initial_epoch=0,
+        initial_step=0,
+        stop_requested=None,
+        validation_freq=1,
+        batch_logs_wanted=False,
+    ):
+        """Trains until ``epochs``, early stopping, or a stop request.
+
+        Args:
+            train_dataset: A distributed, repeated training dataset.
+            epochs: Index of the last epoch + 1.
+            steps_per_epoch: Steps of each epoch.
+            callbacks: A ``keras.callbacks.CallbackList`` with ``model`` set.
+            valid_dataset: A distributed validation dataset (re-iterated each epoch).
+            validation_steps: Batches of validation per epoch (``None``: all).
+            initial_epoch: First epoch to run (resuming).
+            initial_step: Steps of ``initial_epoch`` already done before a preemption.
+            stop_requested: Callable ``(at_epoch_end) -> bool`` polled after every step.
+            validation_freq: Validate every this many epochs (and after the last).
+            batch_logs_wanted: Pass running means to ``on_train_batch_end`` (costs a sync per step).
+
+        Returns:
+            A :class:`LoopResult`.
+        """
+        model = self.model
+        model.stop_training = False
+        result = LoopResult(epochs_completed=initial_epoch)
+        iterator = iter(train_dataset)
+        callbacks.on_train_begin()
+        for epoch in range(initial_epoch, epochs):
+            callbacks.on_epoch_begin(epoch)
+            totals = None
+            first = initial_step if epoch == initial_epoch else 0
+            steps_done = first
+            for step in range(first, steps_per_epoch):
+                callbacks.on_train_batch_begin(step)
+                stats = self.train_step(iterator)
+                stats["steps"] = tf.constant(1.0)
+                totals = stats if totals is None else {k: totals[k] + stats[k] for k in totals}
+                steps_done = step + 1
+                # Batch logs force a device sync: only a progress bar on a terminal reads them.
+                batch_logs = None
+                if batch_logs_wanted:
+                    batch_logs = summarize({k: v.numpy() for k, v in totals.items()})
+                callbacks.on_train_batch_end(step, batch_logs)
+                if stop_requested is not None and stop_requested(False):
+                    break
+            if steps_done < steps_per_epoch:
+                result.interrupted, result.step_in_epoch = True, steps_done
+                break
+            logs = summarize(totals) if totals is not None else {}
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+            last = epoch == epochs - 1
+            if valid_dataset is not None and ((epoch + 1) % validation_freq == 0 or last):
+                valid_logs, _ = self.evaluate(valid_dataset, validation_steps)
+                logs.update({f"val_{k}": v for k, v in valid_logs.items() if k != "count"})
+            callbacks.on_epoch_end(epoch, logs)
+            result.history[epoch] = dict(logs)
+            result.epochs_completed = epoch + 1
+            if model.stop_training:
+                break
+            if stop_requested is not None and stop_requested(True) and not last:
+                result.interrupted, result.step_in_epoch = True, 0
+                break
+        callbacks.on_train_end(dict(result.history.get(result.epochs_completed - 1, {})))
+        return result

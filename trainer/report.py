@@ -1,0 +1,166 @@
+"""Final reports: ``metrics.json``, per-class accuracy and the confusion matrix."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+
+def write_metrics(path, metrics):
+    """Writes ``metrics`` as indented JSON."""
+    with open(path, "w") as f:
+        json.dump(metrics, f, indent=2, sort_keys=True)
+
+
+def per_class_accuracy(confusion):
+    """Returns the accuracy of each true class (rows of ``confusion``); NaN for absent classes."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    totals = confusion.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, np.diag(confusion) / np.maximum(totals, 1), np.nan)
+
+
+def write_per_class_csv(path, confusion, wnids, class_names):
+    """Writes ``index, wnid, name, count, correct, accuracy`` per class."""
+    confusion = np.asarray(confusion)
+    accuracy = per_class_accuracy(confusion)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index", "wnid", "name", "count", "correct", "accuracy"])
+        for i, (wnid, name) in enumerate(zip(wnids, class_names, strict=True)):
+            value = "" if np.isnan(accuracy[i]) else f"{accuracy[i]:.6f}"
+            writer.writerow([i, wnid, name, int(confusion[i].sum()), int(confusion[i, i]), value])
+
+
+def confusion_image(confusion, cell=8):
+    """Renders a row-normalized confusion matrix as a white-to-blue uint8 image ``[1, H, W, 3]``."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    rows = confusion.sum(axis=1, keepdims=True)
+    normalized = confusion / np.maximum(rows, 1)
+    white, blue = np.array([255.0, 255.0, 255.0]), np.array([8.0, 48.0, 107.0])
+    colours = white + normalized[..., None] * (blue - white)
+    cell = max(1, min(cell, 1024 // max(1, confusion.shape[0])))
+    image = np.kron(colours, np.ones((cell, cell, 1)))
+    return np.clip(image, 0, 255).astype(np.uint8)[None]
+
+
+def write_confusion_summary(log_dir, confusion, step, name="confusion_matrix/test"):
+    """Writes the confusion matrix image to TensorBoard under ``log_dir/evaluation``."""
+    writer = tf.summary.create_file_writer(os.path.join(log_dir, "evaluation"))
+    with writer.as_default(step=step):
+        tf.summary.image(name, confusion_image(confusion), max_outputs=1)
+    writer.flush()
+    writer.close()
+
+
+def report_hypertune(metric_tag, value, step):
+    """Reports ``value`` to Vertex AI hyperparameter tuning (needs the ``hypertune`` extra)."""
+    import hypertune
+
+    hypertune.HyperTune().report_hyperparameter_tuning_metric(
+        hyperparameter_metric_tag=metric_tag, metric_value=float(value), global_step=int(step)
+    )
+
+
+def finalize(session, result):
+    """Evaluates the best weights on ``valid`` and ``test`` and writes every final output.
+
+    Every worker evaluates (evaluation is collective); only the chief writes
+    ``metrics.json``, ``per_class_accuracy.csv``, the confusion-matrix image
+    and the export, then deletes the backup.
+
+    Args:
+        session: The :class:`trainer.session.TrainingSession` that trained.
+        result: Its :class:`trainer.loop.LoopResult`.
+
+    Returns:
+        The metrics dict.
+    """
+    config, info, outputs = session.config, session.info, session.outputs
+    evaluations, confusion = {}, None
+    for split in ("valid", "test"):
+        dataset = session.dataset(split, training=False)
+        logs, matrix = session.loop.evaluate(dataset, confusion=split == "test")
+        evaluations[split] = {k: logs[k] for k in ("loss", "accuracy", "top5_accuracy", "count")}
+        confusion = matrix if matrix is not None else confusion
+    best_epoch = session.early_stopping.best_epoch if session.early_stopping.best is not None else None
+    metrics = {
+        "arch": config.arch,
+        "num_classes": info.num_classes,
+        "replicas": session.strategy.num_replicas_in_sync,
+        "strategy": type(session.strategy).__name__,
+        "epochs_completed": result.epochs_completed,
+        "best_epoch": best_epoch,
+        "stopped_early": bool(session.model.stop_training),
+        "steps_per_epoch": session.steps_per_epoch,
+        "global_batch_size": config.batch_size,
+        "valid": evaluations["valid"],
+        "test": evaluations["test"],
+    }
+    if config.debug_dump_weights:
+        dump_weights(session, config.debug_dump_weights)
+    if session.chief:
+        write_metrics(outputs.local("job", "metrics.json"), metrics)
+        per_class = outputs.local("job", "per_class_accuracy.csv")
+        write_per_class_csv(per_class, confusion, info.wnids, info.class_names)
+        write_confusion_summary(outputs.local("logs"), confusion, step=result.epochs_completed)
+        export_model(session)
+        if config.hypertune_metric:
+            accuracy = evaluations["valid"]["accuracy"]
+            report_hypertune(config.hypertune_metric, accuracy, result.epochs_completed)
+        outputs.delete("backup")
+        outputs.sync()
+    return metrics
+
+
+def export_model(session):
+    """Exports the main model as a SavedModel, rebuilt in float32 outside the strategy.
+
+    A plain copy avoids tracing distributed variables into the SavedModel and
+    serves in float32 whatever the training precision was.
+    """
+    import keras
+
+    from trainer import export, models
+
+    config = session.config
+    keras.mixed_precision.set_dtype_policy("float32")
+    plain = models.build_model(config.arch, session.info.num_classes, **session._build_options(weights=False))
+    plain_main = models.main_output_model(plain)
+    plain_main.set_weights(session.main_model.get_weights())
+    export.export_saved_model(
+        plain_main,
+        session.outputs.local("export"),
+        wnids=session.info.wnids,
+        class_names=session.info.class_names,
+        image_size=session.info.image_size,
+        policy=config.policy,
+        crop_size=config.crop_size,
+    )
+
+
+def dump_weights(session, directory):
+    """Test support: writes this worker's trainable weights and BN moving statistics.
+
+    One ``worker-<type>-<index>.npz`` per worker, holding ``trainable/<path>``
+    and ``moving/<path>`` arrays. Used to check that replicas agree on the
+    trainable weights while batch-norm statistics stay per worker.
+    """
+    task_type, task_index = _task()
+    os.makedirs(directory, exist_ok=True)
+    arrays = {}
+    for variable in session.model.trainable_variables:
+        arrays[f"trainable/{variable.path}"] = np.asarray(variable.numpy())
+    for variable in session.model.non_trainable_variables:
+        if "moving_" in variable.path:
+            arrays[f"moving/{variable.path}"] = np.asarray(variable.numpy())
+    np.savez(os.path.join(directory, f"worker-{task_type}-{task_index}.npz"), **arrays)
+
+
+def _task():
+    from trainer import distribute
+
+    task_type, task_index = distribute.task_identity()
+    return task_type or "local", task_index or 0

@@ -1,0 +1,184 @@
+"""Command line of the trainer: ``python -m trainer.task --data-dir D --job-dir J --arch NAME``.
+
+Configuration is resolved once, lowest precedence first: the architecture's
+defaults (``models.get_defaults``), the ``--config`` YAML/JSON file, then the
+flags given on the command line. Vertex AI's ``AIP_MODEL_DIR``,
+``AIP_CHECKPOINT_DIR`` and ``AIP_TENSORBOARD_LOG_DIR`` supply the output
+folders when set. The resolved configuration is written to ``J/config.json``.
+Bad input ends with one line on stderr and exit code 2; a SIGTERM ends with
+the training state backed up and exit code 143 so the cluster restarts the job.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from trainer import config as config_lib
+
+# Keys of ArchDefaults that map to a differently named config field.
+_DEFAULT_FIELDS = {"augmentation": "policy"}
+
+
+def _bool(text):
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _optional_int(text):
+    return None if str(text).lower() in ("none", "") else int(text)
+
+
+def build_parser():
+    """Returns the argument parser; absent flags are left out of the namespace."""
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer.task",
+        description="Train an Inception-family classifier on tiny-imagenet-style TFRecords.",
+        argument_default=argparse.SUPPRESS,
+    )
+    add = parser.add_argument
+    add("--data-dir", help="Folder (or gs:// prefix) with metadata.json and the TFRecord shards.")
+    add("--job-dir", help="Output folder (or gs:// prefix); default: $AIP_MODEL_DIR.")
+    add("--arch", help="Architecture: one of the registered models (inception_v1, minception, ...).")
+    add("--config", dest="config_file", help="YAML or JSON file of settings (flags override it).")
+    add("--epochs", type=int, help="Number of epochs (default: the architecture's).")
+    add("--batch-size", type=int, help="GLOBAL batch size, summed over replicas and workers.")
+    add("--learning-rate", type=float, help="Initial learning rate.")
+    add("--optimizer", choices=config_lib.OPTIMIZERS, help="Optimizer.")
+    add("--weights", help="Initial weights: imagenet, none, or a weights file (fine-tuning families).")
+    add(
+        "--mixed-precision",
+        nargs="?",
+        const="mixed_float16",
+        choices=config_lib.PRECISIONS,
+        help="Keras dtype policy; the bare flag means mixed_float16 (GPUs); bfloat16 for TPUs/CPUs.",
+    )
+    add("--jit-compile", nargs="?", const=True, type=_bool, help="Compile the train step with XLA.")
+    add("--strategy", choices=config_lib.STRATEGIES, help="Distribution strategy (default: auto).")
+    add("--num-cpu-devices", type=int, help="Split the CPU into N logical devices (mirrored over CPUs).")
+    add("--steps-per-epoch", type=_optional_int, help="Training steps per epoch (default: one pass).")
+    add("--validation-steps", type=_optional_int, help="Validation batches per epoch (default: all).")
+    add("--seed", type=int, help="Seed of every random generator.")
+    add("--deterministic", nargs="?", const=True, type=_bool, help="Enable TensorFlow op determinism.")
+    add("--augment-on", choices=config_lib.AUGMENT_ON, help="Augment in the input pipeline or on device.")
+    add("--policy", choices=config_lib.POLICIES, help="Augmentation policy (default: the architecture's).")
+    add("--crop-size", type=int, help="Crop side of the crop policy.")
+    add("--cache", nargs="?", const=True, type=_bool, help="Cache decoded images in memory.")
+    add("--dropout", type=float, help="Dropout rate before the main head (the book tries 0.2/0.5/0.8).")
+    add("--aux-dropout", type=float, help="Dropout rate before the auxiliary heads (inception_v1).")
+    add("--aux-loss-weight", type=float, help="Weight of each auxiliary head's loss.")
+    add("--early-stopping-patience", type=int, help="Epochs without val_loss improvement before stopping.")
+    add("--min-delta", type=float, help="Smallest val_loss decrease counted as improvement (e.g. 0.01).")
+    add("--lr-plateau-patience", type=int, help="Epochs without improvement before reducing the LR.")
+    add("--lr-plateau-factor", type=float, help="Factor applied to the learning rate on a plateau.")
+    add("--warmup-epochs", type=int, help="Epochs with a frozen backbone before fine-tuning everything.")
+    add("--explain", nargs="?", const=True, type=_bool, help="Enable the Grad-CAM callback (default: on).")
+    add("--debug-dump-weights", help="For tests: every worker writes its final weights to this folder.")
+    return parser
+
+
+def read_config_file(path):
+    """Reads a YAML or JSON settings file into a dict with underscore keys."""
+    with open(path) as f:
+        text = f.read()
+    if path.endswith(".json"):
+        values = json.loads(text)
+    else:
+        import yaml
+
+        values = yaml.safe_load(text) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of settings")
+    return {str(key).replace("-", "_"): value for key, value in values.items()}
+
+
+def architecture_defaults(arch):
+    """Returns the config values the architecture's defaults table supplies."""
+    from trainer import models
+
+    defaults = models.get_defaults(arch)
+    fields = set(config_lib.field_names())
+    values = {}
+    for name, value in vars(defaults).items():
+        name = _DEFAULT_FIELDS.get(name, name)
+        if name in fields:
+            values[name] = value
+    if not defaults.aux_outputs:
+        values.pop("aux_dropout", None)
+    if values.get("policy") == "crop":
+        values["crop_size"] = defaults.input_size
+    return values
+
+
+def environment_values(environ):
+    """Returns the output folders and tuning tag the environment supplies (Vertex AI)."""
+    values = {}
+    if environ.get("AIP_TENSORBOARD_LOG_DIR"):
+        values["log_dir"] = environ["AIP_TENSORBOARD_LOG_DIR"]
+    if environ.get("AIP_CHECKPOINT_DIR"):
+        values["checkpoint_dir"] = environ["AIP_CHECKPOINT_DIR"]
+        values["backup_dir"] = environ["AIP_CHECKPOINT_DIR"].rstrip("/") + "/backup"
+    if environ.get("AIP_MODEL_DIR"):
+        values["export_dir"] = environ["AIP_MODEL_DIR"]
+    tag = environ.get("CLOUD_ML_HP_METRIC_TAG")
+    if tag or environ.get("CLOUD_ML_TRIAL_ID"):
+        values["hypertune_metric"] = tag or "accuracy"
+    return values
+
+
+def resolve(argv=None, environ=None):
+    """Parses ``argv`` and returns the frozen :class:`trainer.config.TrainConfig`.
+
+    Raises:
+        ValueError: Unknown architecture, unknown keys, invalid values.
+    """
+    environ = os.environ if environ is None else environ
+    flags = vars(build_parser().parse_args(argv))
+    config_file = flags.pop("config_file", None)
+    from_file = read_config_file(config_file) if config_file else {}
+    arch = flags.get("arch", from_file.get("arch"))
+    if not arch:
+        raise ValueError("--arch is required")
+    values = architecture_defaults(arch)
+    values.update(from_file)
+    values.update(environment_values(environ))
+    values.update(flags)
+    if "job_dir" not in values and environ.get("AIP_MODEL_DIR"):
+        values["job_dir"] = environ["AIP_MODEL_DIR"]
+    if isinstance(values.get("weights"), str) and values["weights"].lower() == "none":
+        values["weights"] = None
+    if values.get("mixed_precision") is None:
+        values["mixed_precision"] = "float32"
+    values.setdefault("data_dir", "")
+    values.setdefault("job_dir", "")
+    return config_lib.from_dict(values)
+
+
+def main(argv=None):
+    """Entry point; returns the process exit code."""
+    from trainer import train
+
+    try:
+        config = resolve(argv)
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from trainer import data
+
+    try:
+        train.run(config)
+    except train.Preempted as stop:
+        print(f"preempted: {stop}; state backed up, run the same command to resume", file=sys.stderr)
+        return train.PREEMPTED_EXIT_CODE
+    except (data.DataError, train.JobDirError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
