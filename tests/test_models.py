@@ -331,8 +331,11 @@ def test_defaults_table():
 
 
 def test_build_options_override_defaults_and_seed_is_reproducible():
-    model = models.build_model("minception", NUM_CLASSES, input_size=64, dropout=0.2, seed=3)
+    # NumPy integers are accepted: class counts often come from arrays.
+    classes, size = np.int64(NUM_CLASSES), np.int64(64)
+    model = models.build_model("minception", classes, input_size=size, dropout=0.2, seed=3)
     assert model.input_shape == (None, 64, 64, 3)
+    assert model.output_shape == (None, NUM_CLASSES)
     assert model.get_layer("head_dropout").rate == pytest.approx(0.2)
     again = models.build_model("minception", NUM_CLASSES, input_size=64, dropout=None, seed=3)
     assert again.get_layer("head_dropout").rate == pytest.approx(0.5)

@@ -12,6 +12,7 @@ default values come from the :class:`ArchDefaults` fields of the same name.
 
 import dataclasses
 import inspect
+import numbers
 from collections.abc import Callable
 
 import keras
@@ -143,7 +144,7 @@ def build_model(name: str, num_classes: int, *, seed: int | None = None, **optio
         ValueError: On an unknown name, option, or an invalid option value.
     """
     _check_name(name)
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+    if not _is_int(num_classes) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     builder = _BUILDERS[name]
     accepted = _builder_options(builder)
@@ -160,9 +161,11 @@ def build_model(name: str, num_classes: int, *, seed: int | None = None, **optio
         if value is not None:
             raise ValueError(f"option {option}={value!r} does not apply to {name!r}; it takes {accepted}")
     _validate(name, kwargs)
+    if "input_size" in kwargs:
+        kwargs["input_size"] = int(kwargs["input_size"])
     if seed is not None:
         keras.utils.set_random_seed(seed)
-    return builder(num_classes, **kwargs)
+    return builder(int(num_classes), **kwargs)
 
 
 def main_output_model(model: keras.Model) -> keras.Model:
@@ -194,6 +197,11 @@ def _builder_options(builder: Callable) -> tuple[str, ...]:
     return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
+def _is_int(value) -> bool:
+    # NumPy integers count (class counts often come from arrays); booleans do not.
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _check_name(name: str) -> None:
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
@@ -201,7 +209,7 @@ def _check_name(name: str) -> None:
 
 def _validate(name: str, kwargs: dict) -> None:
     size = kwargs.get("input_size")
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < MIN_INPUT_SIZE):
+    if size is not None and (not _is_int(size) or size < MIN_INPUT_SIZE):
         raise ValueError(f"input_size for {name!r} must be an integer >= {MIN_INPUT_SIZE}, got {size!r}")
     for option in ("dropout", "aux_dropout"):
         rate = kwargs.get(option)
