@@ -11,6 +11,7 @@ import base64
 import dataclasses
 import hashlib
 import os
+import shutil
 
 import google_crc32c
 
@@ -82,6 +83,16 @@ def _same(blob, checksums):
     return blob.md5_hash is not None and blob.md5_hash == md5
 
 
+def _upload(blob, path, size, spec):
+    if size < spec.resumable_threshold:
+        blob.upload_from_filename(path, checksum="crc32c")
+        return
+    # A resumable session sends the file in chunks and survives dropped
+    # connections on multi-gigabyte shards (the client's own switch is 8 MiB).
+    with open(path, "rb") as source, blob.open("wb", chunk_size=spec.chunk_size, checksum="crc32c") as sink:
+        shutil.copyfileobj(source, sink, spec.chunk_size)
+
+
 def stage(spec, client=None, log=print):
     """Uploads ``spec.src`` to ``spec.dest``, skipping unchanged files.
 
@@ -111,10 +122,7 @@ def stage(spec, client=None, log=print):
             log(f"[{number}/{len(files)}] skip   gs://{bucket_name}/{name} (unchanged)")
             continue
         size = os.path.getsize(path)
-        # A chunk size switches the client to a resumable upload, which
-        # survives dropped connections on multi-gigabyte shards.
-        blob = bucket.blob(name, chunk_size=spec.chunk_size if size >= spec.resumable_threshold else None)
-        blob.upload_from_filename(path, checksum="crc32c")
+        _upload(bucket.blob(name), path, size, spec)
         report.uploaded.append(name)
         report.bytes_uploaded += size
         log(
