@@ -1,0 +1,193 @@
+"""Input pipeline throughput: our tf.data stream vs the book's Keras pipelines.
+
+Generates a sample dataset in the tiny-imagenet-200 layout (64x64 JPEGs),
+writes it as TFRecord shards, then measures images/s at batch 128 of:
+
+    (a) the book's ``ImageDataGenerator.flow_from_directory`` (tf-keras, benchmark only);
+    (b) ``keras.utils.image_dataset_from_directory`` + Keras 3 preprocessing layers;
+    (c) our training stream, ``book`` policy, augmented on the host;
+    (d) our training stream without augmentation (decode only), and a bare
+        ``tf.io.decode_jpeg`` loop over the same JPEG bytes (the ceiling).
+
+The last line reads ``ratio_vs_imagedatagenerator=X ratio_vs_image_dataset_from_directory=Y``
+for (c). Usage::
+
+    python benchmarks/input_pipeline.py --classes 20 --per-class 520
+"""
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import tensorflow as tf
+
+from preprocessing import sample, schema
+from trainer import data
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def write_records(raw_dir, out_dir, num_shards):
+    """Writes every train/ image of a raw folder into ``num_shards`` shards + metadata.json."""
+    wnids = sorted(os.listdir(os.path.join(raw_dir, "train")))
+    shards = [schema.shard_name("train", i, num_shards) for i in range(num_shards)]
+    writers = [tf.io.TFRecordWriter(os.path.join(out_dir, name)) for name in shards]
+    count = 0
+    for label, wnid in enumerate(wnids):
+        for path in sorted(glob.glob(os.path.join(raw_dir, "train", wnid, "images", "*.JPEG"))):
+            with open(path, "rb") as f:
+                encoded = f.read()
+            record = schema.encode_example(
+                encoded,
+                height=64,
+                width=64,
+                filename=os.path.basename(path),
+                source_split="train",
+                label=label,
+                wnid=wnid,
+            )
+            writers[count % num_shards].write(record)
+            count += 1
+    for writer in writers:
+        writer.close()
+    metadata = {
+        "schema_version": schema.SCHEMA_VERSION,
+        "image_size": [64, 64],
+        "classes": [{"index": i, "wnid": w, "name": w} for i, w in enumerate(wnids)],
+        "splits": {"train": {"count": count, "shards": shards}},
+    }
+    with open(os.path.join(out_dir, schema.METADATA_FILE), "w") as f:
+        json.dump(metadata, f)
+    return count
+
+
+def image_data_generator(train_dir, batch):
+    """(a) The book's pipeline (section 7.1.1)."""
+    from tf_keras.preprocessing.image import ImageDataGenerator
+
+    generator = ImageDataGenerator(
+        rotation_range=30,
+        width_shift_range=0.2,
+        height_shift_range=0.2,
+        brightness_range=(0.5, 1.5),
+        shear_range=5,
+        zoom_range=0.2,
+        horizontal_flip=True,
+        fill_mode="reflect",
+    )
+    return generator.flow_from_directory(
+        train_dir, target_size=(64, 64), batch_size=batch, class_mode="sparse", seed=0
+    )
+
+
+def keras_layers_pipeline(train_dir, batch):
+    """(b) image_dataset_from_directory + Keras 3 preprocessing layers, parallel map."""
+    import keras
+
+    layers = keras.Sequential(
+        [
+            keras.layers.RandomRotation(30 / 360, fill_mode="reflect"),
+            keras.layers.RandomTranslation(0.2, 0.2, fill_mode="reflect"),
+            keras.layers.RandomShear(0.09, 0.09, fill_mode="reflect"),
+            keras.layers.RandomZoom(0.2, fill_mode="reflect"),
+            keras.layers.RandomFlip("horizontal"),
+            keras.layers.RandomBrightness(0.5, value_range=(0, 255)),
+        ]
+    )
+    dataset = keras.utils.image_dataset_from_directory(
+        train_dir, image_size=(64, 64), batch_size=batch, label_mode="int", seed=0, verbose=False
+    )
+    dataset = dataset.repeat().map(lambda x, y: (layers(x, training=True), y), num_parallel_calls=AUTOTUNE)
+    return dataset.prefetch(AUTOTUNE)
+
+
+def ours(records_dir, batch, policy):
+    """(c)/(d) Our training stream."""
+    info = data.load_metadata(records_dir)
+    return data.make_dataset(info, "train", global_batch_size=batch, training=True, policy=policy)
+
+
+def bare_decode(raw_dir, batch):
+    """(d) ceiling: decode_jpeg in a tf.data map over the raw bytes, nothing else."""
+    encoded = []
+    for path in sorted(glob.glob(os.path.join(raw_dir, "train", "*", "images", "*.JPEG"))):
+        with open(path, "rb") as f:
+            encoded.append(f.read())
+    dataset = tf.data.Dataset.from_tensor_slices(encoded).repeat()
+    dataset = dataset.map(lambda b: tf.io.decode_jpeg(b, channels=3), num_parallel_calls=AUTOTUNE)
+    return dataset.batch(batch).prefetch(AUTOTUNE)
+
+
+def measure(iterable, num_batches, batch, warmup=5):
+    """Images per second over ``num_batches`` batches after ``warmup`` batches."""
+    iterator = iter(iterable)
+    for _ in range(warmup):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(num_batches):
+        next(iterator)
+    return num_batches * batch / (time.perf_counter() - start)
+
+
+def main(argv=None):
+    """Runs the benchmark and prints the table and the ratio line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--classes", type=int, default=20, help="Classes to generate.")
+    parser.add_argument("--per-class", type=int, default=520, help="train/ images per class.")
+    parser.add_argument("--batch", type=int, default=128, help="Batch size.")
+    parser.add_argument("--shards", type=int, default=8, help="TFRecord shards.")
+    parser.add_argument("--work-dir", default=None, help="Keep the generated data here (default: temp).")
+    args = parser.parse_args(argv)
+    if args.classes < 1 or args.per_class < 1 or args.batch < 1 or args.shards < 1:
+        print("error: --classes, --per-class, --batch and --shards must be >= 1", file=sys.stderr)
+        return 2
+
+    work = args.work_dir or tempfile.mkdtemp(prefix="input-bench-")
+    raw_dir, records_dir = os.path.join(work, "raw"), os.path.join(work, "records")
+    if not os.path.exists(os.path.join(raw_dir, "wnids.txt")):
+        spec = sample.SampleSpec(args.classes, args.per_class, 0, 0, seed=0)
+        sample.write_sample_dataset(raw_dir, spec)
+    if not os.path.exists(os.path.join(records_dir, schema.METADATA_FILE)):
+        os.makedirs(records_dir, exist_ok=True)
+        write_records(raw_dir, records_dir, args.shards)
+    total = args.classes * args.per_class
+    num_batches = total // args.batch
+    train_dir = os.path.join(raw_dir, "train")
+    print(f"{total} JPEGs of 64x64, batch {args.batch}, {num_batches} timed batches per row", flush=True)
+
+    batch = args.batch
+    rows = [
+        ("a", "ImageDataGenerator.flow_from_directory", lambda: image_data_generator(train_dir, batch)),
+        ("b", "image_dataset_from_directory + Keras layers", lambda: keras_layers_pipeline(train_dir, batch)),
+        ("c", "ours: train stream, book policy on host", lambda: ours(records_dir, args.batch, "book")),
+        ("d", "ours: train stream, decode only", lambda: ours(records_dir, args.batch, "none")),
+        ("d0", "bare decode_jpeg loop (ceiling)", lambda: bare_decode(raw_dir, args.batch)),
+    ]
+    results = {}
+    for key, _, build in rows:
+        results[key] = measure(build(), num_batches, args.batch)
+        print(f"  measured ({key}): {results[key]:.0f} images/s", flush=True)
+
+    print("\n| row | pipeline | images/s |\n|---|---|---|")
+    for key, label, _ in rows:
+        print(f"| {key} | {label} | {results[key]:.0f} |")
+    print(f"decode_only_vs_bare_decode={results['d'] / results['d0']:.2f}")
+    if not args.work_dir:
+        shutil.rmtree(work, ignore_errors=True)
+    print(
+        f"ratio_vs_imagedatagenerator={results['c'] / results['a']:.2f} "
+        f"ratio_vs_image_dataset_from_directory={results['c'] / results['b']:.2f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

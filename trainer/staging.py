@@ -1,0 +1,157 @@
+"""Copies a ``gs://`` data folder (metadata.json + shards) into a local cache.
+
+TensorFlow's own ``gs://`` file system cannot be pointed at a storage
+emulator and re-reads every shard each epoch, so the trainer stages the
+dataset once with google-cloud-storage and reads local files. Files already in
+the cache with the same size and CRC32C are not downloaded again.
+"""
+
+import base64
+import concurrent.futures
+import logging
+import os
+import tempfile
+
+from preprocessing import schema
+
+GCS_PREFIX = "gs://"
+_CHUNK = 1 << 20
+
+logger = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """The dataset on disk (or in the bucket) is missing, corrupt or disagrees with metadata.json.
+
+    The message always names the offending file.
+    """
+
+
+def is_gcs_path(path):
+    """Whether ``path`` is a ``gs://`` URL."""
+    return str(path).startswith(GCS_PREFIX)
+
+
+def split_gcs_path(path):
+    """Splits ``gs://bucket/some/prefix`` into ``("bucket", "some/prefix")``."""
+    if not is_gcs_path(path):
+        raise ValueError(f"Not a gs:// path: {path!r}")
+    bucket, _, prefix = path[len(GCS_PREFIX) :].partition("/")
+    if not bucket:
+        raise ValueError(f"gs:// path without a bucket: {path!r}")
+    return bucket, prefix.strip("/")
+
+
+def default_cache_dir(data_dir):
+    """Returns the local folder a ``gs://`` data folder is staged into by default.
+
+    ``$TINY_INCEPTION_CACHE`` overrides the root (default ``~/.cache/tiny-inception``).
+    """
+    root = os.environ.get("TINY_INCEPTION_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "tiny-inception"
+    )
+    bucket, prefix = split_gcs_path(data_dir)
+    return os.path.join(root, "gcs", bucket, *filter(None, prefix.split("/")))
+
+
+def storage_client():
+    """Returns a google-cloud-storage client; anonymous when ``STORAGE_EMULATOR_HOST`` is set."""
+    from google.cloud import storage
+
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        from google.auth.credentials import AnonymousCredentials
+
+        project = os.environ.get("GOOGLE_CLOUD_PROJECT", "emulator")
+        return storage.Client(project=project, credentials=AnonymousCredentials())
+    return storage.Client()
+
+
+def local_crc32c(path):
+    """Returns the base64 CRC32C of a local file, as GCS reports ``blob.crc32c``."""
+    import google_crc32c
+
+    checksum = google_crc32c.Checksum()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            checksum.update(chunk)
+    return base64.b64encode(checksum.digest()).decode("ascii")
+
+
+def _up_to_date(blob, local_path):
+    if not os.path.exists(local_path) or os.path.getsize(local_path) != blob.size:
+        return False
+    return blob.crc32c is None or local_crc32c(local_path) == blob.crc32c
+
+
+def _download(blob, local_path):
+    """Downloads ``blob`` atomically (temp file + rename); returns True when it transferred."""
+    if _up_to_date(blob, local_path):
+        return False
+    folder = os.path.dirname(local_path)
+    handle, tmp_path = tempfile.mkstemp(dir=folder, prefix=".staging-")
+    os.close(handle)
+    try:
+        blob.download_to_filename(tmp_path)
+        os.replace(tmp_path, local_path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+    return True
+
+
+def stage_data_dir(data_dir, cache_dir=None, *, client=None, max_workers=8):
+    """Makes a data folder local: ``gs://`` folders are downloaded, local paths returned unchanged.
+
+    Downloads ``metadata.json`` and every shard it lists into ``cache_dir``,
+    skipping files already there with the same size and CRC32C.
+
+    Args:
+        data_dir: A local folder or ``gs://bucket/prefix`` holding ``metadata.json``.
+        cache_dir: Local target folder (default: :func:`default_cache_dir`).
+        client: Optional ``google.cloud.storage.Client``.
+        max_workers: Parallel shard downloads.
+
+    Returns:
+        The local folder holding ``metadata.json`` and the shards.
+
+    Raises:
+        DataError: When ``metadata.json`` or a listed shard is not in the bucket,
+            or metadata.json cannot be read.
+    """
+    data_dir = str(data_dir)
+    if not is_gcs_path(data_dir):
+        return data_dir
+    bucket_name, prefix = split_gcs_path(data_dir)
+    cache_dir = cache_dir or default_cache_dir(data_dir)
+    os.makedirs(cache_dir, exist_ok=True)
+    bucket = (client or storage_client()).bucket(bucket_name)
+
+    def remote(name):
+        return f"{prefix}/{name}" if prefix else name
+
+    def blob_or_error(name):
+        blob = bucket.get_blob(remote(name))
+        if blob is None:
+            raise DataError(f"{GCS_PREFIX}{bucket_name}/{remote(name)}: file not found in the bucket")
+        return blob
+
+    metadata_path = os.path.join(cache_dir, schema.METADATA_FILE)
+    _download(blob_or_error(schema.METADATA_FILE), metadata_path)
+    with open(metadata_path) as f:
+        text = f.read()
+    try:
+        metadata = schema.read_metadata_text(text)
+    except ValueError as error:
+        raise DataError(f"{data_dir}/{schema.METADATA_FILE}: {error}") from error
+    names = [name for split in metadata.get("splits", {}).values() for name in split.get("shards", [])]
+    blobs = [(blob_or_error(name), os.path.join(cache_dir, name)) for name in names]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max_workers) as pool:
+        transferred = sum(pool.map(lambda pair: _download(*pair), blobs))
+    logger.info(
+        "Staged %s into %s: %d of %d shards downloaded, the rest already cached.",
+        data_dir,
+        cache_dir,
+        transferred,
+        len(blobs),
+    )
+    return cache_dir
