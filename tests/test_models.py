@@ -282,10 +282,17 @@ def test_set_backbone_trainable_freezes_all_but_head(model_cache):
 
 
 @pytest.mark.slow
-def test_inception_resnet_v2_loads_local_weights_file(model_cache, tmp_path):
+@pytest.mark.parametrize("fmt", ["keras_weights", "legacy_h5"])
+def test_inception_resnet_v2_loads_local_weights_file(model_cache, tmp_path, fmt):
     source = _get_model(model_cache, "inception_resnet_v2")
-    path = str(tmp_path / "backbone.weights.h5")
-    models.backbone_model(source).save_weights(path)
+    backbone = models.backbone_model(source)
+    if fmt == "keras_weights":
+        path = str(tmp_path / "backbone.weights.h5")
+        backbone.save_weights(path)
+    else:
+        # A legacy HDF5 file, loaded in topological order like Keras' *_notop.h5.
+        path = str(tmp_path / "backbone.h5")
+        keras.saving.save_model(backbone, path)
     model = models.build_model("inception_resnet_v2", NUM_CLASSES, weights=path, seed=1)
     expected = models.backbone_model(source).weights
     actual = models.backbone_model(model).weights
