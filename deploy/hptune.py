@@ -1,22 +1,19 @@
 """Vertex AI hyperparameter tuning over the trainer's CustomJob.
 
 Vertex AI passes each trial's values as ``--<parameter_id>=<value>``, so the
-parameter ids below are trainer flags. The trainer reports validation
-accuracy after every epoch with cloudml-hypertune under :data:`METRIC_TAG`;
-Vertex AI maximizes it.
+parameter ids below are the trainer's own flag names. It also sets
+``CLOUD_ML_HP_METRIC_TAG`` to the study's metric id; the trainer then reports
+the validation accuracy after every epoch through cloudml-hypertune under that
+tag (its default is the same :data:`METRIC_TAG`), and the study maximizes it.
 """
-
-import dataclasses
 
 from google.cloud import aiplatform_v1
 
 from deploy import vertex
 
-# The tag the trainer passes to
+# The study's metric: validation accuracy as the trainer reports it with
 # hypertune.HyperTune().report_hyperparameter_tuning_metric(hyperparameter_metric_tag=...).
-METRIC_TAG = "val_accuracy"
-# Trainer flag that turns the report on (off outside a tuning trial).
-METRIC_FLAG = "--hypertune-metric"
+METRIC_TAG = "accuracy"
 
 Spec = aiplatform_v1.StudySpec
 Param = Spec.ParameterSpec
@@ -26,7 +23,7 @@ def parameter_specs():
     """Returns the searched space: learning rate (log), dropout (linear), batch size (discrete)."""
     return [
         Param(
-            parameter_id="learning_rate",
+            parameter_id="learning-rate",
             double_value_spec=Param.DoubleValueSpec(min_value=1e-4, max_value=1e-1),
             scale_type=Param.ScaleType.UNIT_LOG_SCALE,
         ),
@@ -36,18 +33,11 @@ def parameter_specs():
             scale_type=Param.ScaleType.UNIT_LINEAR_SCALE,
         ),
         Param(
-            parameter_id="batch_size",
+            parameter_id="batch-size",
             discrete_value_spec=Param.DiscreteValueSpec(values=[32, 64, 128, 256]),
             scale_type=Param.ScaleType.UNIT_LINEAR_SCALE,
         ),
     ]
-
-
-def trial_job(spec):
-    """Returns the :class:`deploy.config.VertexJob` of one trial: the job plus the metric flag."""
-    job = spec.vertex.job
-    job = dataclasses.replace(job, trainer_args=(*job.trainer_args, METRIC_FLAG, METRIC_TAG))
-    return dataclasses.replace(spec.vertex, job=job)
 
 
 def build_tuning_job(spec):
@@ -65,7 +55,7 @@ def build_tuning_job(spec):
         max_trial_count=spec.max_trials,
         parallel_trial_count=spec.parallel_trials,
         max_failed_trial_count=spec.max_failed_trials,
-        trial_job_spec=vertex.custom_job_spec(trial_job(spec)),
+        trial_job_spec=vertex.custom_job_spec(spec.vertex),
         labels={"app": "tiny-inception", "arch": spec.vertex.job.arch.replace("_", "-")},
     )
 

@@ -106,20 +106,21 @@ def test_hyperparameter_tuning_job(capsys):
     job = aiplatform_v1.HyperparameterTuningJob.from_json(out)
     assert (job.max_trial_count, job.parallel_trial_count) == (20, 4)
     (metric,) = job.study_spec.metrics
-    assert metric.metric_id == hptune.METRIC_TAG == "val_accuracy"
+    assert metric.metric_id == hptune.METRIC_TAG == "accuracy"
     assert metric.goal == aiplatform_v1.StudySpec.MetricSpec.GoalType.MAXIMIZE
     params = {p.parameter_id: p for p in job.study_spec.parameters}
-    assert set(params) == {"learning_rate", "dropout", "batch_size"}
+    # Vertex AI passes --<parameter_id>=<value>: the ids must be the trainer's flag names.
+    assert {f"--{name}" for name in params} == {"--learning-rate", "--dropout", "--batch-size"}
     scale = aiplatform_v1.StudySpec.ParameterSpec.ScaleType
-    assert params["learning_rate"].scale_type == scale.UNIT_LOG_SCALE
-    learning_rate, dropout = params["learning_rate"].double_value_spec, params["dropout"].double_value_spec
+    assert params["learning-rate"].scale_type == scale.UNIT_LOG_SCALE
+    learning_rate, dropout = params["learning-rate"].double_value_spec, params["dropout"].double_value_spec
     assert 0 < learning_rate.min_value < learning_rate.max_value
     assert 0 <= dropout.min_value < dropout.max_value < 1
-    assert list(params["batch_size"].discrete_value_spec.values) == [32, 64, 128, 256]
+    assert list(params["batch-size"].discrete_value_spec.values) == [32, 64, 128, 256]
     pools = job.trial_job_spec.worker_pool_specs
     assert [p.replica_count for p in pools] == [1, 1]
     args = list(pools[0].container_spec.args)
-    assert args[-4:] == ["--epochs", "5", hptune.METRIC_FLAG, hptune.METRIC_TAG]
+    assert args[-2:] == ["--epochs", "5"]
     assert args[args.index("--strategy") + 1] == "multi_worker"
     assert job.trial_job_spec.base_output_directory.output_uri_prefix == "gs://my-bucket/jobs/run1"
 
@@ -178,3 +179,17 @@ def test_cli_process_bad_flag_has_no_traceback():
     assert result.stderr.splitlines() == [
         "python -m deploy.submit vertex: error: --workers must be at least 1, got 0"
     ]
+
+
+def test_trainer_accepts_generated_args_and_trial_flags(capsys):
+    """The launcher's arguments and each trial's ``--<parameter_id>=<value>`` parse in trainer.task."""
+    task = pytest.importorskip("trainer.task", reason="trainer.task is absent")
+    job = aiplatform_v1.HyperparameterTuningJob.from_json(_dry_run(capsys, "hptune", "--workers", "2"))
+    args = list(job.trial_job_spec.worker_pool_specs[0].container_spec.args)
+    trial = []
+    for param in job.study_spec.parameters:
+        value = param.discrete_value_spec.values[0] if param.discrete_value_spec.values else 0.1
+        trial.append(f"--{param.parameter_id}={int(value) if param.discrete_value_spec.values else value}")
+    parsed = vars(task.build_parser().parse_args([*args, *trial]))
+    assert parsed["strategy"] == "multi_worker" and parsed["arch"] == "minception"
+    assert parsed["learning_rate"] == 0.1 and parsed["dropout"] == 0.1 and parsed["batch_size"] == 32
