@@ -156,10 +156,11 @@ class PointingGame:
         """Returns the overall and per-class results as a JSON-ready dict.
 
         Keys: ``n``, ``tolerance``, ``pointing_game`` (``hit_rate``,
-        ``center_baseline``, ``random_baseline``), ``energy_in_box``
-        (``mean``, ``center_baseline``, ``random_baseline``) and ``per_class``
-        (one entry per class seen, by class index). Rates are ``None`` when no
-        image was scored.
+        ``center_baseline``, ``random_baseline``), ``energy_in_box`` (the
+        mean share), ``energy_baselines`` (``center_baseline``,
+        ``random_baseline``) and ``per_class`` (one entry per class seen, by
+        class index, with the same rates). Rates are ``None`` when no image
+        was scored.
         """
         labels = np.asarray(self._rows["label"], dtype=np.int64)
         overall = self._summary(np.ones(len(labels), bool))
@@ -178,8 +179,8 @@ class PointingGame:
                 "center_baseline": overall["center_baseline"],
                 "random_baseline": overall["random_baseline"],
             },
-            "energy_in_box": {
-                "mean": overall["energy_in_box"],
+            "energy_in_box": overall["energy_in_box"],
+            "energy_baselines": {
                 "center_baseline": overall["energy_center_baseline"],
                 "random_baseline": overall["energy_random_baseline"],
             },

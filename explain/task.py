@@ -1,0 +1,292 @@
+"""Explain a trained model on a dataset split: ``python -m explain.task --model J --data-dir D --logdir L``.
+
+A fixed, seeded choice of images of the split (``--balanced``: spread over
+the classes) is explained in batches. Each image becomes an original |
+heatmap | overlay panel titled with its true and predicted class and the
+confidence; panels are grouped into grids and written to TensorBoard (and to
+``--out-dir`` as PNG). Where the images have object boxes the pointing game
+and the share of heatmap energy inside the box are scored, overall and per
+class, next to a centre-peaked and a random-peaked baseline; the results go
+to TensorBoard scalars and to ``L/explain.json``.
+
+Bad input (missing model or data, unknown method or layer) ends with one line
+on stderr and exit code 2.
+"""
+
+import argparse
+import dataclasses
+import heapq
+import json
+import sys
+import zlib
+
+import numpy as np
+import tensorflow as tf
+
+from explain import gradcam, pointing, render
+from trainer import augment, data, predict, storage
+
+RESULTS_FILE = "explain.json"
+TARGETS = ("true", "predicted")
+SPLITS = ("train", "valid", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplainConfig:
+    """Everything one explanation run needs (see ``--help`` for the meaning of each field)."""
+
+    model: str
+    data_dir: str
+    logdir: str
+    split: str = "test"
+    num_images: int = 64
+    batch_size: int = 32
+    method: str = gradcam.DEFAULT_METHOD
+    layer: str | None = None
+    seed: int = 0
+    balanced: bool = False
+    tolerance: float = 0.0
+    target: str = "true"
+    max_maps: int = 64
+    panels_per_grid: int = 8
+    out_dir: str | None = None
+
+    def __post_init__(self):
+        gradcam.check_method(self.method)
+        if self.split not in SPLITS:
+            raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        if self.target not in TARGETS:
+            raise ValueError(f"--target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        for name in ("num_images", "batch_size", "max_maps", "panels_per_grid"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.tolerance < 0:
+            raise ValueError(f"--tolerance must be >= 0, got {self.tolerance}")
+
+
+def _rank(seed, filename, index):
+    # A hash of the file name, not the stream position: the choice does not
+    # depend on shard order or on how the split is batched.
+    return zlib.crc32(f"{seed}:{filename}".encode()), index
+
+
+def select_examples(batches, num_images, seed=0, balanced=False, num_classes=None):
+    """Chooses a fixed, seeded subset of a stream of example batches.
+
+    Every example gets a rank from a hash of ``(seed, filename)``; the lowest
+    ranks are kept, holding only ``num_images`` (or, balanced, a per-class
+    quota) in memory. Balanced selection takes the best of every class first,
+    then the second best, and so on.
+
+    Args:
+        batches: Iterable of dicts of numpy arrays with ``image``, ``label``,
+            ``box``, ``has_box`` and ``filename``.
+        num_images: How many examples to keep.
+        seed: Seed of the choice.
+        balanced: Spread the choice evenly over the classes.
+        num_classes: Number of classes (required when ``balanced``).
+
+    Returns:
+        A dict of numpy arrays (same keys), in rank order.
+    """
+    quota = -(-num_images // num_classes) if balanced else num_images
+    heaps = {}
+    index = 0
+    for batch in batches:
+        for i in range(len(batch["label"])):
+            name = batch["filename"][i]
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            key = _rank(seed, name, index)
+            index += 1
+            group = int(batch["label"][i]) if balanced else 0
+            heap = heaps.setdefault(group, [])
+            item = (-key[0], -key[1], {k: v[i] for k, v in batch.items()})
+            if len(heap) < quota:
+                heapq.heappush(heap, item)
+            elif item[:2] > heap[0][:2]:
+                heapq.heapreplace(heap, item)
+    chosen = []
+    for heap in heaps.values():
+        best_first = sorted(heap, key=lambda item: (-item[0], -item[1]))
+        chosen += [(place, -item[0], -item[1], item[2]) for place, item in enumerate(best_first)]
+    chosen = sorted(chosen, key=lambda item: item[:3])[:num_images]
+    chosen = sorted(chosen, key=lambda item: item[1:3])
+    if not chosen:
+        return {}
+    return {key: np.stack([item[3][key] for item in chosen]) for key in chosen[0][3]}
+
+
+def _load_examples(config, predictor):
+    info = data.load_metadata(config.data_dir)
+    size = predictor.input_size
+    if augment.output_size(predictor.policy, info.image_size, predictor.crop_size) != size:
+        raise ValueError(
+            f"{config.model}: the model takes {size}px images but policy {predictor.policy!r} "
+            f"makes {info.image_size}px dataset images into another size"
+        )
+    dataset = data.make_dataset(
+        info,
+        config.split,
+        global_batch_size=256,
+        policy=predictor.policy,
+        crop_size=predictor.crop_size,
+        features="all",
+    )
+    with data.translate_data_errors(info, [config.split]):
+        examples = select_examples(
+            dataset.as_numpy_iterator(), config.num_images, config.seed, config.balanced, info.num_classes
+        )
+    if not examples:
+        raise ValueError(f"{config.data_dir}: split {config.split!r} has no images")
+    return info, examples
+
+
+def _write_scalars(summary, class_names, step):
+    game = summary["pointing_game"]
+    scalars = {
+        "pointing_game/hit_rate": game["hit_rate"],
+        "pointing_game/center_baseline": game["center_baseline"],
+        "pointing_game/random_baseline": game["random_baseline"],
+        "energy_in_box/mean": summary["energy_in_box"],
+        "energy_in_box/center_baseline": summary["energy_baselines"]["center_baseline"],
+        "energy_in_box/random_baseline": summary["energy_baselines"]["random_baseline"],
+    }
+    for entry in summary["per_class"]:
+        name = render.short_name(class_names[entry["class_index"]]).replace(" ", "_")
+        scalars[f"pointing_game_per_class/{entry['class_index']:03d}_{name}"] = entry["hit_rate"]
+    for tag, value in scalars.items():
+        if value is not None:
+            tf.summary.scalar(tag, value, step=step)
+
+
+def run(config, progress=print):
+    """Explains the chosen images, writes summaries and ``explain.json``; returns the results dict."""
+    predictor = predict.load(config.model, data_dir=config.data_dir)
+    explainer = gradcam.Explainer(
+        predictor.model, config.method, config.layer, config.max_maps, config.batch_size
+    )
+    info, examples = _load_examples(config, predictor)
+    names = info.class_names
+    game = pointing.PointingGame(tolerance=config.tolerance, seed=config.seed)
+    count = len(examples["label"])
+    progress(f"explain: {count} {config.split} images, method {config.method}, layer {explainer.layer}")
+    panels, correct = [], 0
+    for start in range(0, count, config.batch_size):
+        batch = {key: value[start : start + config.batch_size] for key, value in examples.items()}
+        probabilities = predictor.predict(batch["image"])
+        predicted = probabilities.argmax(axis=1)
+        correct += int((predicted == batch["label"]).sum())
+        targets = batch["label"] if config.target == "true" else predicted
+        maps = explainer(batch["image"], targets)
+        game.add(maps, batch["box"], batch["label"], batch["has_box"])
+        for i in range(len(maps)):
+            box = batch["box"][i] if batch["has_box"][i] else None
+            label, guess = int(batch["label"][i]), int(predicted[i])
+            panels.append(
+                render.panel(
+                    batch["image"][i], maps[i], names[label], names[guess], probabilities[i, guess], box
+                )
+            )
+        hits = game.summary()["pointing_game"]["hit_rate"]
+        progress(
+            f"explain: batch {start // config.batch_size + 1}/{-(-count // config.batch_size)} "
+            f"({min(start + config.batch_size, count)}/{count} images), "
+            f"pointing-game hit rate so far {'n/a' if hits is None else f'{hits:.3f}'}"
+        )
+    summary = game.summary(class_names=names)
+    results = {
+        "method": config.method,
+        "layer": explainer.layer,
+        "target": config.target,
+        "model": config.model,
+        "data_dir": config.data_dir,
+        "split": config.split,
+        "policy": predictor.policy,
+        "input_size": predictor.input_size,
+        "seed": config.seed,
+        "n": count,
+        "accuracy": correct / count,
+        **{key: value for key, value in summary.items() if key != "n"},
+        "n_with_box": summary["n"],
+    }
+    grids = [
+        render.grid(panels[i : i + config.panels_per_grid], columns=2)
+        for i in range(0, len(panels), config.panels_per_grid)
+    ]
+    writer = tf.summary.create_file_writer(config.logdir)
+    with writer.as_default():
+        for k, image in enumerate(grids):
+            tf.summary.image(f"{config.method}/grid_{k:03d}", image[None], step=0)
+        _write_scalars(summary, names, step=0)
+        tf.summary.text("explain/results", f"```\n{json.dumps(results, indent=2)}\n```", step=0)
+    writer.close()
+    if config.out_dir:
+        for k, image in enumerate(grids):
+            render.save_png(image, storage.join(config.out_dir, f"{config.method}_grid_{k:03d}.png"))
+    tf.io.gfile.makedirs(config.logdir)
+    with tf.io.gfile.GFile(storage.join(config.logdir, RESULTS_FILE), "w") as f:
+        json.dump(results, f, indent=2)
+    _report(results, progress)
+    return results
+
+
+def _report(results, progress):
+    game, energy = results["pointing_game"], results["energy_in_box"]
+    if game["hit_rate"] is None:
+        progress("explain: no image of the selection has a box; pointing game not scored")
+        return
+    progress(
+        f"explain: pointing game {game['hit_rate']:.3f} (centre baseline {game['center_baseline']:.3f}, "
+        f"random {game['random_baseline']:.3f}); energy in box {energy:.3f} "
+        f"(centre {results['energy_baselines']['center_baseline']:.3f}, "
+        f"random {results['energy_baselines']['random_baseline']:.3f}); "
+        f"accuracy {results['accuracy']:.3f} on {results['n']} images"
+    )
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports usage errors as one line on stderr with exit code 2."""
+
+    def error(self, message):
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser():
+    """Returns the command-line parser."""
+    parser = _Parser(prog="python -m explain.task", description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("--model", required=True, help="Job dir (with model.keras and config.json) or a .keras file.")
+    add("--data-dir", required=True, help="Dataset folder (or gs:// prefix) with metadata.json and shards.")
+    add("--logdir", required=True, help="TensorBoard folder; explain.json is written here too.")
+    add("--split", default="test", help=f"Split to explain: {', '.join(SPLITS)}.")
+    add("--num-images", type=int, default=64, help="How many images to explain.")
+    add("--batch-size", type=int, default=32, help="Images per explanation batch.")
+    add("--method", default=gradcam.DEFAULT_METHOD, help=f"One of {', '.join(gradcam.METHODS)}.")
+    add("--layer", help="Target layer name (default: the last spatial feature map).")
+    add("--seed", type=int, default=0, help="Seed of the image choice and the random baseline.")
+    add("--balanced", action="store_true", help="Spread the chosen images evenly over the classes.")
+    add("--tolerance", type=float, default=0.0, help="Pointing-game tolerance in pixels.")
+    add("--target", default="true", help="Class to explain: the true one or the predicted one.")
+    add("--max-maps", type=int, default=64, help="Score-CAM: feature maps scored at most.")
+    add("--panels-per-grid", type=int, default=8, help="Panels per TensorBoard image / PNG grid.")
+    add("--out-dir", help="Also write the grids as PNG files here.")
+    return parser
+
+
+def main(argv=None):
+    """Command-line entry point; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = ExplainConfig(
+            **{field.name: getattr(args, field.name) for field in dataclasses.fields(ExplainConfig)}
+        )
+        run(config)
+    except ValueError as error:  # Also ModelLoadError and DataError.
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

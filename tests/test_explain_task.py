@@ -1,0 +1,178 @@
+"""python -m explain.task: image choice, TensorBoard output, explain.json, pointing game, errors."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from explain import task
+from trainer import data
+
+NUM_CLASSES = 5
+
+
+def _small_cnn(input_size):
+    """A small fully convolutional classifier: global pooling keeps 'where' in its last map."""
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    x = keras.layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
+    for i, filters in enumerate((16, 32)):
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i}")(x)
+        x = keras.layers.MaxPooling2D(name=f"pool{i}")(x)
+    x = keras.layers.Conv2D(64, 3, padding="same", activation="relu", name="features")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.fixture(scope="module")
+def trained_job(sample_records, tmp_path_factory):
+    """A job dir with a small CNN trained briefly on the sample (objects at known boxes)."""
+    data_dir, _ = sample_records
+    keras.utils.set_random_seed(0)
+    info = data.load_metadata(data_dir)
+    train = data.make_dataset(info, "train", global_batch_size=16, training=True, policy="none", seed=0)
+    model = _small_cnn(64)
+    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(train, epochs=30, steps_per_epoch=12, verbose=0)
+    job = tmp_path_factory.mktemp("job")
+    model.save(str(job / "model.keras"))
+    config = {"arch": "small_cnn", "policy": "none", "crop_size": 56, "data_dir": data_dir}
+    (job / "config.json").write_text(json.dumps(config))
+    return str(job), data_dir
+
+
+def _events(logdir):
+    """Returns ``{tag: (plugin, value)}`` of every summary in ``logdir``'s event files."""
+    found = {}
+    for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                array = tf.make_ndarray(value.tensor)
+                found[value.tag] = (value.metadata.plugin_data.plugin_name, array)
+    return found
+
+
+def _batches(labels, names, batch_size):
+    for start in range(0, len(labels), batch_size):
+        stop = start + batch_size
+        yield {
+            "label": np.asarray(labels[start:stop]),
+            "filename": np.asarray([n.encode() for n in names[start:stop]]),
+            "image": np.zeros((len(labels[start:stop]), 2, 2, 3), np.float32),
+        }
+
+
+def test_select_examples_is_seeded_and_order_independent():
+    labels = [i % 4 for i in range(60)]
+    names = [f"img_{i}.JPEG" for i in range(60)]
+    first = task.select_examples(_batches(labels, names, 7), 10, seed=1)
+    order = np.random.default_rng(0).permutation(60)
+    shuffled = task.select_examples(
+        _batches([labels[i] for i in order], [names[i] for i in order], 13), 10, seed=1
+    )
+    assert len(first["label"]) == 10
+    assert first["filename"].tolist() == shuffled["filename"].tolist()
+    other = task.select_examples(_batches(labels, names, 7), 10, seed=2)
+    assert set(other["filename"].tolist()) != set(first["filename"].tolist())
+
+
+def test_select_examples_balanced():
+    labels = [0] * 40 + [1] * 5 + [2] * 15
+    names = [f"img_{i}.JPEG" for i in range(60)]
+    chosen = task.select_examples(_batches(labels, names, 8), 9, seed=0, balanced=True, num_classes=3)
+    assert np.bincount(chosen["label"], minlength=3).tolist() == [3, 3, 3]
+    few = task.select_examples(_batches(labels, names, 8), 2, seed=0, balanced=True, num_classes=3)
+    assert len(set(few["label"].tolist())) == 2
+
+
+@pytest.mark.slow
+def test_trained_model_beats_centre_baseline_and_writes_everything(trained_job, tmp_path, capsys):
+    job, data_dir = trained_job
+    logdir, out_dir = str(tmp_path / "logs"), str(tmp_path / "png")
+    argv = ["--model", job, "--data-dir", data_dir, "--split", "test", "--num-images", "40"]
+    argv += ["--batch-size", "16", "--logdir", logdir, "--out-dir", out_dir, "--seed", "0"]
+    assert task.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "batch 1/3" in printed and "batch 3/3" in printed and "pointing game" in printed
+
+    with open(os.path.join(logdir, "explain.json")) as f:
+        results = json.load(f)
+    assert results["method"] == "gradcam" and results["layer"] == "features" and results["n"] == 40
+    game = results["pointing_game"]
+    assert set(game) >= {"hit_rate", "center_baseline", "random_baseline"}
+    # The objects sit at random places: a model that looks at them beats the centre.
+    assert game["hit_rate"] >= 0.7
+    assert game["hit_rate"] >= game["center_baseline"] + 0.2
+    assert game["hit_rate"] >= game["random_baseline"] + 0.3
+    assert results["energy_in_box"] > results["energy_baselines"]["center_baseline"]
+    assert len(results["per_class"]) == NUM_CLASSES
+    assert sum(entry["n"] for entry in results["per_class"]) == 40
+
+    events = _events(logdir)
+    grids = sorted(tag for tag, (plugin, _) in events.items() if plugin == "images")
+    assert grids == [f"gradcam/grid_{k:03d}" for k in range(5)]  # 40 panels, 8 per grid
+    width, height = (int(v) for v in events["gradcam/grid_000"][1][:2])
+    assert width > 600 and height > 500
+    assert events["pointing_game/hit_rate"][0] == "scalars"
+    assert float(events["pointing_game/hit_rate"][1]) == pytest.approx(game["hit_rate"])
+    assert float(events["pointing_game/center_baseline"][1]) == pytest.approx(game["center_baseline"])
+    assert float(events["energy_in_box/mean"][1]) == pytest.approx(results["energy_in_box"])
+    assert sum(tag.startswith("pointing_game_per_class/") for tag in events) == NUM_CLASSES
+    assert sorted(os.listdir(out_dir)) == [f"gradcam_grid_{k:03d}.png" for k in range(5)]
+
+
+@pytest.mark.slow
+def test_keras_file_with_smaller_input_is_centre_cropped(sample_records, tmp_path):
+    data_dir, _ = sample_records
+    path = str(tmp_path / "small.keras")
+    _small_cnn(56).save(path)
+    logdir = str(tmp_path / "logs")
+    argv = ["--model", path, "--data-dir", data_dir, "--logdir", logdir, "--num-images", "6"]
+    argv += ["--method", "layercam", "--balanced", "--split", "valid", "--tolerance", "3"]
+    assert task.main(argv) == 0
+    with open(os.path.join(logdir, "explain.json")) as f:
+        results = json.load(f)
+    assert results["policy"] == "crop" and results["input_size"] == 56
+    assert results["method"] == "layercam" and results["n"] == 6 and results["tolerance"] == 3
+    assert len(results["per_class"]) == NUM_CLASSES  # balanced: 5 classes among 6 images
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"--model": "missing-job"}, "model not found"),
+        ({"--data-dir": "missing-data"}, "metadata"),
+        ({"--method": "gradcam3"}, "Unknown method 'gradcam3'"),
+        ({"--layer": "no_such_layer"}, "Unknown layer 'no_such_layer'"),
+        ({"--num-images": "0"}, "--num-images must be >= 1"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(trained_job, tmp_path, capsys, change, message):
+    job, data_dir = trained_job
+    options = {"--model": job, "--data-dir": data_dir, "--logdir": str(tmp_path / "logs")}
+    options.update(
+        {key: str(tmp_path / value) if "missing" in value else value for key, value in change.items()}
+    )
+    argv = [item for pair in options.items() for item in pair]
+    assert task.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_cli_usage_error_has_no_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "explain.task", "--model", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "--data-dir" in lines[0] and "Traceback" not in result.stderr
