@@ -25,7 +25,7 @@ EXTRAS = {
     "hypertune": ["cloudml-hypertune>=0.1.0.dev6"],
     "deploy": [
         "google-cloud-aiplatform>=1.60,<3",
-        "kubernetes>=30,<40",
+        "kubernetes>=30,<37",
     ],
     "bench": ["tf-keras>=2.21,<2.22", "scipy>=1.11,<2"],
     "dev": [
@@ -45,7 +45,7 @@ setuptools.setup(
         "Beam preprocessing, distributed Inception training, Grad-CAM "
         "explanations and cluster deployment for tiny-imagenet-style data."
     ),
-    python_requires=">=3.11,<3.12",
+    python_requires=">=3.11,<3.13",
     packages=setuptools.find_packages(include=["preprocessing*", "trainer*", "explain*", "deploy*"]),
     install_requires=REQUIRED,
     extras_require=EXTRAS,
