@@ -96,6 +96,20 @@ def test_host_and_device_give_the_same_output(policy):
     np.testing.assert_array_equal(host_out, train_step(images, seed).numpy())
 
 
+def test_xla_compiled_step_draws_the_same_parameters():
+    # XLA may fuse multiply-adds, so values agree to rounding rather than bit for bit.
+    book = augment.BookParams()
+    host = augment.sample_book_parameters(64, SEED, book)
+    xla = tf.function(lambda: augment.sample_book_parameters(64, SEED, book), jit_compile=True)()
+    for key, value in host.items():
+        np.testing.assert_allclose(xla[key].numpy(), value.numpy(), rtol=1e-5, atol=1e-5, err_msg=key)
+    images = _random_images(batch=4)
+    crop = augment.Augmenter("crop")
+    np.testing.assert_allclose(
+        tf.function(crop, jit_compile=True)(images, SEED).numpy(), crop(images, SEED).numpy(), atol=1e-3
+    )
+
+
 def test_parameters_stay_within_bounds():
     p = {k: v.numpy() for k, v in augment.sample_book_parameters(2000, SEED, augment.BookParams()).items()}
     assert np.abs(p["angle"]).max() <= math.radians(30) + 1e-6

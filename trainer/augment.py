@@ -143,7 +143,15 @@ def split_seed(seed, num):
 
 
 def _uniform(batch, seed, low, high):
-    return tf.random.stateless_uniform([batch], seed, minval=low, maxval=high, alg=_ALG)
+    """Floats uniform in ``[low, high)``, built from 23 random integer bits.
+
+    TF's float ``stateless_uniform`` draws different numbers under XLA than
+    without it; its integer draws agree, so floats are made from those and a
+    jit-compiled training step sees the same parameters as tf.data.
+    """
+    bits = tf.random.stateless_uniform([batch], seed, minval=None, maxval=None, dtype=tf.int32, alg=_ALG)
+    unit = tf.cast(tf.bitwise.bitwise_and(bits, (1 << 23) - 1), tf.float32) * (1.0 / (1 << 23))
+    return low + (high - low) * unit
 
 
 def _randint(batch, seed, high):
