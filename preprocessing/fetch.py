@@ -1,0 +1,291 @@
+"""File access for the job: local paths and ``gs://`` through Beam's FileSystems.
+
+Also resolves ``--raw-dir`` (a folder, a ``.zip``, or a ``gs://``/``https://``
+location of either) to the folder holding ``wnids.txt``, extracting archives
+safely, and manages the output folder.
+"""
+
+import os
+import shutil
+import stat
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import PurePosixPath
+
+from apache_beam.io.filesystem import BeamIOError
+from apache_beam.io.filesystems import FileSystems
+
+from preprocessing import schema
+
+EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
+WEB_SCHEMES = ("http://", "https://")
+COPY_CHUNK = 8 << 20
+# Working files the job keeps in --output-dir while it runs (removed at the end).
+PLAN_DIR = ".plan"
+COUNTS_FILE = ".counts.jsonl"
+
+
+class SourceError(ValueError):
+    """``--raw-dir`` or ``--output-dir`` cannot be used; the message says why."""
+
+
+def configure_gcs_emulator():
+    """Lets Beam's GCS file system talk to a storage emulator without credentials.
+
+    google-cloud-storage sends requests to ``STORAGE_EMULATOR_HOST`` when it is
+    set, but Beam first looks for Application Default Credentials and retries
+    that lookup for about 30 s before it falls back to an anonymous client. An
+    emulator needs no credentials, so when the variable is set Beam is told up
+    front that there are none. Without the variable nothing changes (real GCS
+    keeps its credentials). Call it in every process that touches ``gs://``.
+    """
+    if not os.environ.get(EMULATOR_ENV):
+        return
+    from apache_beam.internal.gcp import auth
+
+    credentials = getattr(auth, "_Credentials", None)
+    if credentials is not None and hasattr(credentials, "_credentials_init"):
+        with credentials._credentials_lock:
+            credentials._credentials = None
+            credentials._credentials_init = True
+
+
+def is_local(path):
+    """True when ``path`` is a plain local path (no ``scheme://``)."""
+    return "://" not in path
+
+
+def join(base, *parts):
+    """Joins path parts with the separator of ``base``'s file system."""
+    if is_local(base):
+        return os.path.join(base, *parts)
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def read_bytes(path):
+    """Returns the content of a local or remote file."""
+    if is_local(path):
+        with open(path, "rb") as f:
+            return f.read()
+    with FileSystems.open(path) as f:
+        return f.read()
+
+
+def read_text(path):
+    """Returns the UTF-8 text of a local or remote file."""
+    return read_bytes(path).decode("utf-8")
+
+
+def exists(path):
+    """True when the file exists."""
+    return os.path.exists(path) if is_local(path) else FileSystems.exists(path)
+
+
+def list_names(folder):
+    """Returns the sorted base names of the files directly inside ``folder``."""
+    if is_local(folder):
+        if not os.path.isdir(folder):
+            return []
+        return sorted(e.name for e in os.scandir(folder) if e.is_file())
+    pattern = join(folder, "*")
+    metadata = FileSystems.match([pattern])[0].metadata_list
+    return sorted(m.path.rsplit("/", 1)[-1] for m in metadata if not m.path.endswith("/"))
+
+
+def list_tree(folder):
+    """Returns every file below ``folder`` (recursively) as full paths."""
+    if is_local(folder):
+        if not os.path.isdir(folder):
+            return []
+        return sorted(os.path.join(d, f) for d, _, files in os.walk(folder) for f in files)
+    return sorted(m.path for m in FileSystems.match([join(folder, "**")])[0].metadata_list)
+
+
+def delete(paths):
+    """Deletes files (local or remote); missing files are ignored."""
+    local = [p for p in paths if is_local(p)]
+    for path in local:
+        if os.path.exists(path):
+            os.remove(path)
+    remote = [p for p in paths if not is_local(p)]
+    if remote:
+        FileSystems.delete(remote)
+
+
+def write_bytes(path, data):
+    """Writes a whole file; a local file appears atomically (written aside, then renamed)."""
+    if is_local(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        return
+    with FileSystems.create(path) as f:
+        f.write(data)
+
+
+def upload(local_path, path):
+    """Copies a local file to ``path`` (local or remote), atomically for local targets."""
+    if is_local(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        shutil.move(local_path, path)
+        return
+    with open(local_path, "rb") as src, FileSystems.create(path) as dst:
+        shutil.copyfileobj(src, dst, COPY_CHUNK)
+
+
+def _check_member(info, target):
+    name = info.filename
+    mode = info.external_attr >> 16
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        raise SourceError(f"unsafe archive: entry {name!r} has an absolute path")
+    if ".." in parts:
+        raise SourceError(f"unsafe archive: entry {name!r} would be written outside the target folder")
+    if stat.S_ISLNK(mode):
+        raise SourceError(f"unsafe archive: entry {name!r} is a symbolic link")
+    # Archives made without Unix modes (or with permission bits only) carry no file type.
+    if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise SourceError(f"unsafe archive: entry {name!r} is not a regular file or folder")
+    resolved = os.path.realpath(os.path.join(target, name))
+    if os.path.commonpath([resolved, os.path.realpath(target)]) != os.path.realpath(target):
+        raise SourceError(f"unsafe archive: entry {name!r} would be written outside the target folder")
+
+
+def safe_extract(archive, target):
+    """Extracts a zip archive into ``target`` after checking every entry.
+
+    Entries with absolute paths, ``..`` components, symbolic links or other
+    special files are refused before anything is written.
+
+    Raises:
+        SourceError: For an unsafe or unreadable archive.
+    """
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = zf.infolist()
+            for info in members:
+                _check_member(info, target)
+            zf.extractall(target, members)
+    except zipfile.BadZipFile as error:
+        raise SourceError(f"{archive} is not a readable zip archive: {error}") from None
+
+
+def _download(url, target):
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(target, "wb") as f:
+            shutil.copyfileobj(response, f, COPY_CHUNK)
+    except (urllib.error.URLError, OSError) as error:
+        raise SourceError(f"cannot download {url}: {error}") from None
+
+
+def _fetch_archive(src, work_dir):
+    local = os.path.join(work_dir, "source.zip")
+    if src.startswith(WEB_SCHEMES):
+        _download(src, local)
+    elif is_local(src):
+        if not os.path.isfile(src):
+            raise SourceError(f"--raw-dir {src} does not exist")
+        local = src
+    else:
+        if not FileSystems.exists(src):
+            raise SourceError(f"--raw-dir {src} does not exist")
+        with FileSystems.open(src) as remote, open(local, "wb") as f:
+            shutil.copyfileobj(remote, f, COPY_CHUNK)
+    extracted = os.path.join(work_dir, "extracted")
+    safe_extract(local, extracted)
+    return extracted
+
+
+def _children_with_wnids(folder):
+    if is_local(folder):
+        if not os.path.isdir(folder):
+            return []
+        subfolders = (e.path for e in os.scandir(folder) if e.is_dir())
+        return sorted(p for p in subfolders if os.path.isfile(os.path.join(p, "wnids.txt")))
+    matches = FileSystems.match([join(folder, "*", "wnids.txt")])[0].metadata_list
+    return sorted(m.path.rsplit("/", 1)[0] for m in matches)
+
+
+def locate_root(folder, shown_as=None):
+    """Returns the dataset root: ``folder`` or its one sub-folder that holds ``wnids.txt``.
+
+    Raises:
+        SourceError: When no (or more than one) candidate holds ``wnids.txt``.
+    """
+    shown_as = shown_as or folder
+    folder = folder.rstrip("/") if not is_local(folder) else folder
+    if exists(join(folder, "wnids.txt")):
+        return folder
+    candidates = _children_with_wnids(folder)
+    if len(candidates) == 1:
+        return candidates[0]
+    if candidates:
+        raise SourceError(f"{shown_as} holds several datasets (wnids.txt in {len(candidates)} folders)")
+    raise SourceError(f"wnids.txt not found in {shown_as} or its sub-folders: not a tiny-imagenet-200 folder")
+
+
+def resolve_raw_dir(src, work_dir):
+    """Returns the folder holding ``wnids.txt`` for any accepted ``--raw-dir``.
+
+    Args:
+        src: A folder, a ``.zip``, or a ``gs://``/``https://`` location of either.
+        work_dir: A local scratch folder for downloads and extraction.
+
+    Raises:
+        SourceError: When the source is missing, unsafe or not a dataset.
+    """
+    if src.lower().endswith(".zip"):
+        return locate_root(_fetch_archive(src, work_dir), shown_as=src)
+    if src.startswith(WEB_SCHEMES):
+        raise SourceError(f"--raw-dir {src}: an http(s) source must be a .zip archive")
+    if is_local(src) and not os.path.isdir(src):
+        raise SourceError(f"--raw-dir {src} does not exist or is not a folder")
+    return locate_root(src)
+
+
+def make_work_dir():
+    """Returns a fresh local scratch folder (the caller removes it)."""
+    return tempfile.mkdtemp(prefix="tiny-imagenet-preprocess-")
+
+
+def our_outputs(files):
+    """The files among ``files`` that an earlier run of this job wrote."""
+    ours = []
+    for path in files:
+        posix = path.replace("\\", "/")
+        name = posix.rsplit("/", 1)[-1]
+        shard = name.endswith(schema.SHARD_SUFFIX) and name.split("-", 1)[0] in schema.SPLITS
+        working = name == COUNTS_FILE or f"/{PLAN_DIR}/" in posix or ".tfrecord.tmp-" in name
+        if shard or working or name in (schema.METADATA_FILE, schema.REJECTED_FILE):
+            ours.append(path)
+    return ours
+
+
+def prepare_output_dir(output_dir, overwrite):
+    """Refuses a non-empty output folder unless ``overwrite``; then removes earlier outputs.
+
+    ``metadata.json`` goes first, so an interrupted clean-up never leaves a
+    metadata file that points at missing shards.
+
+    Raises:
+        SourceError: When the folder is not empty and ``overwrite`` is false.
+    """
+    try:
+        existing = list_tree(output_dir)
+    except BeamIOError as error:
+        raise SourceError(f"cannot list --output-dir {output_dir}: {error}") from None
+    if existing and not overwrite:
+        raise SourceError(
+            f"--output-dir {output_dir} is not empty ({len(existing)} files); pass --overwrite to replace it"
+        )
+    stale = our_outputs(existing)
+    metadata = [p for p in stale if p.endswith(schema.METADATA_FILE)]
+    delete(metadata)
+    delete([p for p in stale if p not in metadata])
+    if is_local(output_dir):
+        os.makedirs(output_dir, exist_ok=True)
+    return len(stale)
