@@ -215,10 +215,10 @@ class TrainingSession:
         images, _ = next(iter(raw))
         augmenter = augment.Augmenter(config.policy, self.info.image_size, config.crop_size)
         augment_summary.write_augmentation_summary(
-            self.outputs.local("logs"),
+            self.outputs.local("logs", "train"),
             images,
             augmenter,
-            seed=config.seed,
+            seed=[config.seed, 0],
             step=0,
             max_images=8,
             name="augmented",

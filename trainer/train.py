@@ -91,12 +91,13 @@ def run(config, stop_flag=None):
     chief = distribute.is_chief()
     outputs = storage.JobOutputs(output_folders(config), chief=chief)
     check_job_dir(outputs, config)
+    # Collective ops (multi-worker) must be configured before any TensorFlow op runs.
+    strategy = distribute.make_strategy(config.strategy, config.num_cpu_devices)
     info = data.load_metadata(config.data_dir)
     data.verify_data(info)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
-    strategy = distribute.make_strategy(config.strategy, config.num_cpu_devices)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise ValueError(f"batch size {config.batch_size} is not divisible by {replicas} replicas")

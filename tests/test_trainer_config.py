@@ -1,0 +1,196 @@
+"""Configuration resolution of the trainer: defaults < YAML/JSON < flags, env, validation, CLI errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from trainer import config as config_lib
+from trainer import distribute, models, task
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_defaults_then_file_then_flags(tmp_path):
+    defaults = models.get_defaults("minception")
+    path = tmp_path / "settings.yaml"
+    path.write_text("epochs: 7\nlearning-rate: 0.05\ndropout: 0.2\nbatch_size: 64\n")
+    config = task.resolve(
+        ["--data-dir", "d", "--job-dir", "j", "--arch", "minception", "--config", str(path), "--epochs", "3"],
+        environ={},
+    )
+    assert config.epochs == 3  # flag beats file
+    assert config.learning_rate == 0.05  # file beats defaults
+    assert config.dropout == 0.2
+    assert config.batch_size == 64
+    assert config.policy == defaults.augmentation  # defaults table
+    assert config.crop_size == defaults.input_size
+    assert config.early_stopping_patience == defaults.early_stopping_patience
+    assert config.log_dir == "j/logs" and config.backup_dir == "j/backup"
+
+
+def test_json_config_and_book_exercise_flags(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"arch": "inception_v1", "aux_loss_weight": 0.5}))
+    config = task.resolve(
+        [
+            "--data-dir",
+            "d",
+            "--job-dir",
+            "j",
+            "--config",
+            str(path),
+            "--dropout",
+            "0.8",
+            "--min-delta",
+            "0.01",
+        ],
+        environ={},
+    )
+    assert config.arch == "inception_v1"
+    assert config.aux_loss_weight == 0.5
+    assert config.dropout == 0.8 and config.min_delta == 0.01
+    assert config.aux_dropout == models.get_defaults("inception_v1").aux_dropout
+
+
+def test_vertex_environment_supplies_output_folders():
+    environ = {
+        "AIP_MODEL_DIR": "gs://b/model",
+        "AIP_CHECKPOINT_DIR": "gs://b/ckpt",
+        "AIP_TENSORBOARD_LOG_DIR": "gs://b/tb",
+        "CLOUD_ML_TRIAL_ID": "3",
+    }
+    config = task.resolve(["--data-dir", "d", "--arch", "minception"], environ=environ)
+    assert config.job_dir == "gs://b/model"
+    assert config.export_dir == "gs://b/model"
+    assert config.checkpoint_dir == "gs://b/ckpt" and config.backup_dir == "gs://b/ckpt/backup"
+    assert config.log_dir == "gs://b/tb"
+    assert config.hypertune_metric == "accuracy"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--arch", "resnet9000"], "unknown model"),
+        (["--arch", "minception", "--dropout", "1.5"], "dropout"),
+        (["--arch", "minception", "--batch-size", "0"], "batch_size"),
+        (["--arch", "minception", "--lr-plateau-factor", "2"], "lr_plateau_factor"),
+    ],
+)
+def test_bad_values_exit_2_with_one_line(argv, message, capsys):
+    code = task.main(["--data-dir", "d", "--job-dir", "j", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
+
+
+def test_unknown_key_in_config_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("arch: minception\nepochz: 3\n")
+    with pytest.raises(ValueError, match="epochz"):
+        task.resolve(["--data-dir", "d", "--job-dir", "j", "--config", str(path)], environ={})
+
+
+def test_help_documents_every_flag():
+    text = task.build_parser().format_help()
+    for flag in [
+        "--data-dir",
+        "--job-dir",
+        "--arch",
+        "--epochs",
+        "--batch-size",
+        "--learning-rate",
+        "--weights",
+        "--mixed-precision",
+        "--jit-compile",
+        "--strategy",
+        "--num-cpu-devices",
+        "--steps-per-epoch",
+        "--seed",
+        "--deterministic",
+        "--augment-on",
+        "--config",
+        "--dropout",
+        "--aux-dropout",
+        "--aux-loss-weight",
+        "--early-stopping-patience",
+        "--min-delta",
+        "--lr-plateau-patience",
+        "--lr-plateau-factor",
+        "--warmup-epochs",
+        "--cache",
+        "--validation-steps",
+        "--policy",
+    ]:
+        assert flag in text
+    assert "GLOBAL batch size" in text
+
+
+def test_config_round_trips_through_json():
+    config = config_lib.TrainConfig(data_dir="d", job_dir="gs://b/j", arch="minception", epochs=2)
+    again = config_lib.from_dict(json.loads(config.to_json()))
+    assert again == config
+    assert config.export_dir == "gs://b/j/export"
+
+
+def test_strategy_choice():
+    assert distribute.choose("auto", num_gpus=0, num_cpu_devices=0, num_tasks=1) == "default"
+    assert distribute.choose("auto", num_gpus=2, num_cpu_devices=0, num_tasks=1) == "mirrored"
+    assert distribute.choose("auto", num_gpus=0, num_cpu_devices=2, num_tasks=1) == "mirrored"
+    assert distribute.choose("auto", num_gpus=4, num_cpu_devices=0, num_tasks=2) == "multi_worker"
+    with pytest.raises(ValueError, match="TF_CONFIG"):
+        distribute.choose("multi_worker", num_gpus=0, num_cpu_devices=0, num_tasks=1)
+    cluster = {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}
+    assert distribute.cluster_size(cluster) == 2
+    assert not distribute.is_chief(cluster)
+    assert distribute.is_chief({**cluster, "task": {"type": "worker", "index": 0}})
+
+
+def _cli(args, tmp_path):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
+    return subprocess.run(
+        [sys.executable, "-m", "trainer.task", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+
+
+def _assert_clean_error(proc, needle):
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert len(lines) == 1 and needle in lines[0], proc.stderr[-2000:]
+
+
+def test_cli_unknown_arch_and_missing_data_dir(tmp_path):
+    proc = _cli(["--data-dir", str(tmp_path), "--job-dir", str(tmp_path / "j"), "--arch", "nope"], tmp_path)
+    _assert_clean_error(proc, "unknown model")
+    missing = str(tmp_path / "missing")
+    proc = _cli(["--data-dir", missing, "--job-dir", str(tmp_path / "j"), "--arch", "minception"], tmp_path)
+    _assert_clean_error(proc, "metadata")
+
+
+def test_cli_rejects_job_dir_of_other_arch_and_shard_mismatch(sample_records, tmp_path):
+    data_dir, metadata = sample_records
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "config.json").write_text(json.dumps({"arch": "inception_v1"}))
+    proc = _cli(["--data-dir", data_dir, "--job-dir", str(job), "--arch", "minception"], tmp_path)
+    _assert_clean_error(proc, "inception_v1")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in os.listdir(data_dir):
+        (broken / name).write_bytes((open(os.path.join(data_dir, name), "rb")).read())
+    metadata = dict(
+        metadata, splits=dict(metadata["splits"], train={**metadata["splits"]["train"], "count": 999})
+    )
+    (broken / "metadata.json").write_text(json.dumps(metadata))
+    proc = _cli(
+        ["--data-dir", str(broken), "--job-dir", str(tmp_path / "j2"), "--arch", "minception"], tmp_path
+    )
+    _assert_clean_error(proc, "999")

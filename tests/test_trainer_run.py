@@ -1,0 +1,200 @@
+"""End-to-end runs of ``python -m trainer.task``: mirrored over 2 logical CPUs, outputs,
+export, TensorBoard, multi-worker, gs:// job dir."""
+
+import csv
+import glob
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+
+import numpy as np
+import pytest
+
+from tests import trainer_helpers as helpers
+
+
+@pytest.fixture(scope="module")
+def mirrored_run(sample_records, tmp_path_factory):
+    """One mirrored run over 2 logical CPU devices; returns ``(job_dir, data_dir, proc)``."""
+    data_dir, _ = sample_records
+    job = str(tmp_path_factory.mktemp("mirrored") / "job")
+    args = [
+        "--data-dir",
+        data_dir,
+        "--job-dir",
+        job,
+        *helpers.QUICK,
+        "--epochs",
+        "2",
+        "--num-cpu-devices",
+        "2",
+    ]
+    proc = helpers.run_cli(args)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return job, data_dir, proc
+
+
+def test_mirrored_outputs(mirrored_run):
+    job, _, _ = mirrored_run
+    with open(os.path.join(job, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["replicas"] == 2 and metrics["strategy"] == "MirroredStrategy"
+    assert metrics["arch"] == "minception" and metrics["num_classes"] == 5
+    assert metrics["epochs_completed"] == 2 and metrics["best_epoch"] in (0, 1)
+    for split in ("valid", "test"):
+        assert set(metrics[split]) >= {"loss", "accuracy", "top5_accuracy"}
+        assert 0.0 <= metrics[split]["accuracy"] <= metrics[split]["top5_accuracy"] <= 1.0
+    assert metrics["test"]["count"] == 40  # every test record evaluated exactly once over 2 replicas
+    with open(os.path.join(job, "config.json")) as f:
+        config = json.load(f)
+    assert config["num_cpu_devices"] == 2 and config["batch_size"] == 8 and config["policy"] == "crop"
+    with open(os.path.join(job, "history.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert {"loss", "val_loss", "val_accuracy", "learning_rate"} <= set(rows[0])
+    with open(os.path.join(job, "per_class_accuracy.csv")) as f:
+        per_class = list(csv.DictReader(f))
+    assert len(per_class) == 5 and all(row["name"] and row["wnid"] for row in per_class)
+    assert sum(int(r["count"]) for r in per_class) == 40
+    assert not os.path.exists(os.path.join(job, "backup")), "backup must be deleted after success"
+
+
+def test_best_model_file_loads(mirrored_run):
+    import keras
+
+    from trainer import models  # noqa: F401 - registers the custom layers
+
+    job, _, _ = mirrored_run
+    model = keras.models.load_model(os.path.join(job, "model.keras"))
+    assert len(model.outputs) == 1 and model.output_shape == (None, 5)
+
+
+def test_export_serves_jpeg_bytes(mirrored_run, sample_raw):
+    import tensorflow as tf
+
+    job, data_dir, _ = mirrored_run
+    raw_dir, info = sample_raw
+    names = sorted(info["val"])[:3]
+    images = [open(os.path.join(raw_dir, "val", "images", n), "rb").read() for n in names]
+    loaded = tf.saved_model.load(os.path.join(job, "export"))
+    out = loaded.signatures["serving_default"](images=tf.constant(images))
+    assert out["names"].shape == (3, 5) and out["wnids"].shape == (3, 5)
+    with open(os.path.join(data_dir, "metadata.json")) as f:
+        classes = {c["name"] for c in json.load(f)["classes"]}
+    assert {n.decode() for n in out["names"].numpy().ravel()} <= classes
+    probabilities = out["probabilities"].numpy()
+    assert np.all(np.diff(probabilities, axis=1) <= 1e-6)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+
+
+def _get_json(url):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_tensorboard_serves_scalars_and_images(mirrored_run):
+    job, _, _ = mirrored_run
+    port = helpers.free_port()
+    logdir = os.path.join(job, "logs")
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", logdir, "--host", "127.0.0.1"]
+    proc = subprocess.Popen(
+        [*command, "--port", str(port), "--reload_interval", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=helpers.cli_env(),
+    )
+    base = f"http://127.0.0.1:{port}/data/plugin"
+    try:
+        scalars, images = {}, {}
+
+        def loaded():
+            nonlocal scalars, images
+            try:
+                scalars = _get_json(f"{base}/scalars/tags")
+                images = _get_json(f"{base}/images/tags")
+            except OSError:
+                return False
+            return "validation" in scalars and "evaluation" in images and "train" in images
+
+        assert helpers.wait_for(loaded, 120, proc), (scalars, images)
+        for run in ("train", "validation"):
+            assert {"epoch_loss", "epoch_accuracy", "epoch_top5_accuracy"} <= set(scalars[run])
+        assert "epoch_learning_rate" in scalars["train"]
+        assert "confusion_matrix/test" in images["evaluation"]
+        assert "augmented" in images["train"]
+        hparams = glob.glob(os.path.join(job, "logs", "events.out.tfevents.*"))
+        assert hparams and b"hparams" in open(hparams[0], "rb").read()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@pytest.mark.slow
+def test_multi_worker_two_processes(sample_records, tmp_path):
+    data_dir, _ = sample_records
+    job, dump = str(tmp_path / "job"), str(tmp_path / "dump")
+    ports = [helpers.free_port(), helpers.free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    args = [
+        "--data-dir",
+        data_dir,
+        "--job-dir",
+        job,
+        *helpers.QUICK,
+        "--epochs",
+        "1",
+        "--debug-dump-weights",
+        dump,
+    ]
+    procs = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        procs.append(helpers.start_cli(args, str(tmp_path / f"w{index}.log"), TF_CONFIG=tf_config))
+    codes = [p.wait(timeout=600) for p in procs]
+    assert codes == [0, 0], helpers.tail(tmp_path / "w0.log") + helpers.tail(tmp_path / "w1.log")
+    with open(os.path.join(job, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["replicas"] == 2 and metrics["strategy"] == "MultiWorkerMirroredStrategy"
+    chief = np.load(os.path.join(dump, "worker-worker-0.npz"))
+    other = np.load(os.path.join(dump, "worker-worker-1.npz"))
+    trainable = [k for k in chief.files if k.startswith("trainable/")]
+    assert trainable and sorted(chief.files) == sorted(other.files)
+    for key in trainable:  # gradients are all-reduced: every worker applies the same update
+        np.testing.assert_allclose(chief[key], other[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    moving = [k for k in chief.files if k.startswith("moving/")]
+    # Batch-norm statistics are updated from each worker's own batches (not synchronized):
+    # the workers saw different shards, so their statistics differ.
+    assert moving and any(not np.allclose(chief[k], other[k]) for k in moving)
+    # Only the chief wrote outputs; the non-chief's temporary folders are gone.
+    assert os.path.exists(os.path.join(job, "model.keras"))
+    assert not glob.glob(os.path.join(job, "**", "workertemp-*"), recursive=True)
+
+
+@pytest.mark.slow
+def test_gcs_job_dir_and_vertex_environment(sample_records, gcs_bucket, tmp_path):
+    from trainer import storage
+
+    data_dir, _ = sample_records
+    job = f"gs://{gcs_bucket}/runs/a"
+    logs = f"gs://{gcs_bucket}/tensorboard/a"
+    args = ["--data-dir", data_dir, "--job-dir", job, *helpers.QUICK, "--epochs", "1"]
+    metric_file = str(tmp_path / "hypertune" / "output.metrics")
+    proc = helpers.run_cli(
+        args,
+        AIP_TENSORBOARD_LOG_DIR=logs,
+        CLOUD_ML_HP_METRIC_TAG="val_acc",
+        CLOUD_ML_HP_METRIC_FILE=metric_file,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    client = storage.gcs_client()
+    names = {blob.name for blob in client.list_blobs(gcs_bucket)}
+    for name in ("config.json", "metrics.json", "model.keras", "history.csv", "export/saved_model.pb"):
+        assert f"runs/a/{name}" in names, sorted(names)
+    assert any(n.startswith("tensorboard/a/validation/events.out") for n in names)
+    assert not any(n.startswith("runs/a/backup/") for n in names)
+    metrics = json.loads(client.bucket(gcs_bucket).blob("runs/a/metrics.json").download_as_text())
+    with open(metric_file) as f:
+        reported = json.loads(f.read().splitlines()[-1])
+    assert float(reported["val_acc"]) == pytest.approx(metrics["valid"]["accuracy"])

@@ -1,0 +1,69 @@
+"""Helpers of the trainer tests: run the CLI in a subprocess, free ports, wait for files."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A run small enough for CI: a few steps of a tiny batch.
+QUICK = ["--arch", "minception", "--batch-size", "8", "--steps-per-epoch", "2", "--validation-steps", "1"]
+
+
+def cli_env(**extra):
+    """The environment of a trainer subprocess."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
+    env.pop("TF_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+def run_cli(args, timeout=400, **env):
+    """Runs ``python -m trainer.task`` to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "trainer.task", *args],
+        capture_output=True,
+        text=True,
+        env=cli_env(**env),
+        cwd=ROOT,
+        timeout=timeout,
+    )
+
+
+def start_cli(args, log_path, **env):
+    """Starts ``python -m trainer.task`` in the background, output to ``log_path``."""
+    log = open(log_path, "w")
+    return subprocess.Popen(
+        [sys.executable, "-m", "trainer.task", *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=cli_env(**env),
+        cwd=ROOT,
+    )
+
+
+def wait_for(predicate, timeout, proc=None, interval=0.2):
+    """Polls ``predicate`` until true; fails when ``proc`` exits first or on timeout."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        if proc is not None and proc.poll() is not None:
+            return predicate()
+        time.sleep(interval)
+    return False
+
+
+def free_port():
+    """Returns a TCP port free on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tail(path, chars=3000):
+    """Returns the end of a log file (for assertion messages)."""
+    with open(path) as f:
+        return f.read()[-chars:]
