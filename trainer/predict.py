@@ -310,8 +310,14 @@ def _save_gradcam(predictor, config, batch, probabilities, paths):
     return saved
 
 
-def run(config, out=sys.stdout, err=sys.stderr):
-    """Predicts every image of ``config``; returns the exit code (1 when an image failed)."""
+def run(config, out=None, err=None):
+    """Predicts every image of ``config``; returns the exit code (1 when an image failed).
+
+    Tables or JSON go to ``out``, one line per unreadable image to ``err``
+    (default: the current ``sys.stdout`` and ``sys.stderr``).
+    """
+    out = out or sys.stdout
+    err = err or sys.stderr
     predictor = load(config.model, data_dir=config.data_dir, classes=config.classes)
     if config.gradcam:
         from explain import gradcam

@@ -1,0 +1,168 @@
+"""python -m trainer.predict on JPEG, PNG, grayscale, broken and gs:// images."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from trainer import predict
+
+NUM_CLASSES = 5
+
+
+def _model(input_size):
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="features")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="predictions")(x)
+    keras.utils.set_random_seed(3)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.fixture(scope="module")
+def job(sample_records, tmp_path_factory):
+    """A job dir of a crop-policy model (input 56) whose config names the sample's data dir."""
+    data_dir, metadata = sample_records
+    root = tmp_path_factory.mktemp("predict-job")
+    _model(56).save(str(root / "model.keras"))
+    config = {"arch": "tiny", "policy": "crop", "crop_size": 56, "data_dir": data_dir}
+    (root / "config.json").write_text(json.dumps(config))
+    return str(root), [c["name"] for c in metadata["classes"]]
+
+
+@pytest.fixture(scope="module")
+def images(sample_raw, tmp_path_factory):
+    """One sample JPEG, the same picture as a 100x80 PNG, a grayscale JPEG and a broken file."""
+    raw_dir, info = sample_raw
+    wnid = info["wnids"][0]
+    source = os.path.join(raw_dir, "train", wnid, "images", f"{wnid}_0.JPEG")
+    root = tmp_path_factory.mktemp("images")
+    picture = Image.open(source).convert("RGB")
+    paths = {"jpeg": source, "png": str(root / "wide.png"), "gray": str(root / "gray.jpg")}
+    picture.resize((100, 80)).save(paths["png"])
+    picture.convert("L").save(paths["gray"])
+    paths["broken"] = str(root / "broken.jpg")
+    with open(paths["broken"], "wb") as f:
+        f.write(b"\xff\xd8\xff\xe0 this is not really a JPEG")
+    return paths
+
+
+def test_table_output_and_broken_file(job, images, capsys):
+    model_dir, names = job
+    argv = ["--model", model_dir, images["jpeg"], images["broken"], images["png"], images["gray"]]
+    assert predict.main(argv) == 1
+    captured = capsys.readouterr()
+    errors = captured.err.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith(f"error: {images['broken']}: cannot read image")
+    for key in ("jpeg", "png", "gray"):
+        assert images[key] in captured.out
+    assert images["broken"] not in captured.out
+    # Five ranked lines per image, named from the data dir's metadata.json.
+    ranked = [
+        line for line in captured.out.splitlines() if line.strip()[:2] in {f"{k}." for k in range(1, 6)}
+    ]
+    assert len(ranked) == 15
+    assert all(any(name in line for name in names) and line.rstrip().endswith("%") for line in ranked)
+
+
+def test_json_output_parses_and_matches_the_model(job, images, capsys):
+    model_dir, names = job
+    assert predict.main(["--model", model_dir, "--json", images["jpeg"], images["gray"]]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["errors"] == [] and [p["image"] for p in document["predictions"]] == [
+        images["jpeg"],
+        images["gray"],
+    ]
+    top = document["predictions"][0]["top"]
+    assert [entry["rank"] for entry in top] == [1, 2, 3, 4, 5]
+    probabilities = [entry["probability"] for entry in top]
+    assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) == pytest.approx(1.0)
+    assert all(entry["class"] == names[entry["index"]] for entry in top)
+    # The 64x64 image is centre-cropped to 56x56, exactly as in evaluation.
+    model = keras.saving.load_model(os.path.join(model_dir, "model.keras"))
+    pixels = np.asarray(Image.open(images["jpeg"]).convert("RGB"), np.float32)[None, 4:60, 4:60]
+    expected = np.asarray(model(pixels))[0]
+    assert top[0]["index"] == int(expected.argmax())
+    assert top[0]["probability"] == pytest.approx(float(expected.max()), abs=1e-5)
+
+
+def test_gradcam_panels_are_saved(job, images, tmp_path, capsys):
+    model_dir, _ = job
+    out = str(tmp_path / "cams")
+    argv = ["--model", model_dir, "--json", "--gradcam", out, "--method", "gradcam++"]
+    assert predict.main([*argv, images["jpeg"], images["png"]]) == 0
+    document = json.loads(capsys.readouterr().out)
+    saved = [p["gradcam"] for p in document["predictions"]]
+    stem = os.path.splitext(os.path.basename(images["jpeg"]))[0]
+    assert sorted(os.path.basename(p) for p in saved) == [f"{stem}.png", "wide.png"]
+    for path in saved:
+        panel = np.asarray(Image.open(path))
+        assert panel.ndim == 3 and panel.shape[1] > 3 * 100
+
+
+def test_keras_file_classes_file_and_gcs_image(images, tmp_path, gcs_bucket, capsys):
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    path = str(tmp_path / "bare.keras")
+    _model(64).save(path)  # No config: same size as the images, so no crop.
+    classes = tmp_path / "names.txt"
+    classes.write_text("".join(f"thing {i}\n" for i in range(NUM_CLASSES)))
+    client = storage.Client(project="test-project", credentials=AnonymousCredentials())
+    with open(images["png"], "rb") as f:
+        client.bucket(gcs_bucket).blob("shots/wide.png").upload_from_string(f.read())
+    uri = f"gs://{gcs_bucket}/shots/wide.png"
+    missing = f"gs://{gcs_bucket}/shots/none.png"
+    assert predict.main(["--model", path, "--classes", str(classes), "--json", uri, missing]) == 1
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    assert [p["image"] for p in document["predictions"]] == [uri]
+    assert document["predictions"][0]["top"][0]["class"].startswith("thing ")
+    assert [e["image"] for e in document["errors"]] == [missing]
+    assert f"error: {missing}:" in captured.err
+
+
+def test_classes_json_beside_the_model(tmp_path):
+    root = tmp_path / "job"
+    root.mkdir()
+    _model(64).save(str(root / "model.keras"))
+    entries = [{"index": i, "wnid": f"n{i:08d}", "name": f"kind {i}"} for i in reversed(range(NUM_CLASSES))]
+    (root / "classes.json").write_text(json.dumps(entries))
+    loaded = predict.load(str(root))
+    assert loaded.class_names == tuple(f"kind {i}" for i in range(NUM_CLASSES))
+    assert (loaded.policy, loaded.input_size, loaded.image_size) == ("none", 64, 64)
+
+
+def test_parse_class_list_formats():
+    assert predict.parse_class_list('["a", "b"]') == ("a", "b")
+    assert predict.parse_class_list(
+        '{"classes": [{"index": 1, "name": "y"}, {"index": 0, "name": "x"}]}'
+    ) == (
+        "x",
+        "y",
+    )
+    assert predict.parse_class_list("one\n\ntwo\n") == ("one", "two")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "{tmp}/nothing-here", "x.jpg"], "model not found"),
+        (["--model", "{job}", "--gradcam", "{tmp}/g", "--method", "blur", "x.jpg"], "Unknown method 'blur'"),
+        (["--model", "{job}", "--top-k", "0", "x.jpg"], "--top-k must be >= 1"),
+        (["--model", "{job}"], "required: images"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(job, tmp_path, capsys, argv, message):
+    argv = [a.format(tmp=tmp_path, job=job[0]) for a in argv]
+    try:
+        code = predict.main(argv)
+    except SystemExit as stop:  # argparse's usage errors
+        code = stop.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
