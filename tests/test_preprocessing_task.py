@@ -1,0 +1,291 @@
+"""The whole Beam job (python -m preprocessing.task) on generated datasets."""
+
+import functools
+import http.server
+import io
+import json
+import os
+import shutil
+import threading
+import zipfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from preprocessing import sample, schema, task
+from tests import datasets
+
+SHARDS = [
+    "--num-shards-train",
+    "3",
+    "--num-shards-valid",
+    "2",
+    "--num-shards-test",
+    "2",
+    "--num-shards-unlabeled",
+    "2",
+]
+
+
+def _run(capsys, *args):
+    code = task.run([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def _records(out_dir, metadata):
+    """Reads every shard listed in metadata.json: {split: {file name: record}}."""
+    records = {}
+    for split, info in metadata["splits"].items():
+        records[split] = {}
+        for shard in info["shards"]:
+            for raw in tf.data.TFRecordDataset(os.path.join(out_dir, shard)).as_numpy_iterator():
+                record = schema.decode_example(raw)
+                assert record["filename"] not in records[split], "every image exactly once"
+                records[split][record["filename"]] = record
+    return records
+
+
+def _metadata(out_dir):
+    with open(os.path.join(out_dir, schema.METADATA_FILE)) as f:
+        return schema.read_metadata_text(f.read())
+
+
+def _image(mode="RGB", fmt="JPEG", seed=0):
+    pixels = np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").convert(mode).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def converted(sample_raw, tmp_path_factory):
+    """The job's output for the shared sample dataset (run once per module)."""
+    out = str(tmp_path_factory.mktemp("job") / "data")
+    assert task.run(["--raw-dir", sample_raw[0], "--output-dir", out, "--seed", "7", *SHARDS]) == 0
+    return out
+
+
+def test_every_image_once_with_labels_boxes_and_bytes(sample_raw, converted):
+    raw, info = sample_raw
+    metadata = _metadata(converted)
+    records = _records(converted, metadata)
+    classes = datasets.read_classes(raw)
+    assert metadata["classes"] == classes
+    index = {c["wnid"]: c["index"] for c in classes}
+    names = {c["wnid"]: c["name"] for c in classes}
+    reference = datasets.write_records(raw, os.path.join(os.path.dirname(converted), "ref"), num_shards=1)
+    assert set(metadata) == set(reference), "same metadata keys as the schema's reference writer"
+    assert metadata["seed"] == 7 and metadata["valid_fraction"] == 0.1 and metadata["image_size"] == [64, 64]
+    assert metadata["rejected"] == {"count": 0, "file": schema.REJECTED_FILE}
+    assert metadata["source"] == raw
+    for split, info_split in metadata["splits"].items():
+        assert info_split["count"] == len(records[split])
+    shards = [s for i in metadata["splits"].values() for s in i["shards"]]
+    assert sorted(os.listdir(converted)) == sorted([*shards, schema.METADATA_FILE, schema.REJECTED_FILE])
+    assert len(metadata["splits"]["train"]["shards"]) == 3 and metadata["splits"]["train"]["shards"][0] == (
+        "train-00000-of-00003.tfrecord"
+    )
+    train_like = {**records["train"], **records["valid"]}
+    assert sorted(train_like) == sorted(info["train_boxes"])
+    for name, record in train_like.items():
+        wnid = name.split("_")[0]
+        assert (record["label"], record["wnid"], record["class_name"]) == (index[wnid], wnid, names[wnid])
+        assert record["box"] == info["train_boxes"][name] and record["source_split"] == "train"
+        with open(os.path.join(raw, "train", wnid, "images", name), "rb") as f:
+            assert record["image"] == f.read(), "JPEG bytes are stored unchanged"
+        assert (record["height"], record["width"]) == (64, 64)
+    for wnid in info["wnids"]:
+        assert sum(r["wnid"] == wnid for r in records["valid"].values()) == 4, "10% of each class's 40"
+    assert sorted(records["test"]) == sorted(info["val"])
+    for name, record in records["test"].items():
+        wnid, box = info["val"][name]
+        assert (record["wnid"], record["label"], record["box"]) == (wnid, index[wnid], box)
+        assert record["source_split"] == "val"
+    assert sorted(records["unlabeled"]) == sorted(info["test"])
+    assert all(r["label"] == schema.NO_LABEL and r["box"] is None for r in records["unlabeled"].values())
+
+
+def _shard_contents(out_dir):
+    """{shard name: [decoded record, in file order]}.
+
+    Compared decoded: protobuf may order the Example's feature map differently
+    in another process, so equal records need not be equal bytes.
+    """
+    contents = {}
+    for name in sorted(os.listdir(out_dir)):
+        if name.endswith(schema.SHARD_SUFFIX):
+            dataset = tf.data.TFRecordDataset(os.path.join(out_dir, name))
+            contents[name] = [schema.decode_example(r) for r in dataset.as_numpy_iterator()]
+    return contents
+
+
+@pytest.mark.slow
+def test_deterministic_across_runs_and_worker_counts(sample_raw, converted, tmp_path, capsys):
+    again = tmp_path / "again"
+    multi = tmp_path / "multi"
+    common = ["--raw-dir", sample_raw[0], "--seed", 7, *SHARDS]
+    assert _run(capsys, *common, "--output-dir", again, "--direct_num_workers", 1)[0] == 0
+    code, err = _run(
+        capsys,
+        *common,
+        "--output-dir",
+        multi,
+        "--direct_num_workers",
+        2,
+        "--direct_running_mode",
+        "multi_processing",
+    )
+    assert code == 0, err
+    reference = _shard_contents(converted)
+    assert _shard_contents(str(again)) == reference
+    assert _shard_contents(str(multi)) == reference
+    assert _metadata(str(multi)) == _metadata(converted)
+
+
+def _bad_corpus(root):
+    spec = sample.SampleSpec(classes=2, train_per_class=10, val_per_class=2, test_images=2, seed=3)
+    info = sample.write_sample_dataset(str(root), spec)
+    wnid = info["wnids"][0]
+    images = root / "train" / wnid / "images"
+    good = (images / f"{wnid}_0.JPEG").read_bytes()
+    (images / "zero.JPEG").write_bytes(b"")
+    (images / "truncated.JPEG").write_bytes(good[: len(good) // 2])
+    (images / "text.JPEG").write_text("this is not a picture\n")
+    (images / "png.JPEG").write_bytes(_image(fmt="PNG", seed=5))
+    (images / "cmyk.JPEG").write_bytes(_image(mode="CMYK", seed=6))
+    (root / "val" / "images" / "stranger.JPEG").write_bytes(_image(seed=7))
+    with open(root / "val" / "val_annotations.txt", "a") as f:
+        f.write("stranger.JPEG\tn99999999\t0\t0\t10\t10\n")
+    return info
+
+
+def test_bad_inputs_go_to_dead_letters(tmp_path, capsys):
+    _bad_corpus(tmp_path / "raw")
+    out = tmp_path / "out"
+    code, err = _run(capsys, "--raw-dir", tmp_path / "raw", "--output-dir", out, *SHARDS)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "4 of 32 inputs rejected" in err and "--max-reject-fraction" in err
+    assert not (out / schema.METADATA_FILE).exists(), "no metadata.json for a failed job"
+
+    code, err = _run(
+        capsys,
+        "--raw-dir",
+        tmp_path / "raw",
+        "--output-dir",
+        out,
+        "--overwrite",
+        "--max-reject-fraction",
+        0.2,
+        *SHARDS,
+    )
+    assert code == 0, err
+    rejected = [json.loads(line) for line in (out / schema.REJECTED_FILE).read_text().splitlines()]
+    wnid = sample.class_wnid(0)
+    assert [(r["path"], r["reason"].split(":")[0]) for r in rejected] == [
+        (f"train/{wnid}/images/text.JPEG", "not an image (unrecognised format)"),
+        (f"train/{wnid}/images/truncated.JPEG", "truncated or corrupt JPEG"),
+        (f"train/{wnid}/images/zero.JPEG", "empty file"),
+        ("val/images/stranger.JPEG", "unknown wnid n99999999 in val_annotations.txt"),
+    ]
+    metadata = _metadata(str(out))
+    assert metadata["rejected"]["count"] == 4
+    records = _records(str(out), metadata)
+    accepted = {**records["train"], **records["valid"]}
+    assert "cmyk.JPEG" in accepted and accepted["cmyk.JPEG"]["image"] == _image(mode="CMYK", seed=6)
+    png = accepted["png.JPEG"]
+    assert png["image"].startswith(b"\xff\xd8") and png["label"] == 0
+    for record in accepted.values():
+        assert tf.io.decode_jpeg(record["image"], channels=3).shape == (64, 64, 3)
+    assert sum(len(r) for r in records.values()) == 32 - 4
+
+
+def _zip_folder(folder, archive):
+    with zipfile.ZipFile(archive, "w") as zf:
+        for directory, _, files in os.walk(folder):
+            for name in files:
+                path = os.path.join(directory, name)
+                zf.write(path, os.path.join("tiny-imagenet-200", os.path.relpath(path, folder)))
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_zip_input_local_and_over_http(sample_raw, converted, tmp_path, capsys):
+    archive = tmp_path / "tiny-imagenet-200.zip"
+    _zip_folder(sample_raw[0], archive)
+    out = tmp_path / "from-zip"
+    assert _run(capsys, "--raw-dir", archive, "--output-dir", out, "--seed", 7, *SHARDS)[0] == 0
+    assert _shard_contents(str(out)) == _shard_contents(converted)
+
+    handler = functools.partial(_QuietHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{archive.name}"
+        web_out = tmp_path / "from-http"
+        code, err = _run(capsys, "--raw-dir", url, "--output-dir", web_out, "--seed", 7, *SHARDS)
+        assert code == 0, err
+        missing = url.replace(archive.name, "missing.zip")
+        code, err = _run(capsys, "--raw-dir", missing, "--output-dir", tmp_path / "nothing")
+        assert code == 2 and "cannot download" in err and len(err.strip().splitlines()) == 1
+    finally:
+        server.shutdown()
+    assert _shard_contents(str(web_out)) == _shard_contents(converted)
+    assert _metadata(str(web_out))["source"] == url
+
+
+def test_hostile_zip_refused(tmp_path, capsys):
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("tiny-imagenet-200/wnids.txt", "n1\n")
+        zf.writestr("../evil.txt", "owned")
+    code, err = _run(capsys, "--raw-dir", archive, "--output-dir", tmp_path / "out")
+    assert (
+        code == 2
+        and err.strip()
+        == "error: unsafe archive: entry '../evil.txt' would be written outside the target folder"
+    )
+    assert "Traceback" not in err and not (tmp_path / "evil.txt").exists()
+
+
+@pytest.mark.parametrize("missing", ["wnids.txt", "val/val_annotations.txt"])
+def test_missing_required_file_is_a_clear_error(sample_raw, tmp_path, capsys, missing):
+    raw = tmp_path / "raw"
+    shutil.copytree(sample_raw[0], raw)
+    os.remove(raw / missing)
+    code, err = _run(capsys, "--raw-dir", raw, "--output-dir", tmp_path / "out")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    expected = "wnids.txt not found" if missing == "wnids.txt" else "val/val_annotations.txt is missing"
+    assert expected in err
+
+
+def test_non_empty_output_refused_and_overwrite_removes_stale_shards(sample_raw, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / "train-00007-of-00009.tfrecord"
+    stale.write_bytes(b"old")
+    (out / schema.METADATA_FILE).write_text("{}")
+    args = ["--raw-dir", sample_raw[0], "--output-dir", out, *SHARDS]
+    code, err = _run(capsys, *args)
+    assert code == 2 and err.strip().startswith("error: --output-dir") and "--overwrite" in err
+    assert stale.exists()
+    code, err = _run(capsys, *args, "--overwrite")
+    assert code == 0, err
+    assert not stale.exists()
+    listed = {s for info in _metadata(str(out))["splits"].values() for s in info["shards"]}
+    assert {p.name for p in out.glob("*.tfrecord")} == listed
+
+
+def test_bad_flags_exit_2(tmp_path, capsys):
+    code, err = _run(capsys, "--raw-dir", tmp_path, "--output-dir", tmp_path / "o", "--valid-fraction", "1.5")
+    assert code == 2 and err.strip() == "error: --valid-fraction must be in [0, 1), got 1.5"
+    code, err = _run(capsys, "--raw-dir", tmp_path / "nope", "--output-dir", tmp_path / "o")
+    assert code == 2 and "does not exist" in err
+    assert task.with_direct_defaults(["--runner", "DataflowRunner"], 10**6) == ["--runner", "DataflowRunner"]
+    assert task.with_direct_defaults(["--direct_num_workers", "1"], 10**6) == ["--direct_num_workers", "1"]
+    assert task.with_direct_defaults([], 10) == []
