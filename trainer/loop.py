@@ -191,12 +191,21 @@ class DistributedLoop:
 
     # ------------------------------------------------------------------ eval
     def _make_eval_function(self, confusion):
-        def replica_step(images, labels):
+        def compute(images, labels):
             probabilities = self.eval_model(images, training=False)
             per_example = keras.losses.sparse_categorical_crossentropy(
                 labels, tf.cast(probabilities, tf.float32)
             )
             return batch_statistics(labels, probabilities, per_example, self.num_classes, confusion)
+
+        def replica_step(images, labels):
+            # A replica gets an empty batch when the data runs out unevenly; some
+            # kernels (oneDNN batch norm) reject empty inputs, so skip the model.
+            return tf.cond(
+                tf.shape(images)[0] > 0,
+                lambda: compute(images, labels),
+                lambda: self._zero_statistics(confusion),
+            )
 
         @tf.function
         def eval_function(images, labels):
@@ -204,6 +213,12 @@ class DistributedLoop:
             return {k: self.strategy.reduce("SUM", v, axis=None) for k, v in stats.items()}
 
         return eval_function
+
+    def _zero_statistics(self, confusion):
+        stats = {name: tf.constant(0.0) for name in ("loss_sum", "top1", "top5", "count")}
+        if confusion:
+            stats["confusion"] = tf.zeros([self.num_classes, self.num_classes], tf.float32)
+        return stats
 
     def evaluate(self, dataset, steps=None, confusion=False):
         """Evaluates ``eval_model`` over a distributed dataset.
