@@ -21,10 +21,12 @@ def _small_cnn(input_size):
     """A small fully convolutional classifier: global pooling keeps 'where' in its last map."""
     inputs = keras.Input((input_size, input_size, 3), name="image")
     x = keras.layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
-    for i, filters in enumerate((16, 32)):
-        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i}")(x)
-        x = keras.layers.MaxPooling2D(name=f"pool{i}")(x)
-    x = keras.layers.Conv2D(64, 3, padding="same", activation="relu", name="features")(x)
+    for i, filters in enumerate((16, 32, 64)):
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
+        x = keras.layers.BatchNormalization(name=f"bn{i}")(x)
+        x = keras.layers.Activation("relu", name="features" if i == 2 else f"relu{i}")(x)
+        if i < 2:
+            x = keras.layers.MaxPooling2D(name=f"pool{i}")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="predictions")(x)
     return keras.Model(inputs, outputs)
