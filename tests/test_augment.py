@@ -69,6 +69,10 @@ def test_eval_transform_is_centre_crop_or_identity():
     for policy in ("book", "none"):
         np.testing.assert_array_equal(augment.eval_transform(policy, images).numpy(), images.numpy())
     assert augment.crop_offset("crop") == 4 and augment.crop_offset("book") == 0
+    larger = np.random.default_rng(2).uniform(0, 255, (2, 72, 70, 3)).astype(np.float32)
+    np.testing.assert_array_equal(augment.eval_transform("crop", larger), larger[:, 8:64, 7:63])
+    with pytest.raises(ValueError, match="centre-crop"):
+        augment.eval_transform("crop", larger[:, :50])
 
 
 def test_seeded_runs_repeat_exactly_and_seeds_differ():

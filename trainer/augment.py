@@ -105,8 +105,8 @@ def eval_transform(policy, images, image_size=64, crop_size=56):
 
     Args:
         policy: One of :data:`POLICIES`.
-        images: float32 ``[B, H, W, 3]`` (or ``[H, W, 3]``) in ``[0, 255]``.
-        image_size: Side of the source images.
+        images: float32 ``[B, H, W, 3]`` (or ``[H, W, 3]``) in ``[0, 255]``; a tensor or a numpy array.
+        image_size: Side of the source images (used where the shape is not static).
         crop_size: Crop side of the ``crop`` policy.
 
     Returns:
@@ -115,8 +115,11 @@ def eval_transform(policy, images, image_size=64, crop_size=56):
     _check_policy(policy, image_size, crop_size)
     if policy != "crop":
         return images
-    offset = (image_size - crop_size) // 2
-    return images[..., offset : offset + crop_size, offset : offset + crop_size, :]
+    height, width = (dim if dim is not None else image_size for dim in images.shape[-3:-1])
+    if height < crop_size or width < crop_size:
+        raise ValueError(f"Cannot centre-crop {crop_size}px out of {height}x{width} images.")
+    top, left = (height - crop_size) // 2, (width - crop_size) // 2
+    return images[..., top : top + crop_size, left : left + crop_size, :]
 
 
 def crop_offset(policy, image_size=64, crop_size=56):
