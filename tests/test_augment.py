@@ -109,6 +109,14 @@ def test_xla_compiled_step_draws_the_same_parameters():
         np.testing.assert_allclose(xla[key].numpy(), value.numpy(), rtol=1e-5, atol=1e-5, err_msg=key)
     images = _random_images(batch=4)
     crop = augment.Augmenter("crop")
+    assert crop.xla_compatible and not augment.Augmenter("book").xla_compatible
+    photometric = _only(brightness_range=(0.5, 1.5), gamma_range=(0.9, 1.08), occlusion_size=10)
+    assert photometric.xla_compatible
+    np.testing.assert_allclose(
+        tf.function(photometric, jit_compile=True)(images, SEED).numpy(),
+        photometric(images, SEED).numpy(),
+        atol=1e-2,
+    )
     np.testing.assert_allclose(
         tf.function(crop, jit_compile=True)(images, SEED).numpy(), crop(images, SEED).numpy(), atol=1e-3
     )

@@ -346,6 +346,15 @@ class Augmenter:
         """Side of the augmented images."""
         return output_size(self.policy, self.image_size, self.crop_size)
 
+    @property
+    def xla_compatible(self):
+        """Whether the augmenter can run inside ``tf.function(jit_compile=True)``.
+
+        ``ImageProjectiveTransformV3`` has no XLA kernel, so a jit-compiled
+        training step must call a ``book`` augmenter outside its compiled part.
+        """
+        return not (self.policy == "book" and self.book_params.geometric)
+
     def __call__(self, images, seed):
         """Augments a batch.
 
