@@ -114,7 +114,7 @@ def write_manifests(job_plan, staging_dir):
     """
     tasks = []
     for split, index, count, items in job_plan.shards:
-        manifest = fetch.join(staging_dir, f"{split}-{index:05d}-of-{count:05d}.jsonl")
+        manifest = fetch.join(staging_dir, f"{split}-{index:05d}-of-{count:05d}.json")
         tasks.append((ShardTask(split, index, count, manifest), items))
 
     def write(task_items):

@@ -184,15 +184,13 @@ def assign_shards(items, num_shards, seed):
 
 
 def items_to_text(items):
-    """Serializes items as JSON lines (a shard's manifest)."""
-    return "".join(json.dumps([i.path, i.source_split, i.label, i.box]) + "\n" for i in items)
+    """Serializes items as one JSON array of ``[path, source_split, label, box]`` (a shard's manifest)."""
+    return json.dumps([[i.path, i.source_split, i.label, i.box] for i in items], separators=(",", ":"))
 
 
 def items_from_text(text):
     """Parses what :func:`items_to_text` wrote."""
-    items = []
-    for line in text.splitlines():
-        if line:
-            path, source_split, label, box = json.loads(line)
-            items.append(Item(path, source_split, label, tuple(box) if box is not None else None))
-    return items
+    return [
+        Item(path, source_split, label, tuple(box) if box is not None else None)
+        for path, source_split, label, box in json.loads(text)
+    ]

@@ -29,8 +29,12 @@ LOGGER = logging.getLogger("preprocessing")
 COUNTS_FILE = fetch.COUNTS_FILE
 PLAN_DIR = fetch.PLAN_DIR
 DEFAULT_SHARDS = {"train": 16, "valid": 4, "test": 4, "unlabeled": 4}
-# Below this many images the start-up of worker processes costs more than it saves.
-MULTIPROCESS_MIN_IMAGES = 20000
+# Worker processes each import TensorFlow and receive the records over gRPC
+# (measured: ~9 CPU-seconds of overhead for two workers), so they pay off only
+# for large inputs on machines with several cores; on 2 cores one in-process
+# worker was faster end to end (docs/preprocessing.md).
+MULTIPROCESS_MIN_IMAGES = 50000
+MULTIPROCESS_MIN_CPUS = 4
 LOCAL_RUNNERS = ("directrunner", "direct", "prismrunner", "prism")
 
 
@@ -115,15 +119,16 @@ def _runner_name(beam_args):
 def with_direct_defaults(beam_args, num_images):
     """Adds DirectRunner parallelism flags the user did not give.
 
-    Large inputs run on one worker process per core (the work is CPU bound and
-    Python threads share one GIL); small ones in-process, where worker start-up
+    Large inputs on machines with at least ``MULTIPROCESS_MIN_CPUS`` cores run
+    on one worker process per core (the work is CPU bound and Python threads
+    share one GIL); everything else runs in-process, where worker start-up
     would dominate. Splits and shard contents do not depend on this choice.
     """
     if _runner_name(beam_args) not in LOCAL_RUNNERS or any(
         a.startswith(("--direct_num_workers", "--direct_running_mode")) for a in beam_args
     ):
         return list(beam_args)
-    if num_images < MULTIPROCESS_MIN_IMAGES or (os.cpu_count() or 1) < 2:
+    if num_images < MULTIPROCESS_MIN_IMAGES or (os.cpu_count() or 1) < MULTIPROCESS_MIN_CPUS:
         return list(beam_args)
     workers = str(os.cpu_count())
     return [*beam_args, "--direct_running_mode", "multi_processing", "--direct_num_workers", workers]

@@ -42,7 +42,7 @@ def _item(name, box=None):
 
 
 def _task(tmp_path, split, index, num_shards, items):
-    manifest = tmp_path / f"manifest-{split}-{index}.jsonl"
+    manifest = tmp_path / f"manifest-{split}-{index}.json"
     manifest.write_text(sources.items_to_text(items))
     assert sources.items_from_text(manifest.read_text()) == list(items)
     return transforms.ShardTask(split, index, num_shards, str(manifest))
