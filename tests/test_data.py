@@ -240,12 +240,14 @@ def test_gcs_input_is_staged_through_the_emulator(sample_records, gcs_bucket, tm
 
     shard = schema.shard_name("train", 0, 2)
     mtimes = {n: os.stat(os.path.join(cache, n)).st_mtime_ns for n in os.listdir(cache)}
-    bucket.blob(f"data/tiny/{shard}").upload_from_string(b"changed remotely")
+    with open(os.path.join(cache, shard), "rb") as f:
+        changed = f.read()[::-1]  # Same size, other content: only the CRC32C tells.
+    bucket.blob(f"data/tiny/{shard}").upload_from_string(changed)
     assert data.stage_data_dir(f"gs://{gcs_bucket}/data/tiny", cache) == cache
     after = {n: os.stat(os.path.join(cache, n)).st_mtime_ns for n in os.listdir(cache)}
     assert {n for n in mtimes if after[n] != mtimes[n]} == {shard}  # Only the changed file moved.
     with open(os.path.join(cache, shard), "rb") as f:
-        assert f.read() == b"changed remotely"
+        assert f.read() == changed
 
     bucket.blob(f"data/tiny/{schema.shard_name('test', 1, 2)}").delete()
     with pytest.raises(data.DataError, match=rf"gs://{gcs_bucket}/data/tiny/test-00001-of-00002"):
