@@ -160,6 +160,22 @@ def test_rotation_only_keeps_a_line_within_30_degrees():
     np.testing.assert_allclose(measured, -drawn, atol=1.5)
 
 
+def test_shear_only_tilts_a_vertical_bar_within_5_degrees():
+    image = np.zeros((64, 64, 3), np.float32)
+    image[12:52, 31:33] = 255.0
+    batch = 32
+    out = _only(shear_deg=5.0)(tf.constant(np.repeat(image[None], batch, 0)), SEED).numpy()
+    drawn = np.degrees(_params(batch, shear_deg=5.0)["shear"])
+    tilts = []
+    for sheared in out[..., 0]:
+        ys, xs = np.nonzero(sheared > 64)
+        slope = np.polyfit(ys, xs, 1, w=np.sqrt(sheared[ys, xs]))[0]  # dx/dy of the bar
+        tilts.append(np.degrees(np.arctan(slope)))
+    tilts = np.array(tilts)
+    assert np.abs(tilts).max() <= 5.0 + 0.5 and np.abs(tilts).max() > 3.0
+    np.testing.assert_allclose(tilts, drawn, atol=0.5)
+
+
 def test_shift_only_moves_a_dot_within_20_percent():
     image = np.zeros((64, 64, 3), np.float32)
     image[30:34, 30:34] = 255.0
