@@ -280,6 +280,8 @@ def our_outputs(files):
 def prepare_output_dir(output_dir, overwrite):
     """Refuses a non-empty output folder unless ``overwrite``; then removes earlier outputs.
 
+    Creates nothing: the folder appears with the job's first file.
+
     ``metadata.json`` goes first, so an interrupted clean-up never leaves a
     metadata file that points at missing shards.
 
@@ -298,6 +300,4 @@ def prepare_output_dir(output_dir, overwrite):
     metadata = [p for p in stale if p.endswith(schema.METADATA_FILE)]
     delete(metadata)
     delete([p for p in stale if p not in metadata])
-    if is_local(output_dir):
-        os.makedirs(output_dir, exist_ok=True)
     return len(stale)

@@ -206,20 +206,35 @@ def write_metadata(config, job_plan):
     return metadata
 
 
+def check_remote_paths(config, runner):
+    """Refuses paths that workers of a remote runner (e.g. Dataflow) could not reach.
+
+    Raises:
+        JobError: For a local ``--output-dir`` or a ``--raw-dir`` that is not a
+            ``gs://`` folder (archives are extracted on the launching machine).
+    """
+    if runner in LOCAL_RUNNERS:
+        return
+    out, raw = config.output_dir, config.raw_dir
+    if fetch.is_local(out):
+        raise JobError(f"--runner {runner} needs a gs:// --output-dir; workers cannot write {out}")
+    if fetch.is_local(raw) or raw.startswith(fetch.WEB_SCHEMES) or raw.lower().endswith(".zip"):
+        raise JobError(
+            f"--runner {runner} needs --raw-dir as an extracted gs:// folder (archives are extracted "
+            f"on this machine, which workers cannot read); got {raw}"
+        )
+
+
 def _convert(config, beam_args, work_dir):
     options = PipelineOptions(beam_args)
     FileSystems.set_options(options)
-    runner = _runner_name(beam_args)
+    check_remote_paths(config, _runner_name(beam_args))
     LOGGER.info("stage 1/4: checking --output-dir %s", config.output_dir)
     removed = fetch.prepare_output_dir(config.output_dir, config.overwrite)
     if removed:
         LOGGER.info("removed %d files of an earlier run", removed)
     LOGGER.info("stage 2/4: resolving --raw-dir %s", config.raw_dir)
     root = fetch.resolve_raw_dir(config.raw_dir, work_dir)
-    if fetch.is_local(root) and runner not in LOCAL_RUNNERS:
-        raise JobError(
-            f"--runner {runner} needs the raw data on gs:// (a folder or .zip); workers cannot read {root}"
-        )
     job_plan = plan.make_plan(
         root, seed=config.seed, valid_fraction=config.valid_fraction, num_shards=dict(config.num_shards)
     )

@@ -162,7 +162,8 @@ def test_resolve_finds_root_in_folder_and_archive(tmp_path):
 
 def test_output_dir_refused_unless_overwrite(tmp_path):
     out = tmp_path / "out"
-    assert fetch.prepare_output_dir(str(out), overwrite=False) == 0 and out.is_dir()
+    assert fetch.prepare_output_dir(str(out), overwrite=False) == 0 and not out.exists()
+    out.mkdir()
     for name in ("train-00000-of-00002.tfrecord", "metadata.json", "rejected.jsonl", "notes.txt"):
         (out / name).write_text("old")
     with pytest.raises(fetch.SourceError, match=r"not empty \(4 files\); pass --overwrite"):

@@ -4,6 +4,7 @@ import functools
 import http.server
 import io
 import json
+import logging
 import os
 import shutil
 import threading
@@ -264,7 +265,7 @@ def test_missing_required_file_is_a_clear_error(sample_raw, tmp_path, capsys, mi
     assert expected in err
 
 
-def test_non_empty_output_refused_and_overwrite_removes_stale_shards(sample_raw, tmp_path, capsys):
+def test_non_empty_output_refused_and_overwrite_removes_stale_shards(sample_raw, tmp_path, capsys, caplog):
     out = tmp_path / "out"
     out.mkdir()
     stale = out / "train-00007-of-00009.tfrecord"
@@ -274,8 +275,12 @@ def test_non_empty_output_refused_and_overwrite_removes_stale_shards(sample_raw,
     code, err = _run(capsys, *args)
     assert code == 2 and err.strip().startswith("error: --output-dir") and "--overwrite" in err
     assert stale.exists()
-    code, err = _run(capsys, *args, "--overwrite")
+    with caplog.at_level(logging.INFO, logger="preprocessing"):
+        code, err = _run(capsys, *args, "--overwrite")
     assert code == 0, err
+    for stage in ("stage 1/4", "stage 2/4", "stage 3/4", "stage 4/4", "removed 2 files of an earlier run"):
+        assert stage in caplog.text
+    assert "written: train=" in caplog.text and "rejected=0" in caplog.text
     assert not stale.exists()
     listed = {s for info in _metadata(str(out))["splits"].values() for s in info["shards"]}
     assert {p.name for p in out.glob("*.tfrecord")} == listed
@@ -286,6 +291,12 @@ def test_bad_flags_exit_2(tmp_path, capsys):
     assert code == 2 and err.strip() == "error: --valid-fraction must be in [0, 1), got 1.5"
     code, err = _run(capsys, "--raw-dir", tmp_path / "nope", "--output-dir", tmp_path / "o")
     assert code == 2 and "does not exist" in err
+    dataflow = ["--runner", "DataflowRunner", "--project", "p", "--region", "r"]
+    code, err = _run(capsys, "--raw-dir", "gs://b/raw", "--output-dir", tmp_path / "o", *dataflow)
+    assert code == 2 and "needs a gs:// --output-dir" in err
+    code, err = _run(capsys, "--raw-dir", "gs://b/raw.zip", "--output-dir", "gs://b/out", *dataflow)
+    assert code == 2 and "needs --raw-dir as an extracted gs:// folder" in err
+    assert not (tmp_path / "o").exists()
     assert task.with_direct_defaults(["--runner", "DataflowRunner"], 10**6) == ["--runner", "DataflowRunner"]
     assert task.with_direct_defaults(["--direct_num_workers", "1"], 10**6) == ["--direct_num_workers", "1"]
     assert task.with_direct_defaults([], 10) == []

@@ -6,6 +6,7 @@ import json
 import apache_beam as beam
 import numpy as np
 import tensorflow as tf
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
@@ -55,34 +56,45 @@ def test_convert_to_shards_writes_records_and_dead_letters(tmp_path):
         _task(tmp_path, "train", 0, 2, (_item("good.JPEG", (1, 2, 30, 40)), _item("empty.JPEG"))),
         _task(tmp_path, "train", 1, 2, tuple(_item(n) for n in ("gray", "png", "text", "missing"))),
     ]
-    with test_pipeline.TestPipeline() as p:
-        outputs = (
-            p
-            | beam.Create(tasks)
-            | transforms.ConvertToShards(raw, str(out), [("n1", "one, first")], (64, 64))
-        )
-        assert_that(
-            outputs["summaries"],
-            equal_to(
-                [
-                    transforms.ShardSummary("train", 0, "train-00000-of-00002.tfrecord", 1),
-                    transforms.ShardSummary("train", 1, "train-00001-of-00002.tfrecord", 2),
-                ]
-            ),
-            label="Summaries",
-        )
-        reasons = outputs["rejected"] | beam.Map(lambda line: tuple(json.loads(line).values()))
-        assert_that(
-            reasons | beam.Map(lambda r: (r[0], r[1].split(":")[0])),
-            equal_to(
-                [
-                    ("train/n1/images/empty.JPEG", "empty file"),
-                    ("train/n1/images/text.JPEG", "not an image (unrecognised format)"),
-                    ("train/n1/images/missing.JPEG", "unreadable file"),
-                ]
-            ),
-            label="Rejected",
-        )
+    p = test_pipeline.TestPipeline()
+    outputs = (
+        p | beam.Create(tasks) | transforms.ConvertToShards(raw, str(out), [("n1", "one, first")], (64, 64))
+    )
+    assert_that(
+        outputs["summaries"],
+        equal_to(
+            [
+                transforms.ShardSummary("train", 0, "train-00000-of-00002.tfrecord", 1),
+                transforms.ShardSummary("train", 1, "train-00001-of-00002.tfrecord", 2),
+            ]
+        ),
+        label="Summaries",
+    )
+    reasons = outputs["rejected"] | beam.Map(lambda line: tuple(json.loads(line).values()))
+    assert_that(
+        reasons | beam.Map(lambda r: (r[0], r[1].split(":")[0])),
+        equal_to(
+            [
+                ("train/n1/images/empty.JPEG", "empty file"),
+                ("train/n1/images/text.JPEG", "not an image (unrecognised format)"),
+                ("train/n1/images/missing.JPEG", "unreadable file"),
+            ]
+        ),
+        label="Rejected",
+    )
+    result = p.run()
+    result.wait_until_finish()
+    counters = {
+        c.key.metric.name: c.committed
+        for c in result.metrics().query(MetricsFilter().with_namespace(transforms.NAMESPACE))["counters"]
+    }
+    assert counters == {
+        "images_written": 3,
+        "images_rejected": 3,
+        "images_reencoded": 1,
+        "shards_written": 2,
+        "train_written": 3,
+    }
     records = {}
     for shard in sorted(out.iterdir()):
         for raw_record in tf.data.TFRecordDataset(str(shard)).as_numpy_iterator():
