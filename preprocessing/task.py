@@ -74,6 +74,7 @@ class JobConfig:
 def build_parser():
     """Returns the parser of the job's own flags."""
     parser = argparse.ArgumentParser(
+        prog="python -m preprocessing.task",
         description=__doc__.split("\n\n")[0],
         epilog="Any other flag is a Beam pipeline option, e.g. --runner DataflowRunner.",
         # Abbreviations would let our flags swallow Beam's (e.g. --output for --output-dir).
