@@ -131,7 +131,9 @@ def make_strategy(name, num_cpu_devices=0):
 
 
 def strategy_name(strategy):
-    """Returns a short name of ``strategy`` for logs and metrics."""
+    """Returns a short name of ``strategy`` for logs and metrics (its public class name)."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "MultiWorkerMirroredStrategy"
     return type(strategy).__name__
 
 

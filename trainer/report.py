@@ -7,6 +7,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from trainer import distribute
+
 
 def write_metrics(path, metrics):
     """Writes ``metrics`` as indented JSON."""
@@ -90,7 +92,7 @@ def finalize(session, result):
         "arch": config.arch,
         "num_classes": info.num_classes,
         "replicas": session.strategy.num_replicas_in_sync,
-        "strategy": type(session.strategy).__name__,
+        "strategy": distribute.strategy_name(session.strategy),
         "epochs_completed": result.epochs_completed,
         "best_epoch": best_epoch,
         "stopped_early": bool(session.model.stop_training),

@@ -161,7 +161,7 @@ class TrainingSession:
             return False
         # Every worker must stop at the same epoch: agree on the flag collectively.
         flag = tf.constant(1.0 if self.stop_flag.requested else 0.0)
-        value = self.strategy.reduce("MAX", self.strategy.run(lambda: tf.identity(flag)), axis=None)
+        value = self.strategy.reduce("SUM", self.strategy.run(lambda: tf.identity(flag)), axis=None)
         return bool(value.numpy() > 0)
 
     # -------------------------------------------------------------- training
