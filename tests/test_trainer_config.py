@@ -77,6 +77,7 @@ def test_vertex_environment_supplies_output_folders():
         (["--arch", "minception", "--dropout", "1.5"], "dropout"),
         (["--arch", "minception", "--batch-size", "0"], "batch_size"),
         (["--arch", "minception", "--lr-plateau-factor", "2"], "lr_plateau_factor"),
+        (["--arch", "minception", "--warmup-epochs", "1"], "pretrained backbone"),
     ],
 )
 def test_bad_values_exit_2_with_one_line(argv, message, capsys):

@@ -59,6 +59,9 @@ def test_mirrored_outputs(mirrored_run):
     assert len(per_class) == 5 and all(row["name"] and row["wnid"] for row in per_class)
     assert sum(int(r["count"]) for r in per_class) == 40
     assert not os.path.exists(os.path.join(job, "backup")), "backup must be deleted after success"
+    with open(os.path.join(job, "classes.json")) as f:
+        classes = json.load(f)
+    assert [c["index"] for c in classes] == list(range(5)) and all(c["name"] for c in classes)
 
 
 def test_best_model_file_loads(mirrored_run):

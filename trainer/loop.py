@@ -142,13 +142,14 @@ class DistributedLoop:
         self._eval_functions = {}
 
     # ----------------------------------------------------------------- train
-    def _replica_train_step(self, images, labels):
+    def _replica_augment(self, images):
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        seed = tf.stack([tf.cast(self.seed + replica, tf.int64), self.step_counter.read_value()])
+        return self.augmenter(images, tf.cast(seed, tf.int32))
+
+    def _replica_update(self, images, labels):
         model = self.model
         optimizer = model.optimizer
-        if self.augmenter is not None:
-            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-            seed = tf.stack([tf.cast(self.seed + replica, tf.int64), self.step_counter.read_value()])
-            images = self.augmenter(images, tf.cast(seed, tf.int32))
         with tf.GradientTape() as tape:
             main, aux = split_outputs(model(images, training=True))
             per_example = keras.losses.sparse_categorical_crossentropy(labels, tf.cast(main, tf.float32))
@@ -170,9 +171,16 @@ class DistributedLoop:
         return stats
 
     def _make_train_function(self):
-        replica_step = self._replica_train_step
+        update = self._replica_update
         if self.jit_compile:
-            replica_step = tf.function(replica_step, jit_compile=True, reduce_retracing=True)
+            update = tf.function(update, jit_compile=True, reduce_retracing=True)
+
+        def replica_step(images, labels):
+            # Augmentation stays outside the XLA cluster: the book policy's
+            # ImageProjectiveTransformV3 has no XLA kernel.
+            if self.augmenter is not None:
+                images = self._replica_augment(images)
+            return update(images, labels)
 
         @tf.function
         def train_function(iterator):

@@ -155,7 +155,15 @@ def resolve(argv=None, environ=None):
         values["mixed_precision"] = "float32"
     values.setdefault("data_dir", "")
     values.setdefault("job_dir", "")
+    if values.get("warmup_epochs") and not _fine_tunable(arch):
+        raise ValueError(f"--warmup-epochs needs an architecture with a pretrained backbone, not {arch!r}")
     return config_lib.from_dict(values)
+
+
+def _fine_tunable(arch):
+    from trainer import models
+
+    return models.get_defaults(arch).fine_tunable
 
 
 def main(argv=None):

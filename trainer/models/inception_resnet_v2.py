@@ -39,6 +39,7 @@ DEFAULTS = registry.ArchDefaults(
     early_stopping_patience=5,
     weights="imagenet",
     feature_layer="conv_7b_ac",
+    fine_tunable=True,
 )
 
 

@@ -56,6 +56,8 @@ class ArchDefaults:
         warmup_epochs: Epochs training the head only before unfreezing the
             backbone (fine-tuning families only).
         feature_layer: Name of the last spatial layer, Grad-CAM's target.
+        fine_tunable: Whether the family has a backbone that can be frozen
+            for a warm-up (``set_backbone_trainable``).
     """
 
     input_size: int
@@ -74,6 +76,7 @@ class ArchDefaults:
     epochs: int = 50
     weights: str | None = None
     warmup_epochs: int = 0
+    fine_tunable: bool = False
 
 
 def register_model(name: str, defaults: ArchDefaults) -> Callable:
