@@ -1,12 +1,54 @@
 #!/usr/bin/env bash
-# The demo: every capability the project has so far, on a generated sample.
-# Usage: scripts/demo.sh OUT_DIR (make demo passes demo-run/).
+# The demo: the whole flow on a generated sample, on the CPU.
+#   raw folder -> Beam job -> TFRecords -> trainer (3 architectures) -> Grad-CAM -> summary
+# Usage: scripts/demo.sh OUT_DIR   (make demo passes demo-run/)
 set -euo pipefail
 OUT="${1:-demo-run}"
+# Sizes can be shrunk through the environment (tests/test_end_to_end.py does).
+CLASSES="${DEMO_CLASSES:-8}"
+TRAIN_PER_CLASS="${DEMO_TRAIN_PER_CLASS:-150}"
+VAL_PER_CLASS="${DEMO_VAL_PER_CLASS:-20}"
+MINCEPTION_EPOCHS="${DEMO_MINCEPTION_EPOCHS:-12}"
+EXPLAIN_IMAGES="${DEMO_EXPLAIN_IMAGES:-32}"
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 rm -rf "$OUT"
 mkdir -p "$OUT"
-echo "== 1/2 writing the sample dataset (tiny-imagenet-200 layout) to $OUT/raw"
-python -m preprocessing.sample --out "$OUT/raw" --classes 10 --train-per-class 120 --val-per-class 20
-echo "== 2/2 converting it to TFRecords with the Beam job into $OUT/data"
+start=$(date +%s)
+step() { echo; echo "== [$(( $(date +%s) - start ))s] $*"; }
+
+step "1/6 writing a sample dataset in the tiny-imagenet-200 layout to $OUT/raw"
+python -m preprocessing.sample --out "$OUT/raw" --classes "$CLASSES" \
+    --train-per-class "$TRAIN_PER_CLASS" --val-per-class "$VAL_PER_CLASS" --test-images 20
+
+step "2/6 converting it to sharded TFRecords with the Beam job (DirectRunner) into $OUT/data"
 python -m preprocessing.task --raw-dir "$OUT/raw" --output-dir "$OUT/data"
-echo "== done: TFRecords and metadata.json in $OUT/data"
+
+step "3/6 training Minception for $MINCEPTION_EPOCHS epochs (long enough to learn the sample)"
+python -m trainer.task --data-dir "$OUT/data" --job-dir "$OUT/jobs/minception" --arch minception \
+    --epochs "$MINCEPTION_EPOCHS" --batch-size 32 --learning-rate 0.002 --cache
+
+step "4/6 training Inception v1 for a few steps"
+python -m trainer.task --data-dir "$OUT/data" --job-dir "$OUT/jobs/inception_v1" --arch inception_v1 \
+    --epochs 1 --steps-per-epoch 6 --batch-size 16 --validation-steps 2
+
+# ImageNet weights cannot be downloaded offline: use them only when Keras has them cached.
+IRV2_WEIGHTS=none
+if [ -f "${KERAS_HOME:-$HOME/.keras}/models/inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5" ]; then
+    IRV2_WEIGHTS=imagenet
+fi
+step "5/6 training Inception-ResNet-v2 (weights: $IRV2_WEIGHTS) for a few steps at 224x224"
+python -m trainer.task --data-dir "$OUT/data" --job-dir "$OUT/jobs/inception_resnet_v2" \
+    --arch inception_resnet_v2 --weights "$IRV2_WEIGHTS" --epochs 1 --steps-per-epoch 2 \
+    --batch-size 8 --validation-steps 1 --explain false
+
+step "6/6 explaining each model with Grad-CAM (pointing game against the object boxes)"
+for arch in minception inception_v1 inception_resnet_v2; do
+    images="$EXPLAIN_IMAGES"
+    [ "$arch" = minception ] || images=$(( (EXPLAIN_IMAGES + 1) / 2 ))
+    python -m explain.task --model "$OUT/jobs/$arch" --data-dir "$OUT/data" --split test \
+        --num-images "$images" --balanced --logdir "$OUT/jobs/$arch/logs/explain" \
+        --out-dir "$OUT/gradcam/$arch"
+done
+
+step "done in $(( $(date +%s) - start ))s"
+python scripts/demo_summary.py "$OUT"

@@ -1,0 +1,68 @@
+"""Prints the demo's results table: test top-1/top-5 and the pointing game per architecture.
+
+Usage: python scripts/demo_summary.py DEMO_DIR
+"""
+
+import json
+import os
+import sys
+
+ARCHS = ("minception", "inception_v1", "inception_resnet_v2")
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def rows(demo_dir):
+    """Yields one result row per architecture found under ``demo_dir/jobs``."""
+    for arch in ARCHS:
+        job = os.path.join(demo_dir, "jobs", arch)
+        metrics = _read(os.path.join(job, "metrics.json"))
+        if metrics is None:
+            continue
+        explain = _read(os.path.join(job, "logs", "explain", "explain.json")) or {}
+        game = explain.get("pointing_game", {})
+        yield {
+            "arch": arch,
+            "epochs": metrics.get("epochs_completed"),
+            "top1": metrics["test"]["accuracy"],
+            "top5": metrics["test"]["top5_accuracy"],
+            "hit_rate": game.get("hit_rate"),
+            "center": game.get("center_baseline"),
+            "random": game.get("random_baseline"),
+        }
+
+
+def _fmt(value):
+    return "-" if value is None else f"{value:.3f}"
+
+
+def main(argv):
+    """Prints the table and the TensorBoard command; exit 1 when no run finished."""
+    demo_dir = argv[1] if len(argv) > 1 else "demo-run"
+    table = list(rows(demo_dir))
+    if not table:
+        print(f"no finished runs under {demo_dir}/jobs", file=sys.stderr)
+        return 1
+    header = f"{'architecture':<22}{'epochs':>7}{'test top-1':>12}{'test top-5':>12}"
+    header += f"{'pointing game':>15}{'centre':>9}{'random':>9}"
+    print(header)
+    print("-" * len(header))
+    for row in table:
+        print(
+            f"{row['arch']:<22}{row['epochs']:>7}{_fmt(row['top1']):>12}{_fmt(row['top5']):>12}"
+            f"{_fmt(row['hit_rate']):>15}{_fmt(row['center']):>9}{_fmt(row['random']):>9}"
+        )
+    print()
+    print("Look at the curves, augmented samples, confusion matrices and Grad-CAM panels with:")
+    print(f"  tensorboard --logdir {os.path.join(demo_dir, 'jobs')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
