@@ -7,13 +7,11 @@ chunks. With ``STORAGE_EMULATOR_HOST`` set the client talks to the emulator
 with anonymous credentials.
 """
 
-import base64
 import dataclasses
-import hashlib
 import os
 import shutil
 
-import google_crc32c
+from trainer import storage
 
 _READ_SIZE = 1024 * 1024
 
@@ -31,38 +29,6 @@ class StageReport:
     uploaded: list = dataclasses.field(default_factory=list)
     skipped: list = dataclasses.field(default_factory=list)
     bytes_uploaded: int = 0
-
-
-def parse_gcs_url(url):
-    """Splits ``gs://bucket/a/b`` into ``("bucket", "a/b")`` (prefix without slashes at the ends)."""
-    if not url.startswith("gs://"):
-        raise ValueError(f"not a gs:// URL: {url!r}")
-    bucket, _, prefix = url[len("gs://") :].partition("/")
-    return bucket, prefix.strip("/")
-
-
-def make_client(project=None):
-    """Returns a storage client; anonymous against the emulator, else Application Default Credentials."""
-    from google.cloud import storage
-
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
-        from google.auth.credentials import AnonymousCredentials
-
-        return storage.Client(
-            project=project or os.environ.get("GOOGLE_CLOUD_PROJECT", "emulator"),
-            credentials=AnonymousCredentials(),
-        )
-    return storage.Client(project=project)
-
-
-def file_checksums(path):
-    """Returns the base64 ``(crc32c, md5)`` of a file, as GCS reports them."""
-    crc, md5 = google_crc32c.Checksum(), hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_READ_SIZE), b""):
-            crc.update(block)
-            md5.update(block)
-    return base64.b64encode(crc.digest()).decode(), base64.b64encode(md5.digest()).decode()
 
 
 def local_files(src):
@@ -98,14 +64,14 @@ def stage(spec, client=None, log=print):
 
     Args:
         spec: a :class:`deploy.config.StageJob`.
-        client: a ``google.cloud.storage.Client``; made by :func:`make_client` when None.
+        client: a ``google.cloud.storage.Client``; made by :func:`trainer.storage.gcs_client` when None.
         log: called with one progress line per file and a summary.
 
     Returns:
         A :class:`StageReport`.
     """
-    client = client or make_client(spec.project)
-    bucket_name, prefix = parse_gcs_url(spec.dest)
+    client = client or storage.gcs_client(spec.project)
+    bucket_name, prefix = storage.split_gcs(spec.dest)
     bucket = client.bucket(bucket_name)
     remote = {
         blob.name: blob for blob in client.list_blobs(bucket_name, prefix=prefix + "/" if prefix else None)
@@ -115,7 +81,7 @@ def stage(spec, client=None, log=print):
     report = StageReport()
     for number, (relative, path) in enumerate(files, start=1):
         name = f"{prefix}/{relative}" if prefix else relative
-        checksums = file_checksums(path)
+        checksums = storage.file_checksums(path)
         existing = remote.get(name)
         if existing is not None and _same(existing, checksums):
             report.skipped.append(name)

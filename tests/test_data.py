@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from preprocessing import schema
-from trainer import augment, data
+from trainer import augment, data, storage
 
 # Label k is a solid colour whose pattern of strong channels survives every augmentation.
 PALETTE = [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (1, 0, 1), (0, 1, 1)]
@@ -220,10 +220,9 @@ def test_distribute_datasets_from_function_with_a_real_strategy(colour_info):
 
 
 def test_gcs_input_is_staged_through_the_emulator(sample_records, gcs_bucket, tmp_path):
-    from trainer import staging
 
     local_dir = sample_records[0]
-    bucket = staging.storage_client().bucket(gcs_bucket)
+    bucket = storage.gcs_client().bucket(gcs_bucket)
     for name in os.listdir(local_dir):
         bucket.blob(f"data/tiny/{name}").upload_from_filename(os.path.join(local_dir, name))
     cache = str(tmp_path / "cache")

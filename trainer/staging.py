@@ -6,16 +6,13 @@ dataset once with google-cloud-storage and reads local files. Files already in
 the cache with the same size and CRC32C are not downloaded again.
 """
 
-import base64
 import concurrent.futures
 import logging
 import os
 import tempfile
 
 from preprocessing import schema
-
-GCS_PREFIX = "gs://"
-_CHUNK = 1 << 20
+from trainer import storage
 
 logger = logging.getLogger(__name__)
 
@@ -27,21 +24,6 @@ class DataError(ValueError):
     """
 
 
-def is_gcs_path(path):
-    """Whether ``path`` is a ``gs://`` URL."""
-    return str(path).startswith(GCS_PREFIX)
-
-
-def split_gcs_path(path):
-    """Splits ``gs://bucket/some/prefix`` into ``("bucket", "some/prefix")``."""
-    if not is_gcs_path(path):
-        raise ValueError(f"Not a gs:// path: {path!r}")
-    bucket, _, prefix = path[len(GCS_PREFIX) :].partition("/")
-    if not bucket:
-        raise ValueError(f"gs:// path without a bucket: {path!r}")
-    return bucket, prefix.strip("/")
-
-
 def default_cache_dir(data_dir):
     """Returns the local folder a ``gs://`` data folder is staged into by default.
 
@@ -50,37 +32,14 @@ def default_cache_dir(data_dir):
     root = os.environ.get("TINY_INCEPTION_CACHE") or os.path.join(
         os.path.expanduser("~"), ".cache", "tiny-inception"
     )
-    bucket, prefix = split_gcs_path(data_dir)
+    bucket, prefix = storage.split_gcs(data_dir)
     return os.path.join(root, "gcs", bucket, *filter(None, prefix.split("/")))
-
-
-def storage_client():
-    """Returns a google-cloud-storage client; anonymous when ``STORAGE_EMULATOR_HOST`` is set."""
-    from google.cloud import storage
-
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
-        from google.auth.credentials import AnonymousCredentials
-
-        project = os.environ.get("GOOGLE_CLOUD_PROJECT", "emulator")
-        return storage.Client(project=project, credentials=AnonymousCredentials())
-    return storage.Client()
-
-
-def local_crc32c(path):
-    """Returns the base64 CRC32C of a local file, as GCS reports ``blob.crc32c``."""
-    import google_crc32c
-
-    checksum = google_crc32c.Checksum()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            checksum.update(chunk)
-    return base64.b64encode(checksum.digest()).decode("ascii")
 
 
 def _up_to_date(blob, local_path):
     if not os.path.exists(local_path) or os.path.getsize(local_path) != blob.size:
         return False
-    return blob.crc32c is None or local_crc32c(local_path) == blob.crc32c
+    return blob.crc32c is None or storage.file_checksums(local_path)[0] == blob.crc32c
 
 
 def _download(blob, local_path):
@@ -119,12 +78,12 @@ def stage_data_dir(data_dir, cache_dir=None, *, client=None, max_workers=8):
             or metadata.json cannot be read.
     """
     data_dir = str(data_dir)
-    if not is_gcs_path(data_dir):
+    if not storage.is_gcs(data_dir):
         return data_dir
-    bucket_name, prefix = split_gcs_path(data_dir)
+    bucket_name, prefix = storage.split_gcs(data_dir)
     cache_dir = cache_dir or default_cache_dir(data_dir)
     os.makedirs(cache_dir, exist_ok=True)
-    bucket = (client or storage_client()).bucket(bucket_name)
+    bucket = (client or storage.gcs_client()).bucket(bucket_name)
 
     def remote(name):
         return f"{prefix}/{name}" if prefix else name
@@ -132,7 +91,7 @@ def stage_data_dir(data_dir, cache_dir=None, *, client=None, max_workers=8):
     def blob_or_error(name):
         blob = bucket.get_blob(remote(name))
         if blob is None:
-            raise DataError(f"{GCS_PREFIX}{bucket_name}/{remote(name)}: file not found in the bucket")
+            raise DataError(f"{storage.GCS_SCHEME}{bucket_name}/{remote(name)}: file not found in the bucket")
         return blob
 
     metadata_path = os.path.join(cache_dir, schema.METADATA_FILE)

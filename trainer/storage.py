@@ -8,12 +8,14 @@ that :meth:`Mirror.upload` copies to the bucket with google-cloud-storage
 (which honours ``STORAGE_EMULATOR_HOST``, so tests run against an emulator).
 """
 
+import base64
 import hashlib
 import os
 import shutil
 import tempfile
 
 GCS_SCHEME = "gs://"
+_READ_SIZE = 1 << 20
 
 
 def is_gcs(path):
@@ -38,16 +40,33 @@ def join(base, *parts):
     return os.path.join(base, *parts)
 
 
-def gcs_client():
-    """Returns a google-cloud-storage client; anonymous against an emulator."""
+def gcs_client(project=None):
+    """Returns a google-cloud-storage client; anonymous against an emulator.
+
+    The one place clients are made: with ``STORAGE_EMULATOR_HOST`` set (tests,
+    local emulators) no credentials are looked up, else Application Default
+    Credentials apply.
+    """
     from google.cloud import storage
 
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         from google.auth.credentials import AnonymousCredentials
 
-        project = os.environ.get("GOOGLE_CLOUD_PROJECT", "emulator")
+        project = project or os.environ.get("GOOGLE_CLOUD_PROJECT", "emulator")
         return storage.Client(project=project, credentials=AnonymousCredentials())
-    return storage.Client()
+    return storage.Client(project=project)
+
+
+def file_checksums(path):
+    """Returns the base64 ``(crc32c, md5)`` of a local file, as GCS reports them."""
+    import google_crc32c
+
+    crc, md5 = google_crc32c.Checksum(), hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_READ_SIZE), b""):
+            crc.update(block)
+            md5.update(block)
+    return base64.b64encode(crc.digest()).decode("ascii"), base64.b64encode(md5.digest()).decode("ascii")
 
 
 class Mirror:
