@@ -18,6 +18,10 @@ import sys
 import tempfile
 import time
 
+# The repository's tests/ package (tiny datasets) must win over a `tests`
+# package some dependencies install into site-packages.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 ARCHS = ("inception_v1", "minception", "inception_resnet_v2")
 
 
