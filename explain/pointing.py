@@ -136,6 +136,16 @@ class PointingGame:
         """Number of images scored so far."""
         return len(self._rows["label"])
 
+    @property
+    def hit_rate(self):
+        """Pointing-game hit rate of the images scored so far (``None`` before any).
+
+        Cheap enough to read after every batch, unlike :meth:`summary`, which
+        rebuilds every per-class table.
+        """
+        hits = self._rows["hit"]
+        return float(np.mean(hits)) if hits else None
+
     def _summary(self, select):
         rows = {key: np.asarray(values, dtype=np.float64)[select] for key, values in self._rows.items()}
 

@@ -187,7 +187,7 @@ def run(config, progress=print):
                     batch["image"][i], maps[i], names[label], names[guess], probabilities[i, guess], box
                 )
             )
-        hits = game.summary()["pointing_game"]["hit_rate"]
+        hits = game.hit_rate
         progress(
             f"explain: batch {start // config.batch_size + 1}/{-(-count // config.batch_size)} "
             f"({min(start + config.batch_size, count)}/{count} images), "

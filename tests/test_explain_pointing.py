@@ -85,6 +85,7 @@ def test_pointing_game_summary_overall_and_per_class():
     summary = game.summary(class_names=["a", "b", "c"])
     assert summary["n"] == 3
     assert summary["pointing_game"]["hit_rate"] == pytest.approx(2 / 3)
+    assert game.hit_rate == summary["pointing_game"]["hit_rate"]
     # The centre (8, 8) is in none of the three scored boxes.
     assert summary["pointing_game"]["center_baseline"] == 0.0
     assert summary["energy_in_box"] == pytest.approx(2 / 3)
@@ -120,6 +121,7 @@ def test_random_baseline_is_seeded_and_near_box_area_share():
 def test_empty_game_reports_none():
     summary = pointing.PointingGame().summary()
     assert summary["n"] == 0 and summary["pointing_game"]["hit_rate"] is None
+    assert pointing.PointingGame().hit_rate is None
 
 
 def test_shift_boxes_into_a_crop():
