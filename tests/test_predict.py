@@ -126,6 +126,25 @@ def test_keras_file_classes_file_and_gcs_image(images, tmp_path, gcs_bucket, cap
     assert f"error: {missing}:" in captured.err
 
 
+def test_gcs_job_dir_loads_without_leaving_a_local_copy(tmp_path, gcs_bucket, monkeypatch):
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    local = str(tmp_path / "model.keras")
+    model = _model(64)
+    model.save(local)
+    bucket = storage.Client(project="test-project", credentials=AnonymousCredentials()).bucket(gcs_bucket)
+    bucket.blob("jobs/remote/model.keras").upload_from_filename(local)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
+    loaded = predict.load(f"gs://{gcs_bucket}/jobs/remote")
+    assert (loaded.policy, loaded.input_size) == ("none", 64)
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    np.testing.assert_allclose(loaded.predict(pixels), np.asarray(model(pixels)), atol=1e-6)
+    assert os.listdir(scratch) == []
+
+
 def test_classes_json_beside_the_model(tmp_path):
     root = tmp_path / "job"
     root.mkdir()

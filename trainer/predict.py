@@ -145,13 +145,16 @@ def _load_keras(path):
 
     from trainer import models
 
-    if storage.is_gcs(path):
-        local = os.path.join(tempfile.mkdtemp(prefix="model-"), MODEL_FILE)
-        with open(local, "wb") as f:
-            f.write(read_bytes(path))
-        path = local
     try:
-        model = keras.saving.load_model(path, compile=False)
+        if storage.is_gcs(path):
+            # A temporary copy, removed once loaded: a model can weigh hundreds of MB.
+            with tempfile.TemporaryDirectory(prefix="model-") as folder:
+                local = os.path.join(folder, MODEL_FILE)
+                with open(local, "wb") as f:
+                    f.write(read_bytes(path))
+                model = keras.saving.load_model(local, compile=False)
+        else:
+            model = keras.saving.load_model(path, compile=False)
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"{path}: cannot load the model ({error})") from None
     if len(model.outputs) > 1:
