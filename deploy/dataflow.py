@@ -44,7 +44,7 @@ def command_line(argv):
 
 
 def run(argv):
-    """Runs the pipeline in this process (imported lazily: Beam is heavy)."""
+    """Runs the pipeline in this process (imported lazily: Beam is heavy); returns its exit status."""
     from preprocessing import task
 
     return task.run(argv)

@@ -182,8 +182,8 @@ def _run_dataflow(args, extra):
     argv = dataflow.build_argv(spec)
     if args.dry_run:
         print(dataflow.command_line(argv))
-    else:
-        dataflow.run(argv)
+        return 0
+    return dataflow.run(argv)
 
 
 def _run_stage(args, extra):
@@ -202,7 +202,8 @@ def _run_stage(args, extra):
 
 
 # Each runner validates its spec before importing its builder, so bad flags
-# are reported even where the cloud client libraries are not installed.
+# are reported even where the cloud client libraries are not installed. A
+# runner may return an exit status (the in-process preprocessing job does).
 _COMMANDS = {
     "vertex": _run_vertex,
     "hptune": _run_hptune,
@@ -216,17 +217,18 @@ def main(argv=None):
     """Runs one subcommand; flags after ``--`` go to the launched program unchanged.
 
     Returns:
-        0 on success; bad flags exit with status 2 and one line on stderr.
+        0 on success, else the launched job's exit status (``dataflow`` runs
+        in-process); bad flags exit with status 2 and one line on stderr.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     own, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     parser = _build_parser()
     args = parser.parse_args(own)
     try:
-        _COMMANDS[args.command](args, extra)
+        status = _COMMANDS[args.command](args, extra)
     except checks.ConfigError as error:
         parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n")
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -132,6 +132,12 @@ def test_dataflow_dry_run_command(capsys):
     }
 
 
+def test_dataflow_failure_is_the_exit_status(capsys):
+    # The job runs in-process; its refusal must not turn into a successful launch.
+    assert submit.main([*DATAFLOW, "--", "--valid-fraction", "2"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --valid-fraction must be in [0, 1), got 2.0"
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
