@@ -227,7 +227,8 @@ class DataflowJob:
     """The preprocessing Beam job on Dataflow.
 
     Attributes:
-        raw_dir: ``gs://`` folder (or zip) of the raw dataset.
+        raw_dir: ``gs://`` folder of the extracted raw dataset (Dataflow workers
+            cannot read an archive that preprocessing.task extracts locally).
         output_dir: ``gs://`` folder for TFRecords and metadata.json.
         project: Google Cloud project id.
         region: Dataflow region.
@@ -255,6 +256,11 @@ class DataflowJob:
     def __post_init__(self):
         object.__setattr__(self, "beam_args", tuple(self.beam_args))
         checks.require_gcs("--raw-dir", self.raw_dir)
+        # preprocessing.task refuses archives with a remote runner; say so before launching.
+        checks.require(
+            not self.raw_dir.lower().endswith(".zip"),
+            f"--raw-dir must be an extracted gs:// folder for Dataflow, not an archive; got {self.raw_dir!r}",
+        )
         checks.require_gcs("--output-dir", self.output_dir)
         checks.require_gcs("--temp-location", self.temp_location)
         checks.check_pattern(checks.PROJECT, self.project, "--project")

@@ -79,7 +79,7 @@ def _build_parser():
     gke.add_argument("--port", type=int, default=checks.TF_PORT, help="port between TensorFlow workers")
 
     flow = commands.add_parser("dataflow", help="run the preprocessing job on Dataflow")
-    flow.add_argument("--raw-dir", required=True, help="gs:// raw dataset (folder or zip)")
+    flow.add_argument("--raw-dir", required=True, help="gs:// folder of the extracted raw dataset")
     flow.add_argument("--output-dir", required=True, help="gs:// folder for TFRecords + metadata.json")
     flow.add_argument("--project", required=True)
     flow.add_argument("--region", default="us-central1")

@@ -94,7 +94,7 @@ def test_stage_bad_flags(tmp_path, capsys, flags, message):
 DATAFLOW = [
     "dataflow",
     "--raw-dir",
-    "gs://my-bucket/raw/tiny-imagenet-200.zip",
+    "gs://my-bucket/raw/tiny-imagenet-200",
     "--output-dir",
     "gs://my-bucket/records",
     "--project",
@@ -118,7 +118,7 @@ def test_dataflow_dry_run_command(capsys):
     assert words[:3] == ["python", "-m", "preprocessing.task"]
     options = dict(zip(words[3::2], words[4::2], strict=False))
     assert options == {
-        "--raw-dir": "gs://my-bucket/raw/tiny-imagenet-200.zip",
+        "--raw-dir": "gs://my-bucket/raw/tiny-imagenet-200",
         "--output-dir": "gs://my-bucket/records",
         "--runner": "DataflowRunner",
         "--project": "my-project",
@@ -143,6 +143,7 @@ def test_dataflow_failure_is_the_exit_status(capsys):
     [
         (["--temp-location", "/tmp/scratch"], "--temp-location must be a gs://bucket/path URL"),
         (["--raw-dir", "data/raw"], "--raw-dir must be a gs://bucket/path URL"),
+        (["--raw-dir", "gs://my-bucket/raw/t.zip"], "--raw-dir must be an extracted gs:// folder"),
         (["--max-num-workers", "0"], "--max-num-workers must be at least 1"),
     ],
 )
