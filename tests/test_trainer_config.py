@@ -82,9 +82,29 @@ def test_vertex_environment_supplies_output_folders():
 )
 def test_bad_values_exit_2_with_one_line(argv, message, capsys):
     code = task.main(["--data-dir", "d", "--job-dir", "j", *argv])
+    _assert_one_error_line(code, capsys, message)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("epochs: [1\n", "invalid YAML at line 3"),
+        ("epochs: three\n", "epochs must be an integer, got 'three'"),
+        ("dropout: high\n", "dropout must be a number or null"),
+        ("explain: maybe\n", "explain must be true/false"),
+    ],
+)
+def test_bad_config_file_exits_2_with_one_line(text, message, tmp_path, capsys):
+    path = tmp_path / "settings.yaml"
+    path.write_text("arch: minception\n" + text)
+    code = task.main(["--data-dir", "d", "--job-dir", "j", "--config", str(path)])
+    _assert_one_error_line(code, capsys, message)
+
+
+def _assert_one_error_line(code, capsys, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
 
 
 def test_unknown_key_in_config_file(tmp_path):

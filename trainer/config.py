@@ -9,6 +9,7 @@ never reads flags or the environment.
 
 import dataclasses
 import json
+import typing
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "bfloat16")
@@ -16,6 +17,10 @@ AUGMENT_ON = ("host", "device")
 POLICIES = ("book", "crop", "none")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "nadam", "adamax", "adagrad", "adadelta", "lion")
 CONFIG_FILE = "config.json"
+
+_TYPE_NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+# A YAML/JSON integer is a valid number; 0/1 are valid switches.
+_ALSO_ACCEPTED = {float: int, bool: int}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +103,7 @@ class TrainConfig:
     debug_dump_weights: str | None = None
 
     def __post_init__(self):
+        _check_types(self)
         for name in ("data_dir", "job_dir", "arch"):
             if not getattr(self, name):
                 raise ValueError(f"{name.replace('_', '-')} is required")
@@ -185,6 +191,18 @@ def from_dict(values):
     if unknown:
         raise ValueError(f"unknown configuration keys: {', '.join(unknown)}")
     return TrainConfig(**values)
+
+
+def _check_types(config):
+    # Values of a YAML/JSON file arrive untyped: a string where a number belongs
+    # must be a clear error, not a TypeError in the range checks below.
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        declared = typing.get_args(field.type) or (field.type,)
+        allowed = declared + tuple(_ALSO_ACCEPTED[kind] for kind in declared if kind in _ALSO_ACCEPTED)
+        if not isinstance(value, allowed):
+            expected = " or ".join(_TYPE_NAMES[kind] for kind in declared)
+            raise ValueError(f"{field.name} must be {expected}, got {value!r}")
 
 
 def _check_choice(name, value, choices):

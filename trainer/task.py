@@ -82,7 +82,12 @@ def build_parser():
 
 
 def read_config_file(path):
-    """Reads a YAML or JSON settings file into a dict with underscore keys."""
+    """Reads a YAML or JSON settings file into a dict with underscore keys.
+
+    Raises:
+        ValueError: The file is not valid YAML/JSON or holds no mapping.
+        OSError: The file cannot be read.
+    """
     with open(path) as f:
         text = f.read()
     if path.endswith(".json"):
@@ -90,7 +95,14 @@ def read_config_file(path):
     else:
         import yaml
 
-        values = yaml.safe_load(text) or {}
+        try:
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as error:
+            # The parser's own message spans several lines; the CLI prints one.
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or " ".join(str(error).split())
+            raise ValueError(f"{path}: invalid YAML{where}: {problem}") from error
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of settings")
     return {str(key).replace("-", "_"): value for key, value in values.items()}
