@@ -26,7 +26,8 @@ class _Resumable:
     def set_state(self, state, arrays=None):
         self._pending = (state, arrays)
 
-    def _apply_pending(self):
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
         if self._pending is not None:
             state, arrays = self._pending
             self._pending = None
@@ -47,10 +48,6 @@ class ReduceLROnPlateau(_Resumable, keras.callbacks.ReduceLROnPlateau):
         super().__init__(**kwargs)
         self.on_plateau = on_plateau
 
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        self._apply_pending()
-
     def on_epoch_end(self, epoch, logs=None):
         before = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         super().on_epoch_end(epoch, logs)
@@ -70,10 +67,6 @@ class ReduceLROnPlateau(_Resumable, keras.callbacks.ReduceLROnPlateau):
 
 class EarlyStopping(_Resumable, keras.callbacks.EarlyStopping):
     """Keras' early stopping whose counters and best weights survive a restart."""
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        self._apply_pending()
 
     def get_state(self):
         best = None if self.best is None else float(self.best)
@@ -117,9 +110,6 @@ class BestModelCheckpoint(_Resumable, keras.callbacks.Callback):
         self.enabled = enabled
         self.best = None
         self.best_epoch = -1
-
-    def on_train_begin(self, logs=None):
-        self._apply_pending()
 
     def on_epoch_end(self, epoch, logs=None):
         current = (logs or {}).get(self.monitor)
