@@ -249,7 +249,11 @@ def _convert(config, beam_args, work_dir):
     beam_args = with_direct_defaults(beam_args, sum(job_plan.planned.values()))
     LOGGER.info("stage 3/4: running the Beam pipeline (%s)", " ".join(beam_args) or "DirectRunner defaults")
     staging = fetch.join(config.output_dir, PLAN_DIR)
-    tasks = plan.write_manifests(job_plan, staging)
+    try:
+        tasks = plan.write_manifests(job_plan, staging)
+    except OSError as error:
+        # The job's first write into --output-dir: a file in the way, or a folder it may not create.
+        raise JobError(f"cannot write into --output-dir {config.output_dir}: {error}") from None
     try:
         with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
             build_pipeline(pipeline, job_plan, tasks, root, config)

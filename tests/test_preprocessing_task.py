@@ -286,6 +286,13 @@ def test_non_empty_output_refused_and_overwrite_removes_stale_shards(sample_raw,
     assert {p.name for p in out.glob("*.tfrecord")} == listed
 
 
+def test_output_dir_that_cannot_be_written_is_a_clear_error(sample_raw, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("in the way")
+    code, err = _run(capsys, "--raw-dir", sample_raw[0], "--output-dir", tmp_path / "a-file" / "out")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: cannot write into --output-dir {tmp_path / 'a-file' / 'out'}: ")
+
+
 def test_bad_flags_exit_2(tmp_path, capsys):
     code, err = _run(capsys, "--raw-dir", tmp_path, "--output-dir", tmp_path / "o", "--valid-fraction", "1.5")
     assert code == 2 and err.strip() == "error: --valid-fraction must be in [0, 1), got 1.5"
