@@ -13,8 +13,6 @@ import shutil
 
 from trainer import storage
 
-_READ_SIZE = 1024 * 1024
-
 
 @dataclasses.dataclass
 class StageReport:
