@@ -261,9 +261,9 @@ def _brightness_gamma(images, parameters, params):
             images = images * parameters["brightness"][:, None, None, None]
         return tf.clip_by_value(images, 0.0, 255.0)
     gamma = parameters["gamma"]
-    offset = gamma * tf.math.log(parameters["brightness"]) + (1.0 - gamma) * math.log(255.0)
-    if params.brightness_range == (1.0, 1.0):
-        offset = (1.0 - gamma) * math.log(255.0)
+    offset = (1.0 - gamma) * math.log(255.0)
+    if params.brightness_range != (1.0, 1.0):
+        offset += gamma * tf.math.log(parameters["brightness"])
     images = tf.exp(gamma[:, None, None, None] * tf.math.log(images) + offset[:, None, None, None])
     return tf.clip_by_value(images, 0.0, 255.0)
 
