@@ -335,7 +335,7 @@ def make_dataset(
     elif training:
         transform = _cast_fn()
     else:
-        transform = _eval_fn(augmenter, policy, info.image_size, crop_size)
+        transform = _eval_fn(augmenter)
     dataset = dataset.map(transform, num_parallel_calls=AUTOTUNE)
     if not all_features:
         dataset = dataset.map(lambda batch: (batch["image"], batch["label"]), num_parallel_calls=AUTOTUNE)
@@ -356,9 +356,9 @@ def _cast_fn():
     return transform
 
 
-def _eval_fn(augmenter, policy, image_size, crop_size):
-    offset = augment.crop_offset(policy, image_size, crop_size)
-    size = augment.output_size(policy, image_size, crop_size)
+def _eval_fn(augmenter):
+    offset = augment.crop_offset(augmenter.policy, augmenter.image_size, augmenter.crop_size)
+    size = augmenter.output_size
 
     def transform(batch):
         out = {**batch, "image": augmenter.eval_transform(batch["image"])}
