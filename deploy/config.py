@@ -154,7 +154,7 @@ class VertexJob:
         if self.tensorboard is not None:
             name = self.tensorboard
             if name.isdigit():
-                name = f"projects/{self.project}/locations/{self.region}/tensorboards/{name}"
+                name = f"{self.parent}/tensorboards/{name}"
             checks.require(
                 checks.TENSORBOARD.match(name) is not None,
                 f"--tensorboard must be an instance id or projects/P/locations/R/tensorboards/ID, "
@@ -163,6 +163,11 @@ class VertexJob:
             # Vertex AI refuses TensorBoard uploads from the default agent.
             checks.require(account is not None, "--tensorboard needs --service-account on Vertex AI")
             object.__setattr__(self, "tensorboard", name)
+
+    @property
+    def parent(self):
+        """The Vertex AI location the job is created in: ``projects/P/locations/R``."""
+        return f"projects/{self.project}/locations/{self.region}"
 
     @property
     def machine_type(self):

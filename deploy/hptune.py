@@ -56,7 +56,7 @@ def build_tuning_job(spec):
         parallel_trial_count=spec.parallel_trials,
         max_failed_trial_count=spec.max_failed_trials,
         trial_job_spec=vertex.custom_job_spec(spec.vertex),
-        labels={"app": "tiny-inception", "arch": spec.vertex.job.arch.replace("_", "-")},
+        labels=vertex.job_labels(spec.vertex.job),
     )
 
 
@@ -67,5 +67,6 @@ def submit(spec, tuning_job):
         The resource name of the created job.
     """
     client = vertex.job_service_client(spec.vertex.region)
-    parent = f"projects/{spec.vertex.project}/locations/{spec.vertex.region}"
-    return client.create_hyperparameter_tuning_job(parent=parent, hyperparameter_tuning_job=tuning_job).name
+    return client.create_hyperparameter_tuning_job(
+        parent=spec.vertex.parent, hyperparameter_tuning_job=tuning_job
+    ).name

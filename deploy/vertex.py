@@ -56,12 +56,17 @@ def custom_job_spec(spec):
     return job_spec
 
 
+def job_labels(job):
+    """Returns the labels of every Vertex AI job that trains :class:`deploy.config.TrainJob` ``job``."""
+    return {"app": "tiny-inception", "arch": job.arch.replace("_", "-")}
+
+
 def build_custom_job(spec):
     """Returns the ``aiplatform_v1.CustomJob`` for a :class:`deploy.config.VertexJob`."""
     return aiplatform_v1.CustomJob(
         display_name=spec.job.name,
         job_spec=custom_job_spec(spec),
-        labels={"app": "tiny-inception", "arch": spec.job.arch.replace("_", "-")},
+        labels=job_labels(spec.job),
     )
 
 
@@ -86,6 +91,4 @@ def submit(spec, custom_job):
         The resource name of the created job.
     """
     client = job_service_client(spec.region)
-    parent = f"projects/{spec.project}/locations/{spec.region}"
-    created = client.create_custom_job(parent=parent, custom_job=custom_job)
-    return created.name
+    return client.create_custom_job(parent=spec.parent, custom_job=custom_job).name
