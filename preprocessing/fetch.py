@@ -86,8 +86,15 @@ def read_bytes(path):
 
 
 def read_text(path):
-    """Returns the UTF-8 text of a local or remote file."""
-    return read_bytes(path).decode("utf-8")
+    """Returns the UTF-8 text of a local or remote file.
+
+    Raises:
+        SourceError: When the file is not UTF-8 text (e.g. a corrupt ``words.txt``).
+    """
+    try:
+        return read_bytes(path).decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SourceError(f"{path} is not UTF-8 text: {error}") from None
 
 
 def exists(path):

@@ -265,6 +265,15 @@ def test_missing_required_file_is_a_clear_error(sample_raw, tmp_path, capsys, mi
     assert expected in err
 
 
+def test_text_file_that_is_not_utf8_is_a_clear_error(sample_raw, tmp_path, capsys):
+    raw = tmp_path / "raw"
+    shutil.copytree(sample_raw[0], raw)
+    (raw / "words.txt").write_bytes(b"n01443537\tgoldfish \xff\xfe\n")
+    code, err = _run(capsys, "--raw-dir", raw, "--output-dir", tmp_path / "out")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"{raw / 'words.txt'} is not UTF-8 text" in err
+
+
 def test_non_empty_output_refused_and_overwrite_removes_stale_shards(sample_raw, tmp_path, capsys, caplog):
     out = tmp_path / "out"
     out.mkdir()
