@@ -165,6 +165,9 @@ def test_parse_class_list_formats():
         "y",
     )
     assert predict.parse_class_list("one\n\ntwo\n") == ("one", "two")
+    # One name per line, even where a lone line is also valid JSON.
+    assert predict.parse_class_list("42\n") == ("42",)
+    assert predict.parse_class_list("null") == ("null",)
 
 
 @pytest.mark.parametrize(

@@ -77,6 +77,9 @@ def parse_class_list(text):
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, list | dict):
+        # Plain text; a file holding one name may also parse as a JSON number or string.
         return tuple(line.strip() for line in text.splitlines() if line.strip())
     if isinstance(value, dict):
         value = value.get("classes", [])
