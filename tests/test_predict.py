@@ -170,6 +170,17 @@ def test_parse_class_list_formats():
     assert predict.parse_class_list("null") == ("null",)
 
 
+def test_unusable_config_json_is_one_line_naming_it(tmp_path, capsys):
+    root = tmp_path / "job"
+    root.mkdir()
+    _model(64).save(str(root / "model.keras"))
+    for text in ("{not json", "[1, 2]"):
+        (root / "config.json").write_text(text)
+        assert predict.main(["--model", str(root), "x.jpg"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {root / 'config.json'}: ")
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -88,6 +88,20 @@ def parse_class_list(text):
     return tuple(str(name) for name in value)
 
 
+def _job_config(job_dir):
+    """Returns the job dir's ``config.json`` as a dict (empty when there is none)."""
+    path = storage.join(job_dir, CONFIG_FILE)
+    if not _exists(path):
+        return {}
+    try:
+        config = json.loads(read_bytes(path))
+    except ValueError as error:
+        raise ModelLoadError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    return config
+
+
 def _metadata_classes(data_dir):
     path = storage.join(data_dir, schema.METADATA_FILE)
     try:
@@ -180,7 +194,6 @@ def load(model_path, *, data_dir=None, classes=None):
         ModelLoadError: When the model or a named classes source is missing or unusable.
     """
     model_path = str(model_path).rstrip("/")
-    config = {}
     if model_path.endswith(".keras"):
         model_file, job_dir = model_path, None
     else:
@@ -190,8 +203,7 @@ def load(model_path, *, data_dir=None, classes=None):
         raise ModelLoadError(
             f"{model_file}: model not found (give a job dir with {MODEL_FILE} or a .keras file)"
         )
-    if job_dir and _exists(storage.join(job_dir, CONFIG_FILE)):
-        config = json.loads(read_bytes(storage.join(job_dir, CONFIG_FILE)))
+    config = _job_config(job_dir) if job_dir else {}
     model = _load_keras(model_file)
 
     names, image_size = None, None
