@@ -145,13 +145,17 @@ class TrainingSession:
         listed.append(callbacks.EpochEndHook(self._backup))
         self.callbacks = keras.callbacks.CallbackList(listed, model=self.model)
 
+    def _save_state(self, directory, epoch, step_in_epoch=0):
+        extra = {"frozen": self.frozen}
+        self.training_state.save(directory, epoch=epoch, step_in_epoch=step_in_epoch, extra=extra)
+
     def _backup(self, epoch, logs):
-        self.training_state.save(self.outputs.local("backup"), epoch=epoch + 1, extra={"frozen": self.frozen})
+        self._save_state(self.outputs.local("backup"), epoch + 1)
         self.outputs.sync()
 
     def _save_plateau(self, epoch):
         directory = self.outputs.local("checkpoints", f"plateau-epoch-{epoch + 1:04d}")
-        self.training_state.save(directory, epoch=epoch + 1, extra={"frozen": self.frozen})
+        self._save_state(directory, epoch + 1)
         _log(f"plateau at epoch {epoch + 1}: learning rate reduced, state saved to {directory}")
 
     def _stop_requested(self, at_epoch_end):
@@ -226,12 +230,7 @@ class TrainingSession:
 
     def save_interrupted(self, result):
         """Backs up the state of an interrupted run (SIGTERM) and uploads it."""
-        self.training_state.save(
-            self.outputs.local("backup"),
-            epoch=result.epochs_completed,
-            step_in_epoch=result.step_in_epoch,
-            extra={"frozen": self.frozen},
-        )
+        self._save_state(self.outputs.local("backup"), result.epochs_completed, result.step_in_epoch)
         self.outputs.sync()
         _log(f"backup saved at epoch {result.epochs_completed} step {result.step_in_epoch}")
 
