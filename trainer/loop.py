@@ -269,7 +269,6 @@ class DistributedLoop:
         initial_epoch=0,
         initial_step=0,
         stop_requested=None,
-        validation_freq=1,
         batch_logs_wanted=False,
     ):
         """Trains until ``epochs``, early stopping, or a stop request.
@@ -284,7 +283,6 @@ class DistributedLoop:
             initial_epoch: First epoch to run (resuming).
             initial_step: Steps of ``initial_epoch`` already done before a preemption.
             stop_requested: Callable ``(at_epoch_end) -> bool`` polled after every step.
-            validation_freq: Validate every this many epochs (and after the last).
             batch_logs_wanted: Pass running means to ``on_train_batch_end`` (costs a sync per step).
 
         Returns:
@@ -318,8 +316,7 @@ class DistributedLoop:
                 break
             logs = summarize(totals) if totals is not None else {}
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
-            last = epoch == epochs - 1
-            if valid_dataset is not None and ((epoch + 1) % validation_freq == 0 or last):
+            if valid_dataset is not None:
                 valid_logs, _ = self.evaluate(valid_dataset, validation_steps)
                 logs.update({f"val_{k}": v for k, v in valid_logs.items() if k != "count"})
             callbacks.on_epoch_end(epoch, logs)
@@ -327,7 +324,7 @@ class DistributedLoop:
             result.epochs_completed = epoch + 1
             if model.stop_training:
                 break
-            if stop_requested is not None and stop_requested(True) and not last:
+            if stop_requested is not None and stop_requested(True) and epoch < epochs - 1:
                 result.interrupted, result.step_in_epoch = True, 0
                 break
         callbacks.on_train_end(dict(result.history.get(result.epochs_completed - 1, {})))
