@@ -150,7 +150,7 @@ def dump_weights(session, directory):
     and ``moving/<path>`` arrays. Used to check that replicas agree on the
     trainable weights while batch-norm statistics stay per worker.
     """
-    task_type, task_index = _task()
+    task_type, task_index = distribute.task_identity()
     os.makedirs(directory, exist_ok=True)
     arrays = {}
     for variable in session.model.trainable_variables:
@@ -158,11 +158,4 @@ def dump_weights(session, directory):
     for variable in session.model.non_trainable_variables:
         if "moving_" in variable.path:
             arrays[f"moving/{variable.path}"] = np.asarray(variable.numpy())
-    np.savez(os.path.join(directory, f"worker-{task_type}-{task_index}.npz"), **arrays)
-
-
-def _task():
-    from trainer import distribute
-
-    task_type, task_index = distribute.task_identity()
-    return task_type or "local", task_index or 0
+    np.savez(os.path.join(directory, f"worker-{task_type or 'local'}-{task_index or 0}.npz"), **arrays)
