@@ -40,7 +40,7 @@ class StopFlag:
 
 
 def check_job_dir(outputs, config):
-    """Refuses a job dir that holds a run of another architecture or dataset size.
+    """Refuses a job dir that holds a run of another architecture.
 
     Raises:
         JobDirError: When ``config.json`` of an earlier run disagrees.
