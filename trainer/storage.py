@@ -94,10 +94,6 @@ class Mirror:
         """Whether the URI is a ``gs://`` prefix."""
         return is_gcs(self.uri)
 
-    def path(self, *parts):
-        """Returns a local path under the working folder."""
-        return os.path.join(self.local, *parts)
-
     def download(self, subdir=""):
         """Copies ``uri/subdir`` (if any) into the working folder; a no-op for local URIs.
 
