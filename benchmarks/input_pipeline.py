@@ -2,7 +2,7 @@
 
 Generates a sample dataset in the tiny-imagenet-200 layout (64x64 JPEGs),
 converts it to TFRecord shards with ``python -m preprocessing.task`` (or, with
-``--records direct`` or when that job fails, a small writer here), then
+``--records direct`` or when that job fails, the tests' direct writer), then
 measures images/s at batch 128 of:
 
     (a) the book's ``ImageDataGenerator.flow_from_directory`` (tf-keras, benchmark only);
@@ -19,7 +19,6 @@ for (c). Usage::
 
 import argparse
 import glob
-import json
 import os
 import shutil
 import subprocess
@@ -33,44 +32,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tensorflow as tf
 
 from preprocessing import sample, schema
+from tests import datasets
 from trainer import data
 
 AUTOTUNE = tf.data.AUTOTUNE
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def write_records(raw_dir, out_dir, num_shards):
-    """Writes every train/ image of a raw folder into ``num_shards`` shards + metadata.json."""
-    wnids = sorted(os.listdir(os.path.join(raw_dir, "train")))
-    shards = [schema.shard_name("train", i, num_shards) for i in range(num_shards)]
-    writers = [tf.io.TFRecordWriter(os.path.join(out_dir, name)) for name in shards]
-    count = 0
-    for label, wnid in enumerate(wnids):
-        for path in sorted(glob.glob(os.path.join(raw_dir, "train", wnid, "images", "*.JPEG"))):
-            with open(path, "rb") as f:
-                encoded = f.read()
-            record = schema.encode_example(
-                encoded,
-                height=64,
-                width=64,
-                filename=os.path.basename(path),
-                source_split="train",
-                label=label,
-                wnid=wnid,
-            )
-            writers[count % num_shards].write(record)
-            count += 1
-    for writer in writers:
-        writer.close()
-    metadata = {
-        "schema_version": schema.SCHEMA_VERSION,
-        "image_size": [64, 64],
-        "classes": [{"index": i, "wnid": w, "name": w} for i, w in enumerate(wnids)],
-        "splits": {"train": {"count": count, "shards": shards}},
-    }
-    with open(os.path.join(out_dir, schema.METADATA_FILE), "w") as f:
-        json.dump(metadata, f)
-    return count
 
 
 def beam_records(raw_dir, out_dir, num_shards):
@@ -182,8 +148,7 @@ def main(argv=None):
         sample.write_sample_dataset(raw_dir, spec)
     have_records = os.path.exists(os.path.join(records_dir, schema.METADATA_FILE))
     if not have_records and not (args.records == "beam" and beam_records(raw_dir, records_dir, args.shards)):
-        os.makedirs(records_dir, exist_ok=True)
-        write_records(raw_dir, records_dir, args.shards)
+        datasets.write_records(raw_dir, records_dir, num_shards=args.shards, valid_every=0)
     total = args.classes * args.per_class
     num_batches = total // args.batch
     train_dir = os.path.join(raw_dir, "train")
