@@ -69,11 +69,6 @@ def shard_name(split, index, num_shards):
     return f"{split}-{index:05d}-of-{num_shards:05d}{SHARD_SUFFIX}"
 
 
-def shard_prefix(split):
-    """Returns the prefix shared by every shard of ``split`` (used by Beam's sink)."""
-    return f"{split}"
-
-
 def encode_example(
     image_bytes,
     *,
