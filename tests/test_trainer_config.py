@@ -2,15 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
+from tests import trainer_helpers as helpers
 from trainer import config as config_lib
 from trainer import distribute, models, task
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_defaults_then_file_then_flags(tmp_path):
@@ -169,16 +166,8 @@ def test_strategy_choice():
     assert distribute.is_chief({**cluster, "task": {"type": "worker", "index": 0}})
 
 
-def _cli(args, tmp_path):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
-    return subprocess.run(
-        [sys.executable, "-m", "trainer.task", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=300,
-    )
+def _cli(args):
+    return helpers.run_cli(args, timeout=300)
 
 
 def _assert_clean_error(proc, needle):
@@ -189,10 +178,10 @@ def _assert_clean_error(proc, needle):
 
 
 def test_cli_unknown_arch_and_missing_data_dir(tmp_path):
-    proc = _cli(["--data-dir", str(tmp_path), "--job-dir", str(tmp_path / "j"), "--arch", "nope"], tmp_path)
+    proc = _cli(["--data-dir", str(tmp_path), "--job-dir", str(tmp_path / "j"), "--arch", "nope"])
     _assert_clean_error(proc, "unknown model")
     missing = str(tmp_path / "missing")
-    proc = _cli(["--data-dir", missing, "--job-dir", str(tmp_path / "j"), "--arch", "minception"], tmp_path)
+    proc = _cli(["--data-dir", missing, "--job-dir", str(tmp_path / "j"), "--arch", "minception"])
     _assert_clean_error(proc, "metadata")
 
 
@@ -201,7 +190,7 @@ def test_cli_rejects_job_dir_of_other_arch_and_shard_mismatch(sample_records, tm
     job = tmp_path / "job"
     job.mkdir()
     (job / "config.json").write_text(json.dumps({"arch": "inception_v1"}))
-    proc = _cli(["--data-dir", data_dir, "--job-dir", str(job), "--arch", "minception"], tmp_path)
+    proc = _cli(["--data-dir", data_dir, "--job-dir", str(job), "--arch", "minception"])
     _assert_clean_error(proc, "inception_v1")
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -212,6 +201,6 @@ def test_cli_rejects_job_dir_of_other_arch_and_shard_mismatch(sample_records, tm
     )
     (broken / "metadata.json").write_text(json.dumps(metadata))
     proc = _cli(
-        ["--data-dir", str(broken), "--job-dir", str(tmp_path / "j2"), "--arch", "minception"], tmp_path
+        ["--data-dir", str(broken), "--job-dir", str(tmp_path / "j2"), "--arch", "minception"],
     )
     _assert_clean_error(proc, "999")

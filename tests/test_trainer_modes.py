@@ -49,8 +49,8 @@ def test_xla_step_with_device_augmentation(policy):
 def test_mixed_precision_and_device_augmentation_run(sample_records, tmp_path):
     data_dir, _ = sample_records
     job = str(tmp_path / "job")
-    args = ["--data-dir", data_dir, "--job-dir", job, *helpers.QUICK, "--epochs", "1"]
-    args += ["--mixed-precision", "mixed_float16", "--augment-on", "device", "--explain", "false"]
+    args = helpers.quick_args(data_dir, job, 1, "--mixed-precision", "mixed_float16")
+    args += ["--augment-on", "device", "--explain", "false"]
     proc = helpers.run_cli(args)
     assert proc.returncode == 0, proc.stderr[-4000:]
     with open(os.path.join(job, "config.json")) as f:

@@ -12,16 +12,12 @@ import pytest
 from tests import trainer_helpers as helpers
 
 
-def _args(data_dir, job, epochs):
-    return ["--data-dir", data_dir, "--job-dir", job, *helpers.QUICK, "--epochs", str(epochs)]
-
-
 @pytest.mark.slow
 def test_sigkill_then_rerun_continues_epochs(sample_records, tmp_path):
     data_dir, _ = sample_records
     job = str(tmp_path / "job")
     state_file = os.path.join(job, "backup", "state.json")
-    proc = helpers.start_cli(_args(data_dir, job, 3), str(tmp_path / "first.log"))
+    proc = helpers.start_cli(helpers.quick_args(data_dir, job, 3), str(tmp_path / "first.log"))
     assert helpers.wait_for(lambda: os.path.exists(state_file), 400, proc), helpers.tail(
         tmp_path / "first.log"
     )
@@ -31,7 +27,7 @@ def test_sigkill_then_rerun_continues_epochs(sample_records, tmp_path):
         saved = json.load(f)
     assert saved["epoch"] >= 1 and saved["step_in_epoch"] == 0
     assert set(saved["callbacks"]) == {"best_model", "early_stopping", "lr_plateau"}
-    second = helpers.run_cli(_args(data_dir, job, 3))
+    second = helpers.run_cli(helpers.quick_args(data_dir, job, 3))
     assert second.returncode == 0, second.stderr[-4000:]
     assert f"resumed at epoch {saved['epoch']} step 0" in second.stderr
     with open(os.path.join(job, "history.csv")) as f:
@@ -47,17 +43,7 @@ def test_sigterm_saves_backup_and_exits_nonzero(sample_records, tmp_path):
     data_dir, _ = sample_records
     job = str(tmp_path / "job")
     log = tmp_path / "run.log"
-    args = [
-        "--data-dir",
-        data_dir,
-        "--job-dir",
-        job,
-        *helpers.QUICK,
-        "--epochs",
-        "50",
-        "--steps-per-epoch",
-        "4",
-    ]
+    args = helpers.quick_args(data_dir, job, 50, "--steps-per-epoch", "4")
     proc = helpers.start_cli(args, str(log))
     assert helpers.wait_for(lambda: "epoch 1/50" in log.read_text(), 400, proc), helpers.tail(log)
     proc.send_signal(signal.SIGTERM)

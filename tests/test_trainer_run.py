@@ -20,17 +20,7 @@ def mirrored_run(sample_records, tmp_path_factory):
     """One mirrored run over 2 logical CPU devices; returns ``(job_dir, data_dir, proc)``."""
     data_dir, _ = sample_records
     job = str(tmp_path_factory.mktemp("mirrored") / "job")
-    args = [
-        "--data-dir",
-        data_dir,
-        "--job-dir",
-        job,
-        *helpers.QUICK,
-        "--epochs",
-        "2",
-        "--num-cpu-devices",
-        "2",
-    ]
+    args = helpers.quick_args(data_dir, job, 2, "--num-cpu-devices", "2")
     proc = helpers.run_cli(args)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return job, data_dir, proc
@@ -140,17 +130,7 @@ def test_multi_worker_two_processes(sample_records, tmp_path):
     job, dump = str(tmp_path / "job"), str(tmp_path / "dump")
     ports = [helpers.free_port(), helpers.free_port()]
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    args = [
-        "--data-dir",
-        data_dir,
-        "--job-dir",
-        job,
-        *helpers.QUICK,
-        "--epochs",
-        "1",
-        "--debug-dump-weights",
-        dump,
-    ]
+    args = helpers.quick_args(data_dir, job, 1, "--debug-dump-weights", dump)
     procs = []
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
@@ -182,7 +162,7 @@ def test_gcs_job_dir_and_vertex_environment(sample_records, gcs_bucket, tmp_path
     data_dir, _ = sample_records
     job = f"gs://{gcs_bucket}/runs/a"
     logs = f"gs://{gcs_bucket}/tensorboard/a"
-    args = ["--data-dir", data_dir, "--job-dir", job, *helpers.QUICK, "--epochs", "1"]
+    args = helpers.quick_args(data_dir, job, 1)
     metric_file = str(tmp_path / "hypertune" / "output.metrics")
     proc = helpers.run_cli(
         args,

@@ -12,6 +12,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = ["--arch", "minception", "--batch-size", "8", "--steps-per-epoch", "2", "--validation-steps", "1"]
 
 
+def quick_args(data_dir, job_dir, epochs, *extra):
+    """The flags of a :data:`QUICK` run of ``epochs`` epochs; ``extra`` flags override them."""
+    return ["--data-dir", data_dir, "--job-dir", job_dir, *QUICK, "--epochs", str(epochs), *extra]
+
+
 def cli_env(**extra):
     """The environment of a trainer subprocess."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
