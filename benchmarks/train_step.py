@@ -36,26 +36,27 @@ def _records(classes, per_class):
     return os.path.join(root, "records")
 
 
-def _build(arch, num_classes, input_size, precision):
+def _build(arch, info, precision):
+    """Returns ``(model, policy, input_size)``: ``arch`` built for its default augmentation policy."""
     import keras
 
-    from trainer import models
+    from trainer import augment, models
 
+    policy = models.get_defaults(arch).augmentation
+    size = augment.output_size(policy, info.image_size, 56)
     keras.mixed_precision.set_dtype_policy(precision)
-    model = models.build_model(arch, num_classes, input_size=input_size, weights=None, seed=0)
+    model = models.build_model(arch, info.num_classes, input_size=size, weights=None, seed=0)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False)
-    return model
+    return model, policy, size
 
 
 def ours(arch, info, args):
     """Images/s of our loop over our tf.data pipeline (default strategy)."""
     import tensorflow as tf
 
-    from trainer import augment, data, loop, models
+    from trainer import data, loop, models
 
-    policy = models.get_defaults(arch).augmentation
-    size = augment.output_size(policy, info.image_size, 56)
-    model = _build(arch, info.num_classes, size, args.precision)
+    model, policy, _ = _build(arch, info, args.precision)
     strategy = tf.distribute.get_strategy()
     runner = loop.DistributedLoop(
         strategy,
@@ -84,11 +85,7 @@ def baseline(arch, info, args):
     import keras
     import numpy as np
 
-    from trainer import augment, models
-
-    defaults = models.get_defaults(arch)
-    size = augment.output_size(defaults.augmentation, info.image_size, 56)
-    model = _build(arch, info.num_classes, size, args.precision)
+    model, _, size = _build(arch, info, args.precision)
     outputs = model.output_names if len(model.outputs) > 1 else None
     loss = (
         dict.fromkeys(outputs, "sparse_categorical_crossentropy")
