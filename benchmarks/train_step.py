@@ -120,6 +120,9 @@ def main(argv=None):
     )
     parser.add_argument("--jit-compile", action="store_true", help="XLA for both paths.")
     args = parser.parse_args(argv)
+    if args.warmup < 1:
+        # The baseline's timer starts at the end of the last warm-up step.
+        parser.error("--warmup must be >= 1")
     from trainer import data
 
     records = _records(classes=5, per_class=max(20, args.batch_size * 2 // 5 + 1))
