@@ -9,7 +9,7 @@ import sys
 import keras
 import tensorflow as tf
 
-from trainer import augment, callbacks, data, distribute, loop, models, report, state
+from trainer import augment, augment_summary, callbacks, data, distribute, loop, models, report, state
 
 
 def make_optimizer(config, learning_rate):
@@ -210,10 +210,6 @@ class TrainingSession:
         _log("backbone unfrozen: training every layer")
 
     def _write_augmentation_summary(self):
-        try:
-            from trainer import augment_summary
-        except ImportError:
-            return
         config = self.config
         raw = data.make_dataset(self.info, "train", global_batch_size=8, training=False, policy="none")
         images, _ = next(iter(raw))
