@@ -16,7 +16,10 @@ PRECISIONS = ("float32", "mixed_float16", "bfloat16")
 AUGMENT_ON = ("host", "device")
 POLICIES = ("book", "crop", "none")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "nadam", "adamax", "adagrad", "adadelta", "lion")
+# File names of a job dir that other tools (predict, explain) read back.
 CONFIG_FILE = "config.json"
+MODEL_FILE = "model.keras"
+CLASSES_FILE = "classes.json"
 
 _TYPE_NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
 # A YAML/JSON integer is a valid number; 0/1 are valid switches.

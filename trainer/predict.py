@@ -28,10 +28,8 @@ from PIL import Image
 
 from preprocessing import schema
 from trainer import augment, storage
+from trainer import config as config_lib
 
-MODEL_FILE = "model.keras"
-CONFIG_FILE = "config.json"
-CLASSES_FILE = "classes.json"
 DEFAULT_IMAGE_SIZE = 64
 TOP_K = 5
 
@@ -90,7 +88,7 @@ def parse_class_list(text):
 
 def _job_config(job_dir):
     """Returns the job dir's ``config.json`` as a dict (empty when there is none)."""
-    path = storage.join(job_dir, CONFIG_FILE)
+    path = storage.join(job_dir, config_lib.CONFIG_FILE)
     if not _exists(path):
         return {}
     try:
@@ -166,7 +164,7 @@ def _load_keras(path):
         if storage.is_gcs(path):
             # A temporary copy, removed once loaded: a model can weigh hundreds of MB.
             with tempfile.TemporaryDirectory(prefix="model-") as folder:
-                local = os.path.join(folder, MODEL_FILE)
+                local = os.path.join(folder, config_lib.MODEL_FILE)
                 with open(local, "wb") as f:
                     f.write(read_bytes(path))
                 model = keras.saving.load_model(local, compile=False)
@@ -198,10 +196,10 @@ def load(model_path, *, data_dir=None, classes=None):
         model_file, job_dir = model_path, None
     else:
         job_dir = model_path
-        model_file = storage.join(job_dir, MODEL_FILE)
+        model_file = storage.join(job_dir, config_lib.MODEL_FILE)
     if not _exists(model_file):
         raise ModelLoadError(
-            f"{model_file}: model not found (give a job dir with {MODEL_FILE} or a .keras file)"
+            f"{model_file}: model not found (give a job dir with {config_lib.MODEL_FILE} or a .keras file)"
         )
     config = _job_config(job_dir) if job_dir else {}
     model = _load_keras(model_file)
@@ -215,8 +213,8 @@ def load(model_path, *, data_dir=None, classes=None):
     if data_dir:
         found, image_size = _metadata_classes(data_dir)
         names = names or found
-    if names is None and job_dir and _exists(storage.join(job_dir, CLASSES_FILE)):
-        names = parse_class_list(read_bytes(storage.join(job_dir, CLASSES_FILE)).decode("utf-8"))
+    if names is None and job_dir and _exists(storage.join(job_dir, config_lib.CLASSES_FILE)):
+        names = parse_class_list(read_bytes(storage.join(job_dir, config_lib.CLASSES_FILE)).decode("utf-8"))
     if (names is None or image_size is None) and config.get("data_dir"):
         try:
             found, image_size = _metadata_classes(config["data_dir"])

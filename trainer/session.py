@@ -10,6 +10,7 @@ import keras
 import tensorflow as tf
 
 from trainer import augment, augment_summary, callbacks, data, distribute, loop, models, report, state
+from trainer import config as config_lib
 
 
 def make_optimizer(config, learning_rate):
@@ -112,7 +113,7 @@ class TrainingSession:
     def _build_callbacks(self):
         config, outputs, chief = self.config, self.outputs, self.chief
         self.best_checkpoint = callbacks.BestModelCheckpoint(
-            outputs.local("job", "model.keras"), self.main_model, enabled=chief
+            outputs.local("job", config_lib.MODEL_FILE), self.main_model, enabled=chief
         )
         self.early_stopping = callbacks.EarlyStopping(
             monitor="val_loss",

@@ -13,7 +13,6 @@ from trainer import config as config_lib
 from trainer import distribute, storage
 
 PREEMPTED_EXIT_CODE = 143
-CLASSES_FILE = "classes.json"
 
 
 class Preempted(Exception):  # noqa: N818 - a signal, not an error
@@ -106,7 +105,7 @@ def run(config, stop_flag=None):
         with open(outputs.local("job", config_lib.CONFIG_FILE), "w") as f:
             f.write(config.to_json())
         # Prediction needs class names even where the data dir is out of reach.
-        with open(outputs.local("job", CLASSES_FILE), "w") as f:
+        with open(outputs.local("job", config_lib.CLASSES_FILE), "w") as f:
             json.dump(info.metadata["classes"], f, indent=1)
         outputs.sync()
     _log(f"strategy {distribute.strategy_name(strategy)} with {replicas} replicas; chief={chief}")
