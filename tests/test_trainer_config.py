@@ -204,3 +204,14 @@ def test_cli_rejects_job_dir_of_other_arch_and_shard_mismatch(sample_records, tm
         ["--data-dir", str(broken), "--job-dir", str(tmp_path / "j2"), "--arch", "minception"],
     )
     _assert_clean_error(proc, "999")
+
+
+def test_cli_rejects_job_dir_trained_on_other_classes(sample_records, tmp_path):
+    data_dir, metadata = sample_records
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "config.json").write_text(json.dumps({"arch": "minception"}))
+    other = [dict(c, wnid=f"n9{i:07d}") for i, c in enumerate(metadata["classes"][:3])]
+    (job / "classes.json").write_text(json.dumps(other))
+    proc = _cli(["--data-dir", data_dir, "--job-dir", str(job), "--arch", "minception"])
+    _assert_clean_error(proc, "3 other classes")

@@ -55,6 +55,27 @@ def check_job_dir(outputs, config):
         )
 
 
+def check_job_dir_classes(outputs, config, classes):
+    """Refuses a job dir whose earlier run trained on other classes.
+
+    Resuming would restore a head of the wrong size (or silently mislabel
+    classes), so a different class list is refused up front.
+
+    Raises:
+        JobDirError: When ``classes.json`` of an earlier run disagrees.
+    """
+    text = outputs.read_text("job", config_lib.CLASSES_FILE)
+    if text is None:
+        return
+    previous = [c["wnid"] for c in json.loads(text)]
+    current = [c["wnid"] for c in classes]
+    if previous != current:
+        raise JobDirError(
+            f"job dir {config.job_dir} holds a run on {len(previous)} other classes "
+            f"(this dataset has {len(current)}); use another --job-dir"
+        )
+
+
 def output_folders(config):
     """Returns ``name -> uri`` of every output folder of the run."""
     return {
@@ -95,6 +116,7 @@ def run(config, stop_flag=None):
     strategy = distribute.make_strategy(config.strategy, config.num_cpu_devices)
     info = data.load_metadata(config.data_dir)
     data.verify_data(info)
+    check_job_dir_classes(outputs, config, info.metadata["classes"])
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
