@@ -28,6 +28,7 @@ test: install
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports
 
 bench: install
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS),bench]"

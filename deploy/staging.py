@@ -11,7 +11,7 @@ import dataclasses
 import os
 import shutil
 
-from trainer import storage
+from contracts import storage
 
 
 @dataclasses.dataclass
@@ -62,7 +62,7 @@ def stage(spec, client=None, log=print):
 
     Args:
         spec: a :class:`deploy.config.StageJob`.
-        client: a ``google.cloud.storage.Client``; made by :func:`trainer.storage.gcs_client` when None.
+        client: a ``google.cloud.storage.Client``; made by :func:`contracts.storage.gcs_client` when None.
         log: called with one progress line per file and a summary.
 
     Returns:

@@ -10,18 +10,11 @@
 command) and calls nothing. A bad flag prints one line on stderr and exits 2.
 """
 
-import argparse
 import datetime
 import sys
 
+from contracts import cli
 from deploy import checks, config
-
-
-class _Parser(argparse.ArgumentParser):
-    """Reports usage errors as one line on stderr, exit code 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _default_name(prefix):
@@ -59,8 +52,8 @@ def _vertex_flags(parser):
 
 
 def _build_parser():
-    parser = _Parser(prog="python -m deploy.submit", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = cli.ArgumentParser(prog="python -m deploy.submit", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=cli.ArgumentParser)
 
     vertex = commands.add_parser("vertex", help="train on Vertex AI (CustomJob)")
     _train_flags(vertex)
@@ -227,7 +220,7 @@ def main(argv=None):
     try:
         status = _COMMANDS[args.command](args, extra)
     except checks.ConfigError as error:
-        parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n")
+        parser.exit(cli.USAGE_ERROR, f"error: {error}\n")
     return status or 0
 
 

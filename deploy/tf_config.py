@@ -11,10 +11,11 @@ acts as chief) and replaces itself with the trainer::
 Standard library only: it runs before anything heavy is imported.
 """
 
-import argparse
 import json
 import os
 import sys
+
+from contracts import cli
 
 
 def worker_hosts(*, job_name, service, namespace, workers, port):
@@ -34,13 +35,8 @@ def build_tf_config(index, *, job_name, service, namespace, workers, port):
     return {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def _parser():
-    parser = _Parser(prog="python -m deploy.tf_config", description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="python -m deploy.tf_config", description=__doc__.split("\n\n")[0])
     parser.add_argument("--job-name", required=True, help="the Indexed Job's name (pod hostname prefix)")
     parser.add_argument("--service", required=True, help="the headless Service named by the pods' subdomain")
     parser.add_argument("--workers", type=int, required=True, help="the Job's completions")

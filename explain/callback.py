@@ -5,9 +5,10 @@ titled with the true and predicted class) of the same images are written as
 one grid image under the tag ``gradcam/probe`` at step ``epoch + 1``, so
 TensorBoard's step slider shows the attention sharpening during training.
 
-The callback explains ``main_output_model(self.model)``, so it works with
-Inception v1's multi-output training model. A failure is logged as a warning
-and never stops training.
+The callback is handed the single-output model it explains (for Inception v1,
+the main-output view of the multi-output training model, which shares its
+weights), so it needs nothing from the trainer. A failure is logged as a
+warning and never stops training.
 """
 
 import logging
@@ -17,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from contracts import dataset as data
 from explain import gradcam, render
 
 LOGGER = logging.getLogger(__name__)
@@ -28,6 +30,8 @@ class GradCamCallback(keras.callbacks.Callback):
     """Writes Grad-CAM panels of a probe batch every ``every_n_epochs`` epochs.
 
     Args:
+        model: The single-output model to explain; it shares its weights with
+            the model being trained.
         images: float32 ``[N, S, S, 3]`` probe images as the model takes them.
         labels: ``[N]`` true class indices (the explained class).
         class_names: Names in label order.
@@ -42,6 +46,7 @@ class GradCamCallback(keras.callbacks.Callback):
 
     def __init__(
         self,
+        model,
         images,
         labels,
         class_names,
@@ -55,6 +60,7 @@ class GradCamCallback(keras.callbacks.Callback):
         super().__init__()
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        self.explained = model
         self.method = gradcam.check_method(method)
         self.images = np.asarray(images, dtype=np.float32)[:max_images]
         self.labels = np.asarray(labels, dtype=np.int64)[: len(self.images)]
@@ -67,15 +73,9 @@ class GradCamCallback(keras.callbacks.Callback):
         self._last_epoch = None
         self._written = set()
 
-    def _main_model(self):
-        # Imported here: the trainer's models package pulls in every family.
-        from trainer import models
-
-        return models.main_output_model(self.model)
-
     def write(self, step):
         """Explains the probe batch with the current weights and writes the grid at ``step``."""
-        model = self._main_model()
+        model = self.explained
         probabilities = np.asarray(model(self.images, training=False), dtype=np.float32)
         predicted = probabilities.argmax(axis=1)
         maps = gradcam.Explainer(model, self.method, self.layer)(self.images, self.labels)
@@ -128,8 +128,6 @@ def probe_batch(info, *, policy, crop_size, max_images=8):
     Returns:
         ``(images, labels, boxes)`` as numpy arrays, after the policy's evaluation transform.
     """
-    from trainer import data
-
     for split in PROBE_SPLITS:
         if info.split_counts.get(split):
             dataset = data.make_dataset(
@@ -141,23 +139,26 @@ def probe_batch(info, *, policy, crop_size, max_images=8):
     raise ValueError(f"{info.data_dir}: no split with images for the Grad-CAM probe batch")
 
 
-def make_callback(*, config, info, model, log_dir):
-    """The trainer's hook: a :class:`GradCamCallback` on a probe batch of the validation split.
+def from_dataset(model, info, *, policy, crop_size, log_dir, max_images=8):
+    """A :class:`GradCamCallback` on a probe batch of the dataset's first evaluation split.
 
     Args:
-        config: The trainer's ``TrainConfig`` (``policy`` and ``crop_size`` are read).
-        info: The dataset's ``DatasetInfo``.
-        model: The single-output model (unused: the callback explains ``self.model``'s main output).
+        model: The single-output model to explain (shares weights with the trained model).
+        info: The dataset's :class:`contracts.dataset.DatasetInfo`.
+        policy: Augmentation policy whose evaluation transform the probe images get.
+        crop_size: Crop side of the ``crop`` policy.
         log_dir: The run's local TensorBoard folder; panels go to ``log_dir/gradcam``.
+        max_images: Size of the probe batch.
 
     Returns:
         The callback; a callback that does nothing when no probe batch can be
-        read (a warning is logged), so the trainer always gets a callback.
+        read (a warning is logged), so an optional visualisation never stops training.
     """
-    del model
     try:
-        images, labels, boxes = probe_batch(info, policy=config.policy, crop_size=config.crop_size)
+        images, labels, boxes = probe_batch(info, policy=policy, crop_size=crop_size, max_images=max_images)
     except Exception as error:  # An optional visualisation must not stop the trainer.
         LOGGER.warning("Grad-CAM callback disabled: %s", error)
         return keras.callbacks.Callback()
-    return GradCamCallback(images, labels, info.class_names, os.path.join(log_dir, "gradcam"), boxes=boxes)
+    return GradCamCallback(
+        model, images, labels, info.class_names, os.path.join(log_dir, "gradcam"), boxes=boxes
+    )

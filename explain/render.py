@@ -10,8 +10,9 @@ Drawing uses PIL only (its default font), so no plotting library is needed.
 import io
 
 import numpy as np
-import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFont
+
+from contracts import storage
 
 TILE = 128
 GAP = 4
@@ -141,8 +142,4 @@ def png_bytes(array):
 
 def save_png(array, path):
     """Writes a uint8 ``[H, W, 3]`` array as a PNG file (local path or ``gs://``)."""
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    if parent:
-        tf.io.gfile.makedirs(parent)
-    with tf.io.gfile.GFile(path, "wb") as f:
-        f.write(png_bytes(array))
+    storage.write_bytes(path, png_bytes(array))

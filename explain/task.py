@@ -13,7 +13,6 @@ Bad input (missing model or data, unknown method or layer) ends with one line
 on stderr and exit code 2.
 """
 
-import argparse
 import dataclasses
 import heapq
 import json
@@ -23,10 +22,12 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
+from contracts import cli, jobdir, storage
+from contracts import dataset as data
+from contracts import policy as policy_lib
 from explain import gradcam, pointing, render
-from trainer import augment, data, predict, storage
 
-RESULTS_FILE = "explain.json"
+RESULTS_FILE = jobdir.EXPLAIN_RESULTS_FILE
 TARGETS = ("true", "predicted")
 SPLITS = ("train", "valid", "test")
 
@@ -119,7 +120,7 @@ def select_examples(batches, num_images, seed=0, balanced=False, num_classes=Non
 def _load_examples(config, predictor):
     info = data.load_metadata(config.data_dir)
     size = predictor.input_size
-    if augment.output_size(predictor.policy, info.image_size, predictor.crop_size) != size:
+    if policy_lib.output_size(predictor.policy, info.image_size, predictor.crop_size) != size:
         raise ValueError(
             f"{config.model}: the model takes {size}px images but policy {predictor.policy!r} "
             f"makes {info.image_size}px dataset images into another size"
@@ -161,7 +162,7 @@ def _write_scalars(summary, class_names, step):
 
 def run(config, progress=print):
     """Explains the chosen images, writes summaries and ``explain.json``; returns the results dict."""
-    predictor = predict.load(config.model, data_dir=config.data_dir)
+    predictor = jobdir.load(config.model, data_dir=config.data_dir)
     explainer = gradcam.Explainer(
         predictor.model, config.method, config.layer, config.max_maps, config.batch_size
     )
@@ -213,7 +214,10 @@ def run(config, progress=print):
         render.grid(panels[i : i + config.panels_per_grid], columns=2)
         for i in range(0, len(panels), config.panels_per_grid)
     ]
-    writer = tf.summary.create_file_writer(config.logdir)
+    # Summaries are written locally and uploaded: TensorFlow's own gs:// file
+    # system cannot be pointed at a storage emulator (contracts.storage).
+    logs = storage.Mirror(config.logdir)
+    writer = tf.summary.create_file_writer(logs.local)
     with writer.as_default():
         for k, image in enumerate(grids):
             tf.summary.image(f"{config.method}/grid_{k:03d}", image[None], step=0)
@@ -223,9 +227,9 @@ def run(config, progress=print):
     if config.out_dir:
         for k, image in enumerate(grids):
             render.save_png(image, storage.join(config.out_dir, f"{config.method}_grid_{k:03d}.png"))
-    tf.io.gfile.makedirs(config.logdir)
-    with tf.io.gfile.GFile(storage.join(config.logdir, RESULTS_FILE), "w") as f:
+    with open(storage.join(logs.local, RESULTS_FILE), "w") as f:
         json.dump(results, f, indent=2)
+    logs.upload()
     _report(results, progress)
     return results
 
@@ -244,17 +248,9 @@ def _report(results, progress):
     )
 
 
-class _Parser(argparse.ArgumentParser):
-    """Reports usage errors as one line on stderr with exit code 2."""
-
-    def error(self, message):
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def build_parser():
     """Returns the command-line parser."""
-    parser = _Parser(prog="python -m explain.task", description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="python -m explain.task", description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--model", required=True, help="Job dir (with model.keras and config.json) or a .keras file.")
     add("--data-dir", required=True, help="Dataset folder (or gs:// prefix) with metadata.json and shards.")

@@ -17,7 +17,7 @@ from pathlib import PurePosixPath
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
-from preprocessing import schema
+from contracts import schema
 
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 WEB_SCHEMES = ("http://", "https://")

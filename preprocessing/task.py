@@ -23,7 +23,8 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from preprocessing import fetch, plan, schema, sources, transforms
+from contracts import schema
+from preprocessing import fetch, plan, sources, transforms
 
 LOGGER = logging.getLogger("preprocessing")
 COUNTS_FILE = fetch.COUNTS_FILE

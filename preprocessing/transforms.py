@@ -20,7 +20,8 @@ import apache_beam as beam
 import tensorflow as tf
 from apache_beam.io.filesystem import BeamIOError
 
-from preprocessing import fetch, images, schema, sources
+from contracts import schema
+from preprocessing import fetch, images, sources
 
 NAMESPACE = "preprocessing"
 REJECTED = "rejected"

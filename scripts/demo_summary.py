@@ -3,29 +3,23 @@
 Usage: python scripts/demo_summary.py DEMO_DIR
 """
 
-import json
 import os
 import sys
 
+from contracts import jobdir
+
 ARCHS = ("minception", "inception_v1", "inception_resnet_v2")
-
-
-def _read(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def rows(demo_dir):
     """Yields one result row per architecture found under ``demo_dir/jobs``."""
     for arch in ARCHS:
         job = os.path.join(demo_dir, "jobs", arch)
-        metrics = _read(os.path.join(job, "metrics.json"))
+        metrics = jobdir.read_json(os.path.join(job, jobdir.METRICS_FILE))
         if metrics is None:
             continue
-        explain = _read(os.path.join(job, "logs", "explain", "explain.json")) or {}
+        results = os.path.join(job, jobdir.FOLDERS["logs"], jobdir.EXPLAIN_LOGS, jobdir.EXPLAIN_RESULTS_FILE)
+        explain = jobdir.read_json(results) or {}
         game = explain.get("pointing_game", {})
         yield {
             "arch": arch,

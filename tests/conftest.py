@@ -1,5 +1,5 @@
-"""Shared fixtures: generated datasets in the tiny-imagenet-200 layout and a
-real GCS emulator on 127.0.0.1."""
+"""Shared fixtures: generated datasets in the tiny-imagenet-200 layout, their
+records written by the Beam job itself, and a real GCS emulator on 127.0.0.1."""
 
 import os
 import shutil
@@ -32,15 +32,14 @@ def sample_raw(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def sample_records(sample_raw, tmp_path_factory):
-    """TFRecords + metadata.json for :func:`sample_raw`, written without Beam.
+    """TFRecords + metadata.json of :func:`sample_raw`, written by the Beam job once per session.
 
     Returns:
         ``(data_dir, metadata)``.
     """
     raw_dir, _ = sample_raw
-    out = str(tmp_path_factory.mktemp("records"))
-    metadata = datasets.write_records(raw_dir, out, num_shards=2)
-    return out, metadata
+    out = str(tmp_path_factory.mktemp("records") / "data")
+    return out, datasets.write_records(raw_dir, out)
 
 
 def _free_port():

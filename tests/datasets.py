@@ -1,17 +1,14 @@
-"""Helpers that build small datasets for the tests (no Beam involved).
+"""Datasets for the tests, made by the project's own code paths.
 
-``write_records`` writes shards and ``metadata.json`` exactly as the schema
-describes them, straight from a generated raw folder. Tests of the trainer and
-of the explanations use it so that they do not depend on the Beam job; the Beam
-job's own tests compare its output against the raw folder.
+Records come from the Beam job itself (:func:`write_records` runs
+``preprocessing.task``), so the tests of the trainer and of the explanations
+read exactly what users' runs read; there is no second writer of the contract.
+:func:`read_classes` is an independent oracle: it reads the raw folder's text
+files to check the job's class list against.
 """
 
 import json
 import os
-
-import tensorflow as tf
-
-from preprocessing import schema
 
 
 def read_classes(raw_dir):
@@ -26,64 +23,20 @@ def read_classes(raw_dir):
     return [{"index": i, "wnid": w, "name": words.get(w, w)} for i, w in enumerate(wnids)]
 
 
-def write_records(raw_dir, out_dir, *, num_shards=2, valid_every=10):
-    """Writes train/valid/test shards and metadata.json for a generated raw folder.
+def write_records(raw_dir, out_dir, *, num_shards=2, seed=42):
+    """Runs the Beam job (``python -m preprocessing.task``, DirectRunner) on a raw folder.
 
-    Every ``valid_every``-th training image of a class goes to ``valid``.
+    The one writer of the dataset contract: the records every trainer and
+    explain test reads are the Beam job's own output.
 
     Returns:
-        The metadata dict that was written.
+        The metadata dict the job wrote.
     """
-    os.makedirs(out_dir, exist_ok=True)
-    classes = read_classes(raw_dir)
-    index = {c["wnid"]: c["index"] for c in classes}
-    names = {c["wnid"]: c["name"] for c in classes}
-    records = {"train": [], "valid": [], "test": []}
-    for wnid in sorted(index):
-        with open(os.path.join(raw_dir, "train", wnid, f"{wnid}_boxes.txt")) as f:
-            rows = [line.rstrip("\n").split("\t") for line in f if line.strip()]
-        for i, (name, *box) in enumerate(rows):
-            split = "valid" if valid_every and i % valid_every == 0 else "train"
-            path = os.path.join(raw_dir, "train", wnid, "images", name)
-            records[split].append((path, name, "train", wnid, tuple(int(v) for v in box)))
-    with open(os.path.join(raw_dir, "val", "val_annotations.txt")) as f:
-        for line in f:
-            name, wnid, *box = line.rstrip("\n").split("\t")
-            path = os.path.join(raw_dir, "val", "images", name)
-            records["test"].append((path, name, "val", wnid, tuple(int(v) for v in box)))
-    splits = {}
-    for split, rows in records.items():
-        shards = [schema.shard_name(split, i, num_shards) for i in range(num_shards)]
-        writers = [tf.io.TFRecordWriter(os.path.join(out_dir, s)) for s in shards]
-        for k, (path, name, source, wnid, box) in enumerate(rows):
-            with open(path, "rb") as f:
-                data = f.read()
-            writers[k % num_shards].write(
-                schema.encode_example(
-                    data,
-                    height=64,
-                    width=64,
-                    filename=name,
-                    source_split=source,
-                    label=index[wnid],
-                    wnid=wnid,
-                    class_name=names[wnid],
-                    box=box,
-                )
-            )
-        for w in writers:
-            w.close()
-        splits[split] = {"count": len(rows), "shards": shards}
-    metadata = {
-        "schema_version": schema.SCHEMA_VERSION,
-        "source": raw_dir,
-        "seed": 0,
-        "valid_fraction": 1.0 / valid_every if valid_every else 0.0,
-        "image_size": [64, 64],
-        "classes": classes,
-        "splits": splits,
-        "rejected": {"count": 0, "file": schema.REJECTED_FILE},
-    }
-    with open(os.path.join(out_dir, schema.METADATA_FILE), "w") as f:
-        json.dump(metadata, f, indent=2)
-    return metadata
+    from contracts import schema
+    from preprocessing import task
+
+    shards = [f"--num-shards-{split}={num_shards}" for split in ("train", "valid", "test", "unlabeled")]
+    code = task.run(["--raw-dir", str(raw_dir), "--output-dir", str(out_dir), f"--seed={seed}", *shards])
+    assert code == 0, f"preprocessing.task exited with {code}"
+    with open(os.path.join(out_dir, schema.METADATA_FILE)) as f:
+        return json.load(f)

@@ -12,7 +12,7 @@ import sys
 import pytest
 import tensorflow as tf
 
-from preprocessing import schema
+from contracts import schema
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHS = ("minception", "inception_v1", "inception_resnet_v2")

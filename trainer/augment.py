@@ -25,7 +25,9 @@ import math
 
 import tensorflow as tf
 
-POLICIES = ("book", "crop", "none")
+from contracts import policy as policy_lib
+
+POLICIES = policy_lib.POLICIES
 
 # Philox is named explicitly: "auto_select" may pick another algorithm on
 # another device, which would break host/device equality.
@@ -92,47 +94,6 @@ class BookParams:
             or self.zoom
             or self.horizontal_flip
         )
-
-
-def output_size(policy, image_size=64, crop_size=56):
-    """Returns the side of the images a policy produces (the model's input size)."""
-    _check_policy(policy, image_size, crop_size)
-    return crop_size if policy == "crop" else image_size
-
-
-def eval_transform(policy, images, image_size=64, crop_size=56):
-    """The deterministic evaluation transform of a policy.
-
-    Args:
-        policy: One of :data:`POLICIES`.
-        images: float32 ``[B, H, W, 3]`` (or ``[H, W, 3]``) in ``[0, 255]``; a tensor or a numpy array.
-        image_size: Side of the source images (used where the shape is not static).
-        crop_size: Crop side of the ``crop`` policy.
-
-    Returns:
-        ``crop``: the centre ``crop_size`` square; other policies: ``images``.
-    """
-    _check_policy(policy, image_size, crop_size)
-    if policy != "crop":
-        return images
-    height, width = (dim if dim is not None else image_size for dim in images.shape[-3:-1])
-    if height < crop_size or width < crop_size:
-        raise ValueError(f"Cannot centre-crop {crop_size}px out of {height}x{width} images.")
-    top, left = (height - crop_size) // 2, (width - crop_size) // 2
-    return images[..., top : top + crop_size, left : left + crop_size, :]
-
-
-def crop_offset(policy, image_size=64, crop_size=56):
-    """Returns the pixel offset of the evaluation crop (0 when there is none); boxes shift by it."""
-    _check_policy(policy, image_size, crop_size)
-    return (image_size - crop_size) // 2 if policy == "crop" else 0
-
-
-def _check_policy(policy, image_size, crop_size):
-    if policy not in POLICIES:
-        raise ValueError(f"Unknown augmentation policy {policy!r}; expected one of {POLICIES}.")
-    if policy == "crop" and not 0 < crop_size <= image_size:
-        raise ValueError(f"crop_size must be in [1, image_size={image_size}], got {crop_size}")
 
 
 def split_seed(seed, num):
@@ -332,7 +293,7 @@ class Augmenter:
     """
 
     def __init__(self, policy, image_size=64, crop_size=56, *, book_params=None, contrast=0.3):
-        _check_policy(policy, image_size, crop_size)
+        policy_lib.check_policy(policy, image_size, crop_size)
         if not 0 <= contrast < 1:
             raise ValueError(f"contrast must be in [0, 1), got {contrast}")
         self.policy = policy
@@ -344,7 +305,7 @@ class Augmenter:
     @property
     def output_size(self):
         """Side of the augmented images."""
-        return output_size(self.policy, self.image_size, self.crop_size)
+        return policy_lib.output_size(self.policy, self.image_size, self.crop_size)
 
     @property
     def xla_compatible(self):
@@ -375,8 +336,10 @@ class Augmenter:
         return images
 
     def eval_transform(self, images):
-        """The policy's deterministic evaluation transform (see :func:`eval_transform`)."""
-        return eval_transform(self.policy, tf.cast(images, tf.float32), self.image_size, self.crop_size)
+        """The policy's deterministic evaluation transform (see :func:`contracts.policy.eval_transform`)."""
+        return policy_lib.eval_transform(
+            self.policy, tf.cast(images, tf.float32), self.image_size, self.crop_size
+        )
 
     def __repr__(self):
         return f"Augmenter(policy={self.policy!r}, image_size={self.image_size}, crop_size={self.crop_size})"

@@ -1,6 +1,9 @@
 """TensorBoard images of training samples next to their augmented versions (the book's figure 7.3)."""
 
+import keras
 import tensorflow as tf
+
+from contracts import dataset
 
 _GAP = 2  # White pixels between the original and the augmented image.
 
@@ -50,3 +53,41 @@ def write_augmentation_summary(logdir, images, augmenter, seed, step=0, max_imag
     writer.flush()
     writer.close()
     return pairs
+
+
+class AugmentationSummary(keras.callbacks.Callback):
+    """Writes original | augmented pairs of the first training images once, when training begins.
+
+    Args:
+        info: The dataset's :class:`contracts.dataset.DatasetInfo`.
+        augmenter: The run's :class:`trainer.augment.Augmenter`.
+        logdir: Local TensorBoard folder (the run's ``logs/train``).
+        seed: The run's seed; the pairs use augmentation seed ``[seed, 0]``.
+        max_images: Number of pairs.
+    """
+
+    def __init__(self, info, augmenter, logdir, seed, max_images=8):
+        super().__init__()
+        self.info = info
+        self.augmenter = augmenter
+        self.logdir = logdir
+        self.seed = seed
+        self.max_images = max_images
+        self.written = False
+
+    def on_train_begin(self, logs=None):
+        # A second training phase (fine-tuning) begins again: write once.
+        if self.written:
+            return
+        raw = dataset.make_dataset(self.info, "train", global_batch_size=self.max_images, policy="none")
+        images, _ = next(iter(raw))
+        write_augmentation_summary(
+            self.logdir,
+            images,
+            self.augmenter,
+            seed=[self.seed, 0],
+            step=0,
+            max_images=self.max_images,
+            name="augmented",
+        )
+        self.written = True

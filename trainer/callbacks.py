@@ -1,9 +1,8 @@
-"""Keras callbacks driven by :class:`trainer.loop.DistributedLoop`.
+"""Keras callbacks driven by :class:`trainer.loop.DistributedLoop`, and the run's list of them.
 
-Stateful callbacks expose ``get_state()`` and ``set_state(state, arrays)``
-so :class:`trainer.state.TrainingState` can back them up; state restored
-before training is applied after the callback's own ``on_train_begin``
-reset, exactly where ``fit`` would have left it.
+Stateful callbacks follow the protocol of :mod:`trainer.state`
+(``state.Resumable``), so a preempted run resumes them where they were.
+:func:`make_callbacks` is the one place the run's callbacks are chosen and ordered.
 """
 
 import csv
@@ -15,45 +14,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from contracts import jobdir
+from explain import callback as explain_callback
+from trainer import augment, augment_summary, state
+
 SCALARS = ("loss", "accuracy", "top5_accuracy")
 
 
-class _Resumable:
-    """Mixin: holds restored state until ``on_train_begin`` has reset the callback."""
+class ReduceLROnPlateau(state.Resumable, keras.callbacks.ReduceLROnPlateau):
+    """Keras' plateau reduction whose counters survive a restart.
 
-    _pending = None
-
-    def set_state(self, state, arrays=None):
-        self._pending = (state, arrays)
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        if self._pending is not None:
-            state, arrays = self._pending
-            self._pending = None
-            self._load_state(state, arrays)
-
-
-class ReduceLROnPlateau(_Resumable, keras.callbacks.ReduceLROnPlateau):
-    """Keras' plateau reduction that also reports each plateau.
-
-    Args:
-        on_plateau: Called as ``on_plateau(epoch)`` after the learning rate was
-            reduced at the end of ``epoch`` (the trainer saves a full-state
-            checkpoint there so a user can branch from it).
-        **kwargs: Passed to ``keras.callbacks.ReduceLROnPlateau``.
+    :class:`trainer.state.PlateauCheckpoint` saves a full-state checkpoint at each plateau.
     """
-
-    def __init__(self, on_plateau=None, **kwargs):
-        super().__init__(**kwargs)
-        self.on_plateau = on_plateau
-
-    def on_epoch_end(self, epoch, logs=None):
-        before = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        super().on_epoch_end(epoch, logs)
-        after = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        if after < before and self.on_plateau is not None:
-            self.on_plateau(epoch)
 
     def get_state(self):
         best = None if self.best is None else float(self.best)
@@ -65,7 +37,7 @@ class ReduceLROnPlateau(_Resumable, keras.callbacks.ReduceLROnPlateau):
         self.best = state["best"]
 
 
-class EarlyStopping(_Resumable, keras.callbacks.EarlyStopping):
+class EarlyStopping(state.Resumable, keras.callbacks.EarlyStopping):
     """Keras' early stopping whose counters and best weights survive a restart."""
 
     def get_state(self):
@@ -92,7 +64,7 @@ class EarlyStopping(_Resumable, keras.callbacks.EarlyStopping):
             self.best_weights = list(arrays)
 
 
-class BestModelCheckpoint(_Resumable, keras.callbacks.Callback):
+class BestModelCheckpoint(state.Resumable, keras.callbacks.Callback):
     """Saves the single-output main model to ``path`` when ``val_loss`` improves.
 
     Args:
@@ -265,37 +237,75 @@ class ProgressLogger(keras.callbacks.Callback):
         print(line, file=self.stream, flush=True)
 
 
-class EpochEndHook(keras.callbacks.Callback):
-    """Calls ``function(epoch, logs)`` at the end of every epoch (backup, sync)."""
+def make_callbacks(
+    config,
+    *,
+    info,
+    main_model,
+    outputs,
+    chief,
+    training_state,
+    initial_epoch,
+    fresh_start,
+    steps_per_epoch,
+    log,
+):
+    """Returns the run's callbacks in order, and its early-stopping callback.
 
-    def __init__(self, function):
-        super().__init__()
-        self.function = function
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.function(epoch, logs or {})
-
-
-def extra_callbacks(config, *, info, main_model, log_dir, chief):
-    """Returns the optional callbacks of other packages (e.g. Grad-CAM from ``explain``).
-
-    This is the one place such callbacks are added. Each is skipped when its
-    package is absent, so the trainer works on a minimal install.
+    The stateful ones are tracked by ``training_state`` so a backup holds their
+    state; the plateau checkpoint follows the plateau callback, and the backup
+    comes last so it captures every other callback's end-of-epoch state.
 
     Args:
         config: The :class:`trainer.config.TrainConfig`.
-        info: The dataset's :class:`trainer.data.DatasetInfo`.
-        main_model: The single-output model.
-        log_dir: Local TensorBoard folder.
+        info: The dataset's :class:`contracts.dataset.DatasetInfo`.
+        main_model: The single-output model (saved, explained).
+        outputs: The run's :class:`contracts.storage.JobOutputs`.
         chief: Whether this worker writes outputs.
+        training_state: The run's :class:`trainer.state.TrainingState`.
+        initial_epoch: First epoch of this run (resuming: the backup's).
+        fresh_start: Whether no earlier run trained in this job dir (the
+            augmentation summary is written once per job).
+        steps_per_epoch: Steps of each epoch.
+        log: Called with one progress line.
+
+    Returns:
+        ``(callbacks, early_stopping)``.
     """
-    callbacks = []
+    best_model = BestModelCheckpoint(outputs.local("job", jobdir.MODEL_FILE), main_model, enabled=chief)
+    early_stopping = EarlyStopping(
+        monitor="val_loss",
+        mode="min",
+        patience=config.early_stopping_patience,
+        min_delta=config.min_delta,
+        restore_best_weights=True,
+    )
+    plateau = ReduceLROnPlateau(
+        monitor="val_loss", mode="min", factor=config.lr_plateau_factor, patience=config.lr_plateau_patience
+    )
+    listed = [ProgressLogger(config.epochs, steps_per_epoch)]
+    if chief:
+        if fresh_start:
+            augmenter = augment.Augmenter(config.policy, info.image_size, config.crop_size)
+            logdir = outputs.local("logs", "train")
+            listed.append(augment_summary.AugmentationSummary(info, augmenter, logdir, config.seed))
+        listed.append(HistoryCSV(outputs.local("job", jobdir.HISTORY_FILE), initial_epoch))
+        listed.append(TensorBoardScalars(outputs.local("logs"), config.hparams(), trial_id=config.job_dir))
+    listed += [
+        training_state.track("best_model", best_model),
+        training_state.track("early_stopping", early_stopping),
+        training_state.track("lr_plateau", plateau),
+        state.PlateauCheckpoint(training_state, outputs.local("checkpoints"), log),
+    ]
     if config.explain and chief:
-        try:
-            from explain import callback as explain_callback
-        except ImportError:
-            explain_callback = None
-        factory = getattr(explain_callback, "make_callback", None)
-        if factory is not None:
-            callbacks.append(factory(config=config, info=info, model=main_model, log_dir=log_dir))
-    return callbacks
+        listed.append(
+            explain_callback.from_dataset(
+                main_model,
+                info,
+                policy=config.policy,
+                crop_size=config.crop_size,
+                log_dir=outputs.local("logs"),
+            )
+        )
+    listed.append(state.BackupCallback(training_state, outputs.local("backup"), outputs.sync))
+    return listed, early_stopping

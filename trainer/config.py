@@ -11,15 +11,13 @@ import dataclasses
 import json
 import typing
 
+from contracts import jobdir, policy
+
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "bfloat16")
 AUGMENT_ON = ("host", "device")
-POLICIES = ("book", "crop", "none")
+POLICIES = policy.POLICIES
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "nadam", "adamax", "adagrad", "adadelta", "lion")
-# File names of a job dir that other tools (predict, explain) read back.
-CONFIG_FILE = "config.json"
-MODEL_FILE = "model.keras"
-CLASSES_FILE = "classes.json"
 
 _TYPE_NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
 # A YAML/JSON integer is a valid number; 0/1 are valid switches.
@@ -136,14 +134,8 @@ class TrainConfig:
         if self.aux_loss_weight < 0 or self.min_delta < 0:
             raise ValueError("aux_loss_weight and min_delta must be >= 0")
         # Derived output folders default to the job dir's layout.
-        root = self.job_dir.rstrip("/")
-        defaults = {
-            "log_dir": f"{root}/logs",
-            "checkpoint_dir": f"{root}/checkpoints",
-            "backup_dir": f"{root}/backup",
-            "export_dir": f"{root}/export",
-        }
-        for name, value in defaults.items():
+        for name, value in jobdir.default_folders(self.job_dir).items():
+            name = f"{name}_dir" if name != "checkpoints" else "checkpoint_dir"
             if not getattr(self, name):
                 object.__setattr__(self, name, value)
 

@@ -7,6 +7,7 @@ runtime (creating a tensor does), then :func:`make_strategy`.
 import json
 import os
 import shutil
+import signal
 import tempfile
 
 import tensorflow as tf
@@ -154,3 +155,39 @@ def cleanup_worker_dir(path, chief):
     """Deletes a non-chief worker's temporary folder."""
     if not chief:
         shutil.rmtree(path, ignore_errors=True)
+
+
+class StopFlag:
+    """Set by SIGTERM (a preemption notice); polled by the training loop between steps."""
+
+    def __init__(self):
+        self.requested = False
+
+    def install(self):
+        """Installs the SIGTERM handler (main thread only); returns the flag."""
+
+        def handler(signum, frame):
+            self.requested = True
+
+        signal.signal(signal.SIGTERM, handler)
+        return self
+
+
+def stop_check(strategy, stop_flag):
+    """Returns ``stop_requested(at_epoch_end) -> bool`` for the training loop.
+
+    One worker stops as soon as the flag is set. Workers of a cluster must stop
+    at the same epoch, so they agree on the flag collectively at epoch ends
+    and ignore it between steps.
+    """
+    if cluster_size() <= 1:
+        return lambda at_epoch_end: stop_flag.requested
+
+    def agreed(at_epoch_end):
+        if not at_epoch_end:
+            return False
+        flag = tf.constant(1.0 if stop_flag.requested else 0.0)
+        value = strategy.reduce("SUM", strategy.run(lambda: tf.identity(flag)), axis=None)
+        return bool(value.numpy() > 0)
+
+    return agreed

@@ -10,7 +10,8 @@ and returns the top-5 ``classes`` (indices), ``wnids``, ``names`` and
 import keras
 import tensorflow as tf
 
-from trainer import augment
+from contracts import policy as policy_lib
+from trainer import models
 
 SIGNATURE = "serving_default"
 
@@ -39,7 +40,7 @@ def serving_function(model, *, wnids, class_names, image_size, policy, crop_size
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def serve(images):
         pixels = tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec([image_size, image_size, 3]))
-        pixels = augment.eval_transform(policy, pixels, image_size, crop_size)
+        pixels = policy_lib.eval_transform(policy, pixels, image_size, crop_size)
         probabilities = tf.cast(model(pixels, training=False), tf.float32)
         top, classes = tf.math.top_k(probabilities, k=k)
         return {
@@ -65,3 +66,33 @@ def export_saved_model(model, directory, **kwargs):
     archive.add_endpoint(SIGNATURE, serving_function(model, **kwargs))
     archive.write_out(directory, verbose=False)
     return directory
+
+
+def export_model(main_model, directory, *, arch, build_options, info, policy, crop_size):
+    """Exports the trained main model as a SavedModel, rebuilt in float32 outside any strategy.
+
+    A plain copy avoids tracing distributed variables into the SavedModel and
+    serves in float32 whatever the training precision was.
+
+    Args:
+        main_model: The trained single-output model.
+        directory: Local export folder.
+        arch: Registered architecture name.
+        build_options: The options the model was built with (``weights`` is ignored).
+        info: The dataset's :class:`contracts.dataset.DatasetInfo`.
+        policy: Augmentation policy whose evaluation transform serving applies.
+        crop_size: Crop side of the ``crop`` policy.
+    """
+    keras.mixed_precision.set_dtype_policy("float32")
+    options = {**build_options, "weights": None}
+    plain = models.main_output_model(models.build_model(arch, info.num_classes, **options))
+    plain.set_weights(main_model.get_weights())
+    return export_saved_model(
+        plain,
+        directory,
+        wnids=info.wnids,
+        class_names=info.class_names,
+        image_size=info.image_size,
+        policy=policy,
+        crop_size=crop_size,
+    )

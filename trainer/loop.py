@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-MAIN_OUTPUT = "predictions"
+from contracts.model import MAIN_OUTPUT
 
 
 @dataclasses.dataclass

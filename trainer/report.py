@@ -1,4 +1,4 @@
-"""Final reports: ``metrics.json``, per-class accuracy and the confusion matrix."""
+"""Final reports: pure writers of metrics.json, per-class accuracy, confusion matrix, tuning metric."""
 
 import csv
 import json
@@ -66,84 +66,24 @@ def report_hypertune(metric_tag, value, step):
     )
 
 
-def finalize(session, result):
-    """Evaluates the best weights on ``valid`` and ``test`` and writes every final output.
-
-    Every worker evaluates (evaluation is collective); only the chief writes
-    ``metrics.json``, ``per_class_accuracy.csv``, the confusion-matrix image
-    and the export, then deletes the backup.
-
-    Args:
-        session: The :class:`trainer.session.TrainingSession` that trained.
-        result: Its :class:`trainer.loop.LoopResult`.
-
-    Returns:
-        The metrics dict.
-    """
-    config, info, outputs = session.config, session.info, session.outputs
-    evaluations, confusion = {}, None
-    for split in ("valid", "test"):
-        dataset = session.dataset(split, training=False)
-        logs, matrix = session.loop.evaluate(dataset, confusion=split == "test")
-        evaluations[split] = {k: logs[k] for k in ("loss", "accuracy", "top5_accuracy", "count")}
-        confusion = matrix if matrix is not None else confusion
-    best_epoch = session.early_stopping.best_epoch if session.early_stopping.best is not None else None
-    metrics = {
+def final_metrics(*, config, info, strategy, result, best_epoch, stopped_early, steps_per_epoch, evaluations):
+    """Returns the ``metrics.json`` dict of a finished run (plain values in, plain dict out)."""
+    return {
         "arch": config.arch,
         "num_classes": info.num_classes,
-        "replicas": session.strategy.num_replicas_in_sync,
-        "strategy": distribute.strategy_name(session.strategy),
+        "replicas": strategy.num_replicas_in_sync,
+        "strategy": distribute.strategy_name(strategy),
         "epochs_completed": result.epochs_completed,
         "best_epoch": best_epoch,
-        "stopped_early": bool(session.model.stop_training),
-        "steps_per_epoch": session.steps_per_epoch,
+        "stopped_early": bool(stopped_early),
+        "steps_per_epoch": steps_per_epoch,
         "global_batch_size": config.batch_size,
         "valid": evaluations["valid"],
         "test": evaluations["test"],
     }
-    if config.debug_dump_weights:
-        dump_weights(session, config.debug_dump_weights)
-    if session.chief:
-        write_metrics(outputs.local("job", "metrics.json"), metrics)
-        per_class = outputs.local("job", "per_class_accuracy.csv")
-        write_per_class_csv(per_class, confusion, info.wnids, info.class_names)
-        write_confusion_summary(outputs.local("logs"), confusion, step=result.epochs_completed)
-        export_model(session)
-        if config.hypertune_metric:
-            accuracy = evaluations["valid"]["accuracy"]
-            report_hypertune(config.hypertune_metric, accuracy, result.epochs_completed)
-        outputs.delete("backup")
-        outputs.sync()
-    return metrics
 
 
-def export_model(session):
-    """Exports the main model as a SavedModel, rebuilt in float32 outside the strategy.
-
-    A plain copy avoids tracing distributed variables into the SavedModel and
-    serves in float32 whatever the training precision was.
-    """
-    import keras
-
-    from trainer import export, models
-
-    config = session.config
-    keras.mixed_precision.set_dtype_policy("float32")
-    plain = models.build_model(config.arch, session.info.num_classes, **session._build_options(weights=False))
-    plain_main = models.main_output_model(plain)
-    plain_main.set_weights(session.main_model.get_weights())
-    export.export_saved_model(
-        plain_main,
-        session.outputs.local("export"),
-        wnids=session.info.wnids,
-        class_names=session.info.class_names,
-        image_size=session.info.image_size,
-        policy=config.policy,
-        crop_size=config.crop_size,
-    )
-
-
-def dump_weights(session, directory):
+def dump_weights(model, directory):
     """Test support: writes this worker's trainable weights and BN moving statistics.
 
     One ``worker-<type>-<index>.npz`` per worker, holding ``trainable/<path>``
@@ -153,9 +93,9 @@ def dump_weights(session, directory):
     task_type, task_index = distribute.task_identity()
     os.makedirs(directory, exist_ok=True)
     arrays = {}
-    for variable in session.model.trainable_variables:
+    for variable in model.trainable_variables:
         arrays[f"trainable/{variable.path}"] = np.asarray(variable.numpy())
-    for variable in session.model.non_trainable_variables:
+    for variable in model.non_trainable_variables:
         if "moving_" in variable.path:
             arrays[f"moving/{variable.path}"] = np.asarray(variable.numpy())
     np.savez(os.path.join(directory, f"worker-{task_type or 'local'}-{task_index or 0}.npz"), **arrays)

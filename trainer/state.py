@@ -10,6 +10,12 @@ best weights). A backup folder holds:
 * ``state.json``: the epoch/step reached, the learning rate, every callback's
   state and the names of the files above. It is written last (atomically), so
   a job killed in the middle of a save resumes from the previous one.
+
+The callback-state protocol lives here, once: a stateful callback mixes in
+:class:`Resumable` and implements ``get_state()``, ``_load_state(state,
+arrays)`` and optionally ``get_arrays()``; :class:`TrainingState` saves and
+restores every tracked callback through it; :class:`BackupCallback` and
+:class:`PlateauCheckpoint` are the two callbacks that write a full state.
 """
 
 import json
@@ -19,9 +25,32 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from contracts import jobdir
 from trainer import distribute
 
 STATE_FILE = "state.json"
+
+
+class Resumable:
+    """Mixin of a stateful callback: restored state waits until ``on_train_begin`` has reset it.
+
+    Keras callbacks reset their counters in ``on_train_begin``; state restored
+    before training is applied right after that reset, exactly where ``fit``
+    would have left it.
+    """
+
+    _pending = None
+
+    def set_state(self, state, arrays=None):
+        """Holds ``state`` (and ``arrays``) for the next ``on_train_begin``."""
+        self._pending = (state, arrays)
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self._pending is not None:
+            state, arrays = self._pending
+            self._pending = None
+            self._load_state(state, arrays)
 
 
 def read_state(directory):
@@ -44,10 +73,25 @@ class TrainingState:
             :func:`trainer.distribute.worker_dir`).
     """
 
-    def __init__(self, model, callbacks, chief=True):
+    def __init__(self, model, callbacks=None, chief=True):
         self.model = model
-        self.callbacks = dict(callbacks)
+        self.callbacks = dict(callbacks or {})
         self.chief = chief
+
+    def track(self, name, callback):
+        """Adds a :class:`Resumable` callback whose state is saved under ``name``; returns it."""
+        self.callbacks[name] = callback
+        return callback
+
+    def carry_over(self):
+        """Hands every tracked callback its own state back for the next ``on_train_begin``.
+
+        A second training phase (fine-tuning after a frozen warm-up) calls the
+        callbacks' ``on_train_begin`` again, which would reset their counters.
+        """
+        for callback in self.callbacks.values():
+            arrays = callback.get_arrays() if hasattr(callback, "get_arrays") else None
+            callback.set_state(callback.get_state(), arrays[1] if arrays else None)
 
     def _checkpoint(self):
         return tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer)
@@ -74,7 +118,7 @@ class TrainingState:
         state = {
             "epoch": int(epoch),
             "step_in_epoch": int(step_in_epoch),
-            "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
+            "learning_rate": _learning_rate(self.model),
             "checkpoint": prefix,
             "callbacks": {},
             "arrays": {},
@@ -136,3 +180,61 @@ def _remove_stale(directory, keep):
             continue
         if filename.startswith("ckpt-") or filename.endswith(".npz") or filename == "checkpoint":
             os.remove(os.path.join(directory, filename))
+
+
+class BackupCallback(keras.callbacks.Callback):
+    """Saves the full state into the backup folder after every epoch, then syncs it.
+
+    Placed last, so the backup captures every other callback's end-of-epoch state.
+
+    Args:
+        training_state: The run's :class:`TrainingState`.
+        directory: Local backup folder.
+        sync: Called after each save (uploads the job dir to ``gs://``).
+    """
+
+    def __init__(self, training_state, directory, sync):
+        super().__init__()
+        self.training_state = training_state
+        self.directory = directory
+        self.sync = sync
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.training_state.save(self.directory, epoch=epoch + 1)
+        self.sync()
+
+
+class PlateauCheckpoint(keras.callbacks.Callback):
+    """Saves a full-state checkpoint whenever the learning rate was cut at the end of an epoch.
+
+    Each plateau gets its own folder ``<directory>/plateau-epoch-EEEE`` (a
+    backup folder, see above), so a user can branch a new run from it
+    (docs/trainer.md, "Branching from a plateau"). Place it after the
+    plateau callback.
+
+    Args:
+        training_state: The run's :class:`TrainingState`.
+        directory: Local ``checkpoints`` folder.
+        log: Called with one line per saved checkpoint.
+    """
+
+    def __init__(self, training_state, directory, log=print):
+        super().__init__()
+        self.training_state = training_state
+        self.directory = directory
+        self.log = log
+        self._before = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._before = _learning_rate(self.model)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._before is None or _learning_rate(self.model) >= self._before:
+            return
+        target = os.path.join(self.directory, jobdir.plateau_folder(epoch + 1))
+        self.training_state.save(target, epoch=epoch + 1)
+        self.log(f"plateau at epoch {epoch + 1}: learning rate reduced, state saved to {target}")
+
+
+def _learning_rate(model):
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))

@@ -187,14 +187,12 @@ def main(argv=None):
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from trainer import data
-
     try:
         train.run(config)
     except train.Preempted as stop:
         print(f"preempted: {stop}; state backed up, run the same command to resume", file=sys.stderr)
         return train.PREEMPTED_EXIT_CODE
-    except (data.DataError, train.JobDirError, ValueError) as error:
+    except ValueError as error:  # DataError, JobDirError and bad values are all ValueErrors.
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -1,79 +1,23 @@
-"""Orchestration of one training run; takes a frozen config, never reads flags.
+"""One training run, top to bottom; takes a frozen config, never reads flags.
 
-strategy -> data -> build + compile in scope -> resume -> train (one or two
-phases) -> evaluate the best weights -> reports and export. The training
-itself is :class:`trainer.loop.DistributedLoop`; see docs/trainer.md for why.
+resolve folders -> strategy -> data -> model -> restore -> fit (one or two
+phases) -> evaluate the best weights -> write reports -> export -> clean up.
+Each stage is a call whose inputs and outputs are plain values; docs/design.md
+names the file of each. The training loop itself is
+:class:`trainer.loop.DistributedLoop` (see docs/trainer.md for why).
 """
 
 import json
-import signal
 import sys
 
-from trainer import config as config_lib
-from trainer import distribute, storage
+from contracts import dataset, jobdir, policy, storage
+from trainer import distribute
 
 PREEMPTED_EXIT_CODE = 143
 
 
 class Preempted(Exception):  # noqa: N818 - a signal, not an error
     """Raised after a stop request (SIGTERM) once the training state is backed up."""
-
-
-class JobDirError(ValueError):
-    """The job dir holds a run that this configuration cannot continue."""
-
-
-class StopFlag:
-    """Set by SIGTERM; polled by the training loop between steps."""
-
-    def __init__(self):
-        self.requested = False
-
-    def install(self):
-        """Installs the SIGTERM handler (main thread only)."""
-
-        def handler(signum, frame):
-            self.requested = True
-
-        signal.signal(signal.SIGTERM, handler)
-
-
-def check_job_dir(outputs, config):
-    """Refuses a job dir that holds a run of another architecture.
-
-    Raises:
-        JobDirError: When ``config.json`` of an earlier run disagrees.
-    """
-    text = outputs.read_text("job", config_lib.CONFIG_FILE)
-    if text is None:
-        return
-    previous = json.loads(text)
-    if previous.get("arch") != config.arch:
-        raise JobDirError(
-            f"job dir {config.job_dir} holds a run of architecture {previous.get('arch')!r}, "
-            f"not {config.arch!r}; use another --job-dir"
-        )
-
-
-def check_job_dir_classes(outputs, config, classes):
-    """Refuses a job dir whose earlier run trained on other classes.
-
-    Resuming would restore a head of the wrong size (or silently mislabel
-    classes), so a different class list is refused up front.
-
-    Raises:
-        JobDirError: When ``classes.json`` of an earlier run disagrees.
-    """
-    text = outputs.read_text("job", config_lib.CLASSES_FILE)
-    if text is None:
-        return
-    previous = [c["wnid"] for c in json.loads(text)]
-    current = [c["wnid"] for c in classes]
-    if previous != current:
-        raise JobDirError(
-            f"job dir {config.job_dir} holds a run on {len(previous)} other classes "
-            f"(this dataset has {len(current)}); use another --job-dir"
-        )
 
 
 def output_folders(config):
@@ -92,61 +36,248 @@ def run(config, stop_flag=None):
 
     Args:
         config: A :class:`trainer.config.TrainConfig`.
-        stop_flag: A :class:`StopFlag` (SIGTERM); a new one is installed when ``None``.
+        stop_flag: A :class:`trainer.distribute.StopFlag`; a new one handles SIGTERM when ``None``.
 
     Returns:
         The metrics dict written to ``metrics.json``.
 
     Raises:
         Preempted: Training stopped on request; the state is backed up.
-        trainer.data.DataError: Bad dataset.
-        JobDirError: The job dir holds an incompatible run.
+        contracts.dataset.DataError: Bad dataset.
+        contracts.jobdir.JobDirError: The job dir holds an incompatible run.
     """
-    # Logical devices must be configured before TensorFlow initializes.
+    # 1. Folders and strategy. Logical devices must be configured before
+    # TensorFlow initializes, collective ops before any TensorFlow op runs.
     distribute.configure_devices(config.num_cpu_devices)
     import keras
     import tensorflow as tf
 
-    from trainer import data
+    from trainer import augment, callbacks, export, loop, models, report, state
 
     chief = distribute.is_chief()
     outputs = storage.JobOutputs(output_folders(config), chief=chief)
-    check_job_dir(outputs, config)
-    # Collective ops (multi-worker) must be configured before any TensorFlow op runs.
+    jobdir.check_arch(config.job_dir, outputs.read_text("job", jobdir.CONFIG_FILE), config.arch)
     strategy = distribute.make_strategy(config.strategy, config.num_cpu_devices)
-    info = data.load_metadata(config.data_dir)
-    data.verify_data(info)
-    check_job_dir_classes(outputs, config, info.metadata["classes"])
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    keras.utils.set_random_seed(config.seed)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise ValueError(f"batch size {config.batch_size} is not divisible by {replicas} replicas")
+
+    # 2. Data: metadata and every shard checked before anything trains.
+    info = dataset.load_metadata(config.data_dir)
+    dataset.verify_data(info)
+    jobdir.check_classes(
+        config.job_dir, outputs.read_text("job", jobdir.CLASSES_FILE), info.metadata["classes"]
+    )
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(config.seed)
     if chief:
-        with open(outputs.local("job", config_lib.CONFIG_FILE), "w") as f:
-            f.write(config.to_json())
-        # Prediction needs class names even where the data dir is out of reach.
-        with open(outputs.local("job", config_lib.CLASSES_FILE), "w") as f:
-            json.dump(info.metadata["classes"], f, indent=1)
-        outputs.sync()
+        _write_job_files(outputs, config, info)
     _log(f"strategy {distribute.strategy_name(strategy)} with {replicas} replicas; chief={chief}")
-    if stop_flag is None:
-        stop_flag = StopFlag()
-        stop_flag.install()
+    stop_flag = stop_flag or distribute.StopFlag().install()
 
-    from trainer import session
+    # 3. Where to start: a backup left by a preempted run, if any.
+    outputs.download("backup")
+    resume = state.read_state(outputs.local("backup"))
+    initial_epoch, initial_step = (resume["epoch"], resume["step_in_epoch"]) if resume else (0, 0)
+    frozen = config.warmup_epochs > 0 and initial_epoch < config.warmup_epochs
 
-    job = session.TrainingSession(config, strategy, info, outputs, chief, stop_flag)
-    with data.translate_data_errors(info):
-        result = job.train()
+    # 4. Model, loop, callbacks; then the backup restored into them.
+    build_options = model_build_options(config, models.get_defaults(config.arch), info.image_size)
+    model, main_model = _build_model(config, info, strategy, build_options, frozen)
+    steps_per_epoch = config.steps_per_epoch or max(1, info.num_batches("train", config.batch_size, True))
+    device_augmenter = None
+    if config.augment_on == "device" and config.policy != "none":
+        device_augmenter = augment.Augmenter(config.policy, info.image_size, config.crop_size)
+    training_loop = loop.DistributedLoop(
+        strategy,
+        model,
+        main_model,
+        num_classes=info.num_classes,
+        global_batch_size=config.batch_size,
+        aux_loss_weight=config.aux_loss_weight,
+        augmenter=device_augmenter,
+        seed=config.seed,
+        jit_compile=config.jit_compile,
+    )
+    training_state = state.TrainingState(model, chief=chief)
+    run_callbacks, early_stopping = callbacks.make_callbacks(
+        config,
+        info=info,
+        main_model=main_model,
+        outputs=outputs,
+        chief=chief,
+        training_state=training_state,
+        initial_epoch=initial_epoch,
+        fresh_start=resume is None,
+        steps_per_epoch=steps_per_epoch,
+        log=_log,
+    )
+    if resume:
+        training_state.restore(outputs.local("backup"), resume)
+        training_loop.step_counter.assign(initial_epoch * steps_per_epoch + initial_step)
+        _log(f"resumed at epoch {initial_epoch} step {initial_step}")
+
+    # 5. Fit: one phase, or a frozen warm-up then everything.
+    fit_args = {
+        "steps_per_epoch": steps_per_epoch,
+        "callbacks": keras.callbacks.CallbackList(run_callbacks, model=model),
+        "valid_dataset": _distributed(strategy, config, info, "valid", training=False),
+        "validation_steps": config.validation_steps,
+        "stop_requested": distribute.stop_check(strategy, stop_flag),
+        "batch_logs_wanted": sys.stdout.isatty(),
+    }
+    train_dataset = _distributed(strategy, config, info, "train", training=True)
+    with dataset.translate_data_errors(info):
+        phases = [(min(config.warmup_epochs, config.epochs), True)] if frozen else []
+        phases.append((config.epochs, False))
+        epoch, step = initial_epoch, initial_step
+        for end, backbone_frozen in phases:
+            result = training_loop.fit(
+                train_dataset, epochs=end, initial_epoch=epoch, initial_step=step, **fit_args
+            )
+            if result.interrupted or model.stop_training or end >= config.epochs:
+                break
+            if backbone_frozen:
+                _unfreeze(config, strategy, model, training_loop, training_state)
+            epoch, step = result.epochs_completed, 0
         if result.interrupted:
-            job.save_interrupted(result)
+            training_state.save(
+                outputs.local("backup"), epoch=result.epochs_completed, step_in_epoch=result.step_in_epoch
+            )
+            outputs.sync()
+            _log(f"backup saved at epoch {result.epochs_completed} step {result.step_in_epoch}")
             raise Preempted(f"stopped at epoch {result.epochs_completed} step {result.step_in_epoch}")
-        metrics = job.finish(result)
+
+        # 6. Evaluate the best weights (early stopping restored them) on valid and test.
+        evaluations, confusion = {}, None
+        for split in ("valid", "test"):
+            split_dataset = _distributed(strategy, config, info, split, training=False)
+            logs, matrix = training_loop.evaluate(split_dataset, confusion=split == "test")
+            evaluations[split] = {k: logs[k] for k in ("loss", "accuracy", "top5_accuracy", "count")}
+            confusion = matrix if matrix is not None else confusion
+    metrics = report.final_metrics(
+        config=config,
+        info=info,
+        strategy=strategy,
+        result=result,
+        best_epoch=early_stopping.best_epoch if early_stopping.best is not None else None,
+        stopped_early=model.stop_training,
+        steps_per_epoch=steps_per_epoch,
+        evaluations=evaluations,
+    )
+    if config.debug_dump_weights:
+        report.dump_weights(model, config.debug_dump_weights)
+
+    # 7. Reports, export, tuning metric; 8. clean up the backup and upload.
+    if chief:
+        report.write_metrics(outputs.local("job", jobdir.METRICS_FILE), metrics)
+        per_class = outputs.local("job", jobdir.PER_CLASS_FILE)
+        report.write_per_class_csv(per_class, confusion, info.wnids, info.class_names)
+        report.write_confusion_summary(outputs.local("logs"), confusion, step=result.epochs_completed)
+        export.export_model(
+            main_model,
+            outputs.local("export"),
+            arch=config.arch,
+            build_options=build_options,
+            info=info,
+            policy=config.policy,
+            crop_size=config.crop_size,
+        )
+        if config.hypertune_metric:
+            report.report_hypertune(
+                config.hypertune_metric, evaluations["valid"]["accuracy"], result.epochs_completed
+            )
+        outputs.delete("backup")
+        outputs.sync()
     valid, test = metrics["valid"]["accuracy"], metrics["test"]["accuracy"]
     _log(f"done: valid accuracy {valid:.4f}, test accuracy {test:.4f}")
     return metrics
+
+
+def model_build_options(config, defaults, image_size):
+    """Returns the keyword arguments of ``models.build_model`` for this run."""
+    options = {
+        "input_size": policy.output_size(config.policy, image_size, config.crop_size),
+        "dropout": config.dropout,
+        "weights": config.weights,
+    }
+    if defaults.aux_outputs:
+        options["aux_dropout"] = config.aux_dropout
+    return options
+
+
+def make_optimizer(config, learning_rate):
+    """Returns the configured optimizer, loss-scaled under ``mixed_float16``."""
+    import keras
+
+    identifier = {"class_name": config.optimizer, "config": {"learning_rate": learning_rate}}
+    optimizer = keras.optimizers.get(identifier)
+    if config.mixed_precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def _write_job_files(outputs, config, info):
+    """Writes ``config.json`` and ``classes.json`` (prediction needs class names without the data)."""
+    with open(outputs.local("job", jobdir.CONFIG_FILE), "w") as f:
+        f.write(config.to_json())
+    with open(outputs.local("job", jobdir.CLASSES_FILE), "w") as f:
+        json.dump(info.metadata["classes"], f, indent=1)
+    outputs.sync()
+
+
+def _build_model(config, info, strategy, build_options, frozen):
+    """Builds and compiles the model in the strategy's scope; returns ``(model, main_model)``."""
+    import keras
+
+    from trainer import models
+
+    keras.mixed_precision.set_dtype_policy(config.mixed_precision)
+    with strategy.scope():
+        model = models.build_model(config.arch, info.num_classes, seed=config.seed, **build_options)
+        main_model = models.main_output_model(model)
+        if frozen:
+            models.set_backbone_trainable(model, False)
+        model.compile(optimizer=make_optimizer(config, config.learning_rate), jit_compile=False)
+    return model, main_model
+
+
+def _unfreeze(config, strategy, model, training_loop, training_state):
+    """Phase two: train everything with a fresh optimizer at the current learning rate."""
+    import keras
+
+    from trainer import models
+
+    learning_rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    training_state.carry_over()
+    with strategy.scope():
+        models.set_backbone_trainable(model, True)
+        model.compile(optimizer=make_optimizer(config, learning_rate), jit_compile=False)
+        model.optimizer.build(model.trainable_variables)
+    training_loop.reset()
+    _log("backbone unfrozen: training every layer")
+
+
+def _distributed(strategy, config, info, split, training):
+    """Returns the distributed dataset of ``split`` for this run."""
+    from trainer import data
+
+    def make(input_context):
+        return data.make_dataset(
+            info,
+            split,
+            global_batch_size=config.batch_size,
+            training=training,
+            policy=config.policy,
+            augment_on=config.augment_on,
+            crop_size=config.crop_size,
+            cache=config.cache,
+            seed=config.seed,
+            input_context=input_context,
+        )
+
+    return strategy.distribute_datasets_from_function(make)
 
 
 def _log(message):

@@ -8,15 +8,14 @@ Importing this package registers every family. Use::
     defaults = models.get_defaults("minception")
 """
 
+from contracts.model import MAIN_OUTPUT, main_output_model
 from trainer.models import inception_resnet_v2, inception_v1, minception
 from trainer.models.inception_resnet_v2 import backbone_layers, backbone_model, set_backbone_trainable
 from trainer.models.registry import (
-    MAIN_OUTPUT,
     ArchDefaults,
     build_model,
     get_defaults,
     list_models,
-    main_output_model,
     register_model,
 )
 

@@ -7,7 +7,7 @@ by name and checkpoints of one architecture line up across runs.
 
 import keras
 
-from trainer.models import layers as model_layers
+from contracts import model as model_layers
 
 # Prefix of the layers of a main classification head; the fine-tuning split
 # (backbone vs head) relies on it.

@@ -12,11 +12,11 @@ the ``head_*``/``predictions`` layers for the warm-up epochs, then unfreezes.
 """
 
 import os
-import tempfile
 
 import keras
-import tensorflow as tf
 
+from contracts import model as model_contract
+from contracts import storage
 from trainer.models import blocks, registry
 
 NAME = "inception_resnet_v2"
@@ -79,14 +79,14 @@ def build(num_classes, *, input_size, dropout, weights):
         _load_backbone_weights(backbone, weights)
     x = keras.layers.GlobalAveragePooling2D(name=BACKBONE_OUTPUT)(backbone.output)
     outputs = blocks.softmax_head(
-        x, num_classes, dropout, prefix=blocks.HEAD_PREFIX, output_name=registry.MAIN_OUTPUT
+        x, num_classes, dropout, prefix=blocks.HEAD_PREFIX, output_name=model_contract.MAIN_OUTPUT
     )
     return keras.Model(inputs, outputs, name=NAME)
 
 
 def is_head_layer(layer):
     """Whether ``layer`` belongs to the new classification head."""
-    return layer.name == registry.MAIN_OUTPUT or layer.name.startswith(f"{blocks.HEAD_PREFIX}_")
+    return layer.name == model_contract.MAIN_OUTPUT or layer.name.startswith(f"{blocks.HEAD_PREFIX}_")
 
 
 def backbone_layers(model):
@@ -123,7 +123,7 @@ def _check_weights(weights):
         return None
     if weights in ("imagenet", None):
         return weights
-    if not isinstance(weights, str | os.PathLike) or not tf.io.gfile.exists(os.fspath(weights)):
+    if not isinstance(weights, str | os.PathLike) or not storage.exists(os.fspath(weights)):
         raise ValueError(
             f"weights for {NAME!r} must be 'imagenet', None or an existing weights file, got {weights!r}"
         )
@@ -133,10 +133,5 @@ def _check_weights(weights):
 def _load_backbone_weights(backbone, path):
     # The backbone's topology is exactly the no-top network, so weights load in
     # order and any mismatch is an error rather than a silently random layer.
-    if "://" not in path:
-        backbone.load_weights(path)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, os.path.basename(path))
-        tf.io.gfile.copy(path, local)
+    with storage.local_file(path) as local:
         backbone.load_weights(local)

@@ -17,6 +17,7 @@ import typing
 
 import keras
 
+from contracts import model as model_contract
 from trainer.models import blocks, registry
 
 NAME = "inception_v1"
@@ -131,7 +132,7 @@ def build(num_classes, *, input_size, dropout, aux_dropout):
             if source == block_id:
                 outputs[f"{aux}_predictions"] = auxiliary_head(x, num_classes, aux_dropout, name=aux)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    outputs[registry.MAIN_OUTPUT] = blocks.softmax_head(
-        x, num_classes, dropout, prefix=blocks.HEAD_PREFIX, output_name=registry.MAIN_OUTPUT
+    outputs[model_contract.MAIN_OUTPUT] = blocks.softmax_head(
+        x, num_classes, dropout, prefix=blocks.HEAD_PREFIX, output_name=model_contract.MAIN_OUTPUT
     )
     return keras.Model(inputs, outputs, name=NAME)

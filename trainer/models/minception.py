@@ -19,6 +19,7 @@ Where this departs from the printed listings, and why:
 
 import keras
 
+from contracts import model as model_contract
 from trainer.models import blocks, registry
 
 NAME = "minception"
@@ -117,6 +118,6 @@ def build(num_classes, *, input_size, dropout):
     x = inception_resnet_b(x, name="block_b2")
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     outputs = blocks.softmax_head(
-        x, num_classes, dropout, prefix=blocks.HEAD_PREFIX, output_name=registry.MAIN_OUTPUT
+        x, num_classes, dropout, prefix=blocks.HEAD_PREFIX, output_name=model_contract.MAIN_OUTPUT
     )
     return keras.Model(inputs, outputs, name=NAME)

@@ -17,9 +17,6 @@ from collections.abc import Callable
 
 import keras
 
-# Output layer name of the main classification head (see docs/design.md).
-MAIN_OUTPUT = "predictions"
-
 # Smallest input side every family can take: below it pooling stages collapse.
 MIN_INPUT_SIZE = 32
 
@@ -169,30 +166,6 @@ def build_model(name: str, num_classes: int, *, seed: int | None = None, **optio
     if seed is not None:
         keras.utils.set_random_seed(seed)
     return builder(int(num_classes), **kwargs)
-
-
-def main_output_model(model: keras.Model) -> keras.Model:
-    """Returns the single-output model of the ``predictions`` head.
-
-    The returned model shares layers and weights with ``model``; use it for
-    metrics, checkpoints of the serving graph, export and explanations.
-
-    Args:
-        model: A model built by :func:`build_model`.
-
-    Returns:
-        ``model`` itself when it has one output, else a new functional model
-        from the same inputs to the ``predictions`` layer.
-
-    Raises:
-        ValueError: If ``model`` has no ``predictions`` layer.
-    """
-    names = [layer.name for layer in model.layers]
-    if MAIN_OUTPUT not in names:
-        raise ValueError(f"model {model.name!r} has no {MAIN_OUTPUT!r} layer")
-    if len(model.outputs) == 1:
-        return model
-    return keras.Model(model.input, model.get_layer(MAIN_OUTPUT).output, name=f"{model.name}_main")
 
 
 def _builder_options(builder: Callable) -> tuple[str, ...]:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from contracts import policy as policy_lib
 from trainer import augment, augment_summary
 
 SEED = tf.constant([7, 11], tf.int64)
@@ -40,7 +41,7 @@ def test_shapes_dtypes_and_range(policy, size):
     out = augmenter(images, SEED)
     assert out.dtype == tf.float32
     assert out.shape == (6, size, size, 3)
-    assert augmenter.output_size == augment.output_size(policy) == size
+    assert augmenter.output_size == policy_lib.output_size(policy) == size
     assert float(tf.reduce_min(out)) >= 0.0 and float(tf.reduce_max(out)) <= 255.0
     assert augmenter.eval_transform(images).shape == (6, size, size, 3)
 
@@ -56,7 +57,7 @@ def test_policies_change_images_and_none_is_identity():
     images = _random_images()
     for policy in ("book", "crop"):
         out = augment.Augmenter(policy)(images, SEED).numpy()
-        reference = augment.eval_transform(policy, images).numpy()
+        reference = policy_lib.eval_transform(policy, images).numpy()
         per_image = np.abs(out - reference).mean(axis=(1, 2, 3))
         assert (per_image > 1.0).all(), policy
     np.testing.assert_array_equal(augment.Augmenter("none")(images, SEED).numpy(), images.numpy())
@@ -65,14 +66,14 @@ def test_policies_change_images_and_none_is_identity():
 def test_eval_transform_is_centre_crop_or_identity():
     images = _random_images()
     centre = images.numpy()[:, 4:60, 4:60]
-    np.testing.assert_array_equal(augment.eval_transform("crop", images).numpy(), centre)
+    np.testing.assert_array_equal(policy_lib.eval_transform("crop", images).numpy(), centre)
     for policy in ("book", "none"):
-        np.testing.assert_array_equal(augment.eval_transform(policy, images).numpy(), images.numpy())
-    assert augment.crop_offset("crop") == 4 and augment.crop_offset("book") == 0
+        np.testing.assert_array_equal(policy_lib.eval_transform(policy, images).numpy(), images.numpy())
+    assert policy_lib.crop_offset("crop") == 4 and policy_lib.crop_offset("book") == 0
     larger = np.random.default_rng(2).uniform(0, 255, (2, 72, 70, 3)).astype(np.float32)
-    np.testing.assert_array_equal(augment.eval_transform("crop", larger), larger[:, 8:64, 7:63])
+    np.testing.assert_array_equal(policy_lib.eval_transform("crop", larger), larger[:, 8:64, 7:63])
     with pytest.raises(ValueError, match="centre-crop"):
-        augment.eval_transform("crop", larger[:, :50])
+        policy_lib.eval_transform("crop", larger[:, :50])
 
 
 def test_seeded_runs_repeat_exactly_and_seeds_differ():

@@ -9,7 +9,7 @@ import signal
 import numpy as np
 import pytest
 
-from tests import trainer_helpers as helpers
+from tests.trainer import helpers
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from tests import trainer_helpers as helpers
+from tests.trainer import helpers
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,7 @@ def test_multi_worker_two_processes(sample_records, tmp_path):
 
 @pytest.mark.slow
 def test_gcs_job_dir_and_vertex_environment(sample_records, gcs_bucket, tmp_path):
-    from trainer import storage
+    from contracts import storage
 
     data_dir, _ = sample_records
     job = f"gs://{gcs_bucket}/runs/a"

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from contracts import model as model_layers
 from trainer import models
 from trainer.models import blocks, inception_resnet_v2
-from trainer.models import layers as model_layers
 
 NUM_CLASSES = 7
 BATCH = 2

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from contracts import dataset as data
 from explain import task
-from trainer import data
 
 NUM_CLASSES = 5
 

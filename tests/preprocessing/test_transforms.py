@@ -11,7 +11,8 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from preprocessing import schema, sources, transforms
+from contracts import schema
+from preprocessing import sources, transforms
 
 
 def _image_bytes(fmt="JPEG", mode="RGB", seed=0):

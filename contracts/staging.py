@@ -11,8 +11,7 @@ import logging
 import os
 import tempfile
 
-from preprocessing import schema
-from trainer import storage
+from contracts import schema, storage
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests import trainer_helpers as helpers
+from tests.trainer import helpers
 from trainer import augment, loop, models
 
 

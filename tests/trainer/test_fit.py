@@ -7,7 +7,7 @@ import pytest
 
 from preprocessing import sample
 from tests import datasets
-from tests import trainer_helpers as helpers
+from tests.trainer import helpers
 
 
 @pytest.mark.slow

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from preprocessing import schema
-from trainer import augment, data, storage
+from contracts import dataset as data
+from contracts import policy as policy_lib
+from contracts import schema, storage
+from trainer import augment
 
 # Label k is a solid colour whose pattern of strong channels survives every augmentation.
 PALETTE = [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (1, 0, 1), (0, 1, 1)]
@@ -115,7 +117,7 @@ def test_eval_stream_is_deterministic_and_never_augmented(info, sample_raw, spli
             name, wnid = name.decode(), wnid.decode()
             folder = ("train", wnid, "images") if split == "valid" else ("val", "images")
             raw = tf.io.decode_jpeg(tf.io.read_file(os.path.join(raw_dir, *folder, name)), channels=3)
-            expected = augment.eval_transform(policy, tf.cast(raw[None], tf.float32))[0]
+            expected = policy_lib.eval_transform(policy, tf.cast(raw[None], tf.float32))[0]
             np.testing.assert_array_equal(image, expected.numpy())
 
 
@@ -135,7 +137,7 @@ def test_training_stream_augments_and_keeps_labels_aligned(colour_info, policy, 
     kwargs = {"global_batch_size": 8, "training": True, "seed": 3, "cache": cache}
     augmented = _take(data.make_dataset(colour_info, "train", policy=policy, **kwargs), 6)
     plain = _take(data.make_dataset(colour_info, "train", policy="none", **kwargs), 6)
-    size = augment.output_size(policy)
+    size = policy_lib.output_size(policy)
     for (images, labels), (raw_images, raw_labels) in zip(augmented, plain, strict=True):
         assert images.shape == (8, size, size, 3) and images.dtype == np.float32 and labels.dtype == np.int32
         assert images.min() >= 0.0 and images.max() <= 255.0
@@ -155,7 +157,7 @@ def test_crop_training_stream_differs_from_the_eval_crop(info, cache):
     for (images, labels), (raw_images, raw_labels) in zip(cropped, plain, strict=True):
         np.testing.assert_array_equal(labels, raw_labels)
         assert images.shape == (8, 56, 56, 3)
-        centre = np.asarray(augment.eval_transform("crop", tf.constant(raw_images)))
+        centre = np.asarray(policy_lib.eval_transform("crop", tf.constant(raw_images)))
         assert (np.abs(images - centre).mean(axis=(1, 2, 3)) > 0.5).all()
 
 

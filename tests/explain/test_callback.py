@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from contracts import dataset as data
 from explain import callback
 from trainer import callbacks as trainer_callbacks
 from trainer import config as config_lib
-from trainer import data
 
 NUM_CLASSES = 5
 

@@ -1,14 +1,19 @@
-"""Job-dir I/O for local folders and ``gs://`` prefixes.
+"""The one storage layer: every ``gs://`` read and write outside the Beam pipeline.
+
+google-cloud-storage is used for every ``gs://`` path (it honours
+``STORAGE_EMULATOR_HOST``, so the tests reach all of it through an emulator);
+TensorFlow's ``tf.io.gfile`` is never pointed at ``gs://``. Local paths go
+through plain file I/O.
 
 The trainer always writes into a local folder: Keras, TensorBoard and
 ``tf.train.Checkpoint`` then behave the same everywhere. A :class:`Mirror`
 pairs an output URI with that local folder: for a local URI they are the same
 folder; for ``gs://bucket/prefix`` the folder is a private staging directory
-that :meth:`Mirror.upload` copies to the bucket with google-cloud-storage
-(which honours ``STORAGE_EMULATOR_HOST``, so tests run against an emulator).
+that :meth:`Mirror.upload` copies to the bucket.
 """
 
 import base64
+import contextlib
 import hashlib
 import os
 import shutil
@@ -67,6 +72,60 @@ def file_checksums(path):
             crc.update(block)
             md5.update(block)
     return base64.b64encode(crc.digest()).decode("ascii"), base64.b64encode(md5.digest()).decode("ascii")
+
+
+def read_bytes(uri):
+    """Reads a local file or a ``gs://`` object.
+
+    Raises:
+        FileNotFoundError: When the file or object does not exist.
+    """
+    if not is_gcs(uri):
+        with open(uri, "rb") as f:
+            return f.read()
+    from google.api_core import exceptions
+
+    bucket, name = split_gcs(uri)
+    try:
+        return gcs_client().bucket(bucket).blob(name).download_as_bytes()
+    except exceptions.NotFound:
+        raise FileNotFoundError(f"{uri}: no such object") from None
+
+
+def write_bytes(uri, data):
+    """Writes ``data`` to a local file (creating its folder) or a ``gs://`` object."""
+    if not is_gcs(uri):
+        os.makedirs(os.path.dirname(uri) or ".", exist_ok=True)
+        with open(uri, "wb") as f:
+            f.write(data)
+        return
+    bucket, name = split_gcs(uri)
+    gcs_client().bucket(bucket).blob(name).upload_from_string(data)
+
+
+def exists(uri):
+    """Returns whether a local path or a ``gs://`` object exists."""
+    if not is_gcs(uri):
+        return os.path.exists(uri)
+    bucket, name = split_gcs(uri)
+    return bool(name) and gcs_client().bucket(bucket).blob(name).exists()
+
+
+@contextlib.contextmanager
+def local_file(uri, suffix=""):
+    """Yields a local path holding the file at ``uri``.
+
+    A local path is yielded as it is; a ``gs://`` object is copied into a
+    temporary folder that is removed on exit (a model can weigh hundreds of MB).
+    """
+    if not is_gcs(uri):
+        yield uri
+        return
+    with tempfile.TemporaryDirectory(prefix="storage-") as folder:
+        local = os.path.join(folder, os.path.basename(uri.rstrip("/")) or f"object{suffix}")
+        with open(local, "wb") as f:
+            f.write(read_bytes(uri))
+        yield local
 
 
 class Mirror:

@@ -15,7 +15,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from preprocessing import sample, schema, task
+from contracts import schema
+from preprocessing import sample, task
 from tests import datasets
 
 SHARDS = [

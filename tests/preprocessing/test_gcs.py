@@ -9,7 +9,8 @@ import tensorflow as tf
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
-from preprocessing import sample, schema, task
+from contracts import schema
+from preprocessing import sample, task
 
 SHARDS = [
     "--num-shards-train",

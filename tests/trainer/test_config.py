@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from tests import trainer_helpers as helpers
+from tests.trainer import helpers
 from trainer import config as config_lib
 from trainer import distribute, models, task
 

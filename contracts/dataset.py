@@ -1,0 +1,373 @@
+"""Reading a dataset the preprocessing job wrote: TFRecord shards -> batches of raw pixels.
+
+The one reader of the dataset contract (``metadata.json`` + shards, see
+docs/design.md): the trainer, the explainer and the benchmarks all read
+through :func:`load_metadata` and :func:`make_dataset`.
+
+Batches hold float32 images with values in ``[0, 255]`` and int32 labels; the
+pipeline never normalizes (each model scales its own input). Training batches
+are shuffled with a seed and, when an ``augment`` function is given, augmented
+here (the trainer's ``--augment-on host``); without one they stay at the
+source size (``--augment-on device`` augments in the training step).
+Evaluation batches get the policy's deterministic evaluation transform only.
+
+Order of the training stream: shard files -> interleave -> shuffle records ->
+repeat -> batch -> parse + decode the whole batch -> augment the whole batch
+-> prefetch. Parsing and decoding whole batches is faster on a 2-core host
+than per-record maps (see docs/input_pipeline.md).
+"""
+
+import contextlib
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+
+import tensorflow as tf
+
+from contracts import policy as policy_lib
+from contracts import schema, staging
+
+AUTOTUNE = tf.data.AUTOTUNE
+FEATURES = ("image_label", "all")
+EVAL_SPLITS = ("valid", "test", "unlabeled")
+
+# Re-exported: the error type of the whole data layer and the gs:// stager.
+DataError = staging.DataError
+stage_data_dir = staging.stage_data_dir
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What ``metadata.json`` says about a dataset, with shard paths made absolute.
+
+    Attributes:
+        data_dir: Local folder holding metadata.json and the shards.
+        source_dir: The folder as given (may be ``gs://...``).
+        num_classes: Number of classes.
+        class_names: Class names in label order.
+        wnids: WordNet ids in label order.
+        image_size: Side of the (square) source images.
+        split_counts: Records per split.
+        shards: Absolute shard paths per split.
+        metadata: The parsed metadata.json.
+    """
+
+    data_dir: str
+    source_dir: str
+    num_classes: int
+    class_names: tuple
+    wnids: tuple
+    image_size: int
+    split_counts: Mapping
+    shards: Mapping
+    metadata: Mapping
+
+    @property
+    def metadata_path(self):
+        """Path of the local metadata.json."""
+        return os.path.join(self.data_dir, schema.METADATA_FILE)
+
+    def num_batches(self, split, global_batch_size, drop_remainder=False):
+        """Batches in one pass over ``split`` (e.g. ``steps_per_epoch``)."""
+        count = self.split_counts[split]
+        return count // global_batch_size if drop_remainder else -(-count // global_batch_size)
+
+
+def _metadata_error(path, message):
+    return DataError(f"{path}: {message}")
+
+
+def _read_classes(path, metadata):
+    classes = sorted(metadata.get("classes") or [], key=lambda c: c.get("index", -1))
+    if not classes:
+        raise _metadata_error(path, "no classes listed")
+    if [c.get("index") for c in classes] != list(range(len(classes))):
+        raise _metadata_error(path, "class indices must be 0..n-1 without gaps")
+    return tuple(c["name"] for c in classes), tuple(c["wnid"] for c in classes)
+
+
+def load_metadata(data_dir, cache_dir=None):
+    """Reads and checks ``metadata.json``; stages ``gs://`` folders to a local cache first.
+
+    Args:
+        data_dir: Local folder or ``gs://bucket/prefix`` written by the preprocessing job.
+        cache_dir: Local staging folder for ``gs://`` input (see :func:`contracts.staging.stage_data_dir`).
+
+    Returns:
+        A :class:`DatasetInfo`.
+
+    Raises:
+        DataError: metadata.json missing or unreadable, wrong schema version,
+            or a listed shard missing (every missing file is named).
+    """
+    source_dir = str(data_dir)
+    local_dir = staging.stage_data_dir(source_dir, cache_dir)
+    path = os.path.join(local_dir, schema.METADATA_FILE)
+    if not os.path.isfile(path):
+        raise _metadata_error(path, "metadata file not found; run python -m preprocessing.task first")
+    with open(path) as f:
+        text = f.read()
+    try:
+        metadata = schema.read_metadata_text(text)
+    except json.JSONDecodeError as error:
+        raise _metadata_error(path, f"not valid JSON ({error})") from error
+    except ValueError as error:
+        raise _metadata_error(path, str(error)) from error
+    class_names, wnids = _read_classes(path, metadata)
+    size = metadata.get("image_size")
+    if not (isinstance(size, list) and len(size) == 2 and size[0] == size[1]):
+        raise _metadata_error(path, f"image_size must be a square [S, S], got {size!r}")
+    splits = metadata.get("splits") or {}
+    shards, counts, missing = {}, {}, []
+    for split, entry in splits.items():
+        shards[split] = tuple(os.path.join(local_dir, name) for name in entry.get("shards", []))
+        counts[split] = int(entry.get("count", 0))
+        missing += [p for p in shards[split] if not os.path.isfile(p)]
+    if missing:
+        raise _metadata_error(path, f"lists shards that do not exist: {', '.join(missing)}")
+    return DatasetInfo(
+        data_dir=local_dir,
+        source_dir=source_dir,
+        num_classes=len(class_names),
+        class_names=class_names,
+        wnids=wnids,
+        image_size=int(size[0]),
+        split_counts=counts,
+        shards=shards,
+        metadata=metadata,
+    )
+
+
+def count_records(path):
+    """Counts the records of one shard.
+
+    Raises:
+        DataError: The shard is truncated or corrupt (names the file).
+    """
+    dataset = tf.data.TFRecordDataset(path, buffer_size=1 << 22).batch(4096)
+    try:
+        return int(dataset.reduce(tf.constant(0, tf.int64), lambda n, b: n + tf.size(b, tf.int64)))
+    except tf.errors.DataLossError as error:
+        raise DataError(f"{path}: truncated or corrupt TFRecord shard ({error.message})") from error
+
+
+def verify_data(info, splits=None):
+    """Reads every shard once and checks the record counts against metadata.json.
+
+    The trainer calls this at startup, so a truncated shard or a stale
+    metadata.json fails before training starts.
+
+    Args:
+        info: A :class:`DatasetInfo`.
+        splits: Splits to check (default: all).
+
+    Returns:
+        ``{split: {shard_path: count}}``.
+
+    Raises:
+        DataError: A shard is corrupt, or a split's count disagrees with metadata.json.
+    """
+    report = {}
+    for split in splits or tuple(info.shards):
+        counts = {path: count_records(path) for path in info.shards[split]}
+        total = sum(counts.values())
+        if total != info.split_counts[split]:
+            detail = ", ".join(f"{os.path.basename(p)}={n}" for p, n in counts.items())
+            raise DataError(
+                f"{info.metadata_path}: split {split!r} lists {info.split_counts[split]} records but "
+                f"its shards hold {total} ({detail})"
+            )
+        report[split] = counts
+    return report
+
+
+@contextlib.contextmanager
+def translate_data_errors(info, splits=None):
+    """Turns a ``tf.errors.DataLossError`` raised while reading into a :class:`DataError` naming the shard.
+
+    Wrap the training or evaluation loop: ``with translate_data_errors(info): model.fit(...)``.
+    """
+    try:
+        yield
+    except tf.errors.DataLossError as error:
+        verify_data(info, splits)  # Raises a DataError that names the bad shard.
+        raise DataError(f"{info.data_dir}: corrupt record while reading ({error.message})") from error
+
+
+def _decode_batch(serialized, image_size, all_features):
+    """Parses a batch of serialized examples and decodes every JPEG to uint8 [B, S, S, 3]."""
+    parsed = schema.parse_batch(serialized)
+    images = tf.map_fn(
+        lambda data: tf.io.decode_jpeg(data, channels=3),
+        parsed[schema.IMAGE],
+        fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8),
+        parallel_iterations=16,
+    )
+    out = {"image": images, "label": tf.cast(parsed[schema.LABEL], tf.int32)}
+    if all_features:
+        out.update(
+            box=parsed["box"],
+            has_box=parsed[schema.HAS_BOX] > 0,
+            filename=parsed[schema.FILENAME],
+            wnid=parsed[schema.WNID],
+        )
+    return out
+
+
+def augment_seeds(seed):
+    """The per-batch augmentation seeds (int64 ``[2]``) of a host-augmented training stream.
+
+    A new sequence on every pass over the dataset, the same sequence for the same
+    ``seed``; a device-side training step can zip it to reproduce host augmentation.
+    """
+    return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+
+def _check_args(info, split, training, augment, features, global_batch_size):
+    if split not in info.shards:
+        raise ValueError(f"Unknown split {split!r}; {info.metadata_path} has {sorted(info.shards)}.")
+    if training and split in EVAL_SPLITS:
+        raise ValueError(f"training=True is not allowed for evaluation split {split!r}.")
+    if features not in FEATURES:
+        raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
+    if features == "all" and training and augment is not None:
+        raise ValueError("features='all' carries boxes that augmentation would not move; augment nothing.")
+    if global_batch_size < 1:
+        raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}")
+
+
+def _records(info, split, training, seed, input_context):
+    """Serialized records of ``split``, sharded for this input pipeline."""
+    files = list(info.shards[split])
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    shard_by_file = shard_by_data = False
+    if input_context and input_context.num_input_pipelines > 1:
+        shard_by_file = len(files) >= input_context.num_input_pipelines
+        shard_by_data = not shard_by_file
+    if shard_by_file:
+        dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if training:
+        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.interleave(
+        lambda path: tf.data.TFRecordDataset(path, buffer_size=1 << 20),
+        cycle_length=max(1, min(len(files), 16)),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
+    if shard_by_data:
+        # Every pipeline reads the same order (same seed), so shards are disjoint.
+        dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    return dataset
+
+
+def make_dataset(
+    info,
+    split,
+    *,
+    global_batch_size,
+    training=False,
+    policy="none",
+    augment=None,
+    crop_size=56,
+    cache=False,
+    seed=0,
+    input_context=None,
+    repeat=None,
+    drop_remainder=None,
+    features="image_label",
+    shuffle_buffer=10_000,
+):
+    """Builds the ``tf.data`` stream of one split.
+
+    Args:
+        info: A :class:`DatasetInfo` from :func:`load_metadata`.
+        split: ``train``, ``valid``, ``test`` or ``unlabeled``.
+        global_batch_size: Batch size over all replicas.
+        training: Shuffle (and augment, when ``augment`` is given); only for ``train``.
+        policy: Augmentation policy (:data:`contracts.policy.POLICIES`) whose
+            evaluation transform evaluation batches get.
+        augment: Optional ``(images, seed) -> images`` applied to training
+            batches here (e.g. a :class:`trainer.augment.Augmenter`); ``None``
+            yields training images at the source size.
+        crop_size: Crop side of the ``crop`` policy.
+        cache: Keep decoded uint8 images in memory after the first pass.
+        seed: Seed of the shuffle and of the host augmentation.
+        input_context: A ``tf.distribute.InputContext``: batches are per replica
+            and the input is sharded per input pipeline (by file when there are at
+            least as many shards as pipelines, else by record).
+        repeat: Repeat forever (default: ``training``).
+        drop_remainder: Drop the last partial batch (default: ``training``).
+        features: ``image_label`` yields ``(images, labels)``; ``all`` yields a dict
+            with ``image``, ``label``, ``box`` (int32 [B, 4] xmin, ymin, xmax, ymax
+            inclusive, in the transformed image), ``has_box``, ``filename``, ``wnid``.
+        shuffle_buffer: Records in the shuffle buffer.
+
+    Returns:
+        A ``tf.data.Dataset`` of float32 images in ``[0, 255]`` and int32 labels.
+    """
+    _check_args(info, split, training, augment, features, global_batch_size)
+    batch_size = global_batch_size
+    if input_context is not None:
+        batch_size = input_context.get_per_replica_batch_size(global_batch_size)
+    repeat = training if repeat is None else repeat
+    drop_remainder = training if drop_remainder is None else drop_remainder
+    all_features = features == "all"
+
+    def decode(serialized):
+        return _decode_batch(serialized, info.image_size, all_features)
+
+    dataset = _records(info, split, training, seed, input_context)
+    buffer = max(1, min(shuffle_buffer, info.split_counts.get(split, shuffle_buffer) or 1))
+    if cache:
+        dataset = dataset.batch(batch_size).map(decode, num_parallel_calls=AUTOTUNE).unbatch().cache()
+        if training:
+            dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.repeat() if repeat else dataset
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    else:
+        if training:
+            dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.repeat() if repeat else dataset
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+        dataset = dataset.map(decode, num_parallel_calls=AUTOTUNE)
+
+    if training and augment is not None:
+        dataset = tf.data.Dataset.zip(dataset, augment_seeds(seed))
+        transform = _augment_fn(augment)
+    elif training:
+        transform = _cast_fn()
+    else:
+        transform = _eval_fn(policy, info.image_size, crop_size)
+    dataset = dataset.map(transform, num_parallel_calls=AUTOTUNE)
+    if not all_features:
+        dataset = dataset.map(lambda batch: (batch["image"], batch["label"]), num_parallel_calls=AUTOTUNE)
+    return dataset.prefetch(AUTOTUNE)
+
+
+def _augment_fn(augment):
+    def transform(batch, seed):
+        return {**batch, "image": augment(tf.cast(batch["image"], tf.float32), seed)}
+
+    return transform
+
+
+def _cast_fn():
+    def transform(batch):
+        return {**batch, "image": tf.cast(batch["image"], tf.float32)}
+
+    return transform
+
+
+def _eval_fn(policy, image_size, crop_size):
+    offset = policy_lib.crop_offset(policy, image_size, crop_size)
+    size = policy_lib.output_size(policy, image_size, crop_size)
+
+    def transform(batch):
+        images = tf.cast(batch["image"], tf.float32)
+        out = {**batch, "image": policy_lib.eval_transform(policy, images, image_size, crop_size)}
+        if "box" in batch and offset:
+            out["box"] = tf.clip_by_value(batch["box"] - offset, 0, size - 1)
+        return out
+
+    return transform

@@ -1,0 +1,284 @@
+"""The job-dir contract: every file name of a training run's output and the one reader of it.
+
+A job dir (local or ``gs://``) holds::
+
+    config.json              the resolved TrainConfig (written first)
+    classes.json             metadata.json's class list (prediction needs no data dir)
+    model.keras              the best single-output model (by val_loss)
+    history.csv              one row per epoch
+    metrics.json             final evaluation of the best weights on valid and test
+    per_class_accuracy.csv   test accuracy per class
+    logs/                    TensorBoard (train, validation, evaluation, gradcam, explain)
+    checkpoints/plateau-epoch-EEEE/   full-state checkpoints at learning-rate plateaus
+    backup/                  preemption backup (deleted when the run finishes)
+    export/                  the serving SavedModel
+
+The trainer writes them; ``trainer.predict``, ``explain.task`` and the demo
+summary read them back through :func:`load` and :func:`read_json`. Vertex AI's
+``AIP_*`` folders may move ``logs``, ``checkpoints``, ``backup`` and ``export``
+elsewhere (see :func:`default_folders`).
+"""
+
+import dataclasses
+import json
+import sys
+
+import numpy as np
+
+from contracts import model as model_contract
+from contracts import policy as policy_lib
+from contracts import schema, storage
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.keras"
+CLASSES_FILE = "classes.json"
+HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"
+PER_CLASS_FILE = "per_class_accuracy.csv"
+# Output folders: name -> folder below the job dir.
+FOLDERS = {"logs": "logs", "checkpoints": "checkpoints", "backup": "backup", "export": "export"}
+PLATEAU_PREFIX = "plateau-epoch-"
+# explain.task's results, in its --logdir (the demo uses logs/explain).
+EXPLAIN_RESULTS_FILE = "explain.json"
+EXPLAIN_LOGS = "explain"
+DEFAULT_IMAGE_SIZE = 64
+
+
+class JobDirError(ValueError):
+    """The job dir holds a run that this configuration cannot continue."""
+
+
+class ModelLoadError(ValueError):
+    """The model, its job dir or its class list cannot be used."""
+
+
+def default_folders(job_dir):
+    """Returns ``name -> uri`` of the output folders below ``job_dir`` (without Vertex AI overrides)."""
+    root = str(job_dir).rstrip("/")
+    return {name: f"{root}/{folder}" for name, folder in FOLDERS.items()}
+
+
+def plateau_folder(epoch):
+    """Name of the plateau checkpoint written after ``epoch`` epochs (below ``checkpoints``)."""
+    return f"{PLATEAU_PREFIX}{epoch:04d}"
+
+
+def check_arch(job_dir, previous_config_text, arch):
+    """Refuses a job dir that holds a run of another architecture.
+
+    Args:
+        job_dir: The job dir (named in the message).
+        previous_config_text: Text of its ``config.json``, or ``None`` when there is none.
+        arch: Architecture of this run.
+
+    Raises:
+        JobDirError: When ``config.json`` of an earlier run disagrees.
+    """
+    if previous_config_text is None:
+        return
+    previous = json.loads(previous_config_text)
+    if previous.get("arch") != arch:
+        raise JobDirError(
+            f"job dir {job_dir} holds a run of architecture {previous.get('arch')!r}, "
+            f"not {arch!r}; use another --job-dir"
+        )
+
+
+def check_classes(job_dir, previous_classes_text, classes):
+    """Refuses a job dir whose earlier run trained on other classes.
+
+    Resuming would restore a head of the wrong size (or silently mislabel
+    classes), so a different class list is refused up front.
+
+    Raises:
+        JobDirError: When ``classes.json`` of an earlier run disagrees.
+    """
+    if previous_classes_text is None:
+        return
+    previous = [c["wnid"] for c in json.loads(previous_classes_text)]
+    current = [c["wnid"] for c in classes]
+    if previous != current:
+        raise JobDirError(
+            f"job dir {job_dir} holds a run on {len(previous)} other classes "
+            f"(this dataset has {len(current)}); use another --job-dir"
+        )
+
+
+def read_json(uri):
+    """Returns the JSON value of a local or ``gs://`` file, or ``None`` when it is missing or unreadable."""
+    try:
+        return json.loads(storage.read_bytes(uri))
+    except (OSError, ValueError):
+        return None
+
+
+def parse_class_list(text):
+    """Reads class names from a classes file's text.
+
+    Accepts a JSON list of names, a JSON list of ``{"index", "wnid", "name"}``
+    (metadata.json's ``classes``), a JSON object with such a ``classes`` list,
+    or plain text with one name per line.
+    """
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, list | dict):
+        # Plain text; a file holding one name may also parse as a JSON number or string.
+        return tuple(line.strip() for line in text.splitlines() if line.strip())
+    if isinstance(value, dict):
+        value = value.get("classes", [])
+    if value and isinstance(value[0], dict):
+        value = [entry["name"] for entry in sorted(value, key=lambda entry: entry.get("index", 0))]
+    return tuple(str(name) for name in value)
+
+
+def read_config(job_dir):
+    """Returns the job dir's ``config.json`` as a dict (empty when there is none).
+
+    Raises:
+        ModelLoadError: When the file exists but is not a JSON object.
+    """
+    path = storage.join(job_dir, CONFIG_FILE)
+    if not storage.exists(path):
+        return {}
+    try:
+        config = json.loads(storage.read_bytes(path))
+    except ValueError as error:
+        raise ModelLoadError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    return config
+
+
+def _metadata_classes(data_dir):
+    path = storage.join(data_dir, schema.METADATA_FILE)
+    try:
+        metadata = schema.read_metadata_text(storage.read_bytes(path).decode("utf-8"))
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"{path}: cannot read class names ({error})") from None
+    return parse_class_list(json.dumps(metadata["classes"])), int(metadata["image_size"][0])
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictor:
+    """A loaded model with the input transform and class names it needs.
+
+    Attributes:
+        model: The single-output Keras model.
+        input_size: Side of the model's input.
+        image_size: Side of the dataset's images; inputs are resized to it first.
+        policy: Augmentation policy whose evaluation transform is applied.
+        crop_size: Crop side of the ``crop`` policy.
+        class_names: Names in label order, or ``None`` when unknown.
+    """
+
+    model: object
+    input_size: int
+    image_size: int
+    policy: str
+    crop_size: int
+    class_names: tuple | None
+
+    def prepare(self, images):
+        """Turns uint8 RGB images of any sizes into the model's float32 ``[B, S, S, 3]`` input."""
+        from PIL import Image
+
+        resized = []
+        for image in images:
+            if image.shape[:2] != (self.image_size, self.image_size):
+                image = np.asarray(
+                    Image.fromarray(image).resize((self.image_size, self.image_size), Image.BILINEAR)
+                )
+            resized.append(image)
+        batch = np.stack(resized).astype(np.float32)
+        return np.asarray(policy_lib.eval_transform(self.policy, batch, self.image_size, self.crop_size))
+
+    def predict(self, batch, batch_size=64):
+        """Returns class probabilities ``[B, num_classes]`` of prepared images."""
+        outputs = [
+            self.model(batch[i : i + batch_size], training=False) for i in range(0, len(batch), batch_size)
+        ]
+        return np.concatenate([np.asarray(out, dtype=np.float32) for out in outputs])
+
+    def class_name(self, index):
+        """Returns the name of class ``index`` (``class_<index>`` when names are unknown)."""
+        if self.class_names is None or index >= len(self.class_names):
+            return f"class_{index}"
+        return self.class_names[index]
+
+
+def _load_keras(path):
+    import keras
+
+    try:
+        with storage.local_file(path) as local:
+            model = keras.saving.load_model(local, compile=False)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"{path}: cannot load the model ({error})") from None
+    if len(model.outputs) > 1:
+        model = model_contract.main_output_model(model)
+    return model
+
+
+def load(model_path, *, data_dir=None, classes=None):
+    """Loads a job dir or ``.keras`` file for prediction and explanation.
+
+    Args:
+        model_path: Job dir (local or ``gs://``) holding ``model.keras``, or a ``.keras`` file.
+        data_dir: Optional dataset folder whose metadata.json gives class names and image size.
+        classes: Optional classes file (see :func:`parse_class_list`).
+
+    Returns:
+        A :class:`Predictor`.
+
+    Raises:
+        ModelLoadError: When the model or a named classes source is missing or unusable.
+    """
+    model_path = str(model_path).rstrip("/")
+    if model_path.endswith(".keras"):
+        model_file, job_dir = model_path, None
+    else:
+        job_dir = model_path
+        model_file = storage.join(job_dir, MODEL_FILE)
+    if not storage.exists(model_file):
+        raise ModelLoadError(
+            f"{model_file}: model not found (give a job dir with {MODEL_FILE} or a .keras file)"
+        )
+    config = read_config(job_dir) if job_dir else {}
+    model = _load_keras(model_file)
+
+    names, image_size = None, None
+    if classes:
+        try:
+            names = parse_class_list(storage.read_bytes(classes).decode("utf-8"))
+        except OSError as error:
+            raise ModelLoadError(f"{classes}: cannot read classes ({error})") from None
+    if data_dir:
+        found, image_size = _metadata_classes(data_dir)
+        names = names or found
+    classes_file = storage.join(job_dir, CLASSES_FILE) if job_dir else None
+    if names is None and classes_file and storage.exists(classes_file):
+        names = parse_class_list(storage.read_bytes(classes_file).decode("utf-8"))
+    if (names is None or image_size is None) and config.get("data_dir"):
+        try:
+            found, image_size = _metadata_classes(config["data_dir"])
+            names = names or found
+        except ModelLoadError as error:
+            print(f"warning: {error}", file=sys.stderr)
+
+    input_size = int(model.inputs[0].shape[1])
+    if config.get("policy"):
+        policy, crop_size = config["policy"], int(config.get("crop_size", input_size))
+        image_size = image_size or DEFAULT_IMAGE_SIZE
+    else:
+        # No recorded policy: crop to the model's input when it is smaller than the images.
+        image_size = max(image_size or DEFAULT_IMAGE_SIZE, input_size)
+        policy, crop_size = ("crop" if input_size < image_size else "none"), input_size
+    produced = policy_lib.output_size(policy, image_size, crop_size)
+    if produced != input_size:
+        raise ModelLoadError(
+            f"{model_path}: policy {policy!r} turns {image_size}px images into "
+            f"{produced}px, but the model takes {input_size}px"
+        )
+    return Predictor(model, input_size, image_size, policy, crop_size, names)
