@@ -25,9 +25,8 @@ import sys
 
 import numpy as np
 
-from contracts import model as model_contract
 from contracts import policy as policy_lib
-from contracts import schema, storage
+from contracts import storage
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.keras"
@@ -152,6 +151,10 @@ def read_config(job_dir):
 
 
 def _metadata_classes(data_dir):
+    # Imported here: the schema pulls in TensorFlow, which the config and the
+    # job-dir checks do not need.
+    from contracts import schema
+
     path = storage.join(data_dir, schema.METADATA_FILE)
     try:
         metadata = schema.read_metadata_text(storage.read_bytes(path).decode("utf-8"))
@@ -209,7 +212,11 @@ class Predictor:
 
 
 def _load_keras(path):
+    # Imported here: Keras (and TensorFlow) load only when a model does; the
+    # module also registers the custom layers a saved model needs.
     import keras
+
+    from contracts import model as model_contract
 
     try:
         with storage.local_file(path) as local:

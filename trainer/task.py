@@ -14,19 +14,11 @@ import json
 import os
 import sys
 
+from contracts import cli
 from trainer import config as config_lib
 
 # Keys of ArchDefaults that map to a differently named config field.
 _DEFAULT_FIELDS = {"augmentation": "policy"}
-
-
-def _bool(text):
-    value = str(text).strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
 def _optional_int(text):
@@ -35,7 +27,7 @@ def _optional_int(text):
 
 def build_parser():
     """Returns the argument parser; absent flags are left out of the namespace."""
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m trainer.task",
         description="Train an Inception-family classifier on tiny-imagenet-style TFRecords.",
         argument_default=argparse.SUPPRESS,
@@ -57,17 +49,17 @@ def build_parser():
         choices=config_lib.PRECISIONS,
         help="Keras dtype policy; the bare flag means mixed_float16 (GPUs); bfloat16 for TPUs/CPUs.",
     )
-    add("--jit-compile", nargs="?", const=True, type=_bool, help="Compile the train step with XLA.")
+    add("--jit-compile", action=cli.BooleanFlag, help="Compile the train step with XLA.")
     add("--strategy", choices=config_lib.STRATEGIES, help="Distribution strategy (default: auto).")
     add("--num-cpu-devices", type=int, help="Split the CPU into N logical devices (mirrored over CPUs).")
     add("--steps-per-epoch", type=_optional_int, help="Training steps per epoch (default: one pass).")
     add("--validation-steps", type=_optional_int, help="Validation batches per epoch (default: all).")
     add("--seed", type=int, help="Seed of every random generator.")
-    add("--deterministic", nargs="?", const=True, type=_bool, help="Enable TensorFlow op determinism.")
+    add("--deterministic", action=cli.BooleanFlag, help="Enable TensorFlow op determinism.")
     add("--augment-on", choices=config_lib.AUGMENT_ON, help="Augment in the input pipeline or on device.")
     add("--policy", choices=config_lib.POLICIES, help="Augmentation policy (default: the architecture's).")
     add("--crop-size", type=int, help="Crop side of the crop policy.")
-    add("--cache", nargs="?", const=True, type=_bool, help="Cache decoded images in memory.")
+    add("--cache", action=cli.BooleanFlag, help="Cache decoded images in memory.")
     add("--dropout", type=float, help="Dropout rate before the main head (the book tries 0.2/0.5/0.8).")
     add("--aux-dropout", type=float, help="Dropout rate before the auxiliary heads (inception_v1).")
     add("--aux-loss-weight", type=float, help="Weight of each auxiliary head's loss.")
@@ -76,7 +68,7 @@ def build_parser():
     add("--lr-plateau-patience", type=int, help="Epochs without improvement before reducing the LR.")
     add("--lr-plateau-factor", type=float, help="Factor applied to the learning rate on a plateau.")
     add("--warmup-epochs", type=int, help="Epochs with a frozen backbone before fine-tuning everything.")
-    add("--explain", nargs="?", const=True, type=_bool, help="Enable the Grad-CAM callback (default: on).")
+    add("--explain", action=cli.BooleanFlag, help="Enable the Grad-CAM callback (default: on).")
     add("--debug-dump-weights", help="For tests: every worker writes its final weights to this folder.")
     return parser
 

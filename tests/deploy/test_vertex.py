@@ -176,9 +176,7 @@ def test_cli_process_bad_flag_has_no_traceback():
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 2
     assert result.stdout == ""
-    assert result.stderr.splitlines() == [
-        "python -m deploy.submit vertex: error: --workers must be at least 1, got 0"
-    ]
+    assert result.stderr.splitlines() == ["error: --workers must be at least 1, got 0"]
 
 
 def test_trainer_accepts_generated_args_and_trial_flags(capsys):
