@@ -45,21 +45,49 @@ def join(base, *parts):
     return os.path.join(base, *parts)
 
 
+_CLIENTS = {}
+
+
+class StorageError(OSError):
+    """A ``gs://`` call failed (no access, no such bucket, a network error); the message names the URI."""
+
+
+@contextlib.contextmanager
+def _translated(uri):
+    """Turns google-cloud-storage errors into ``OSError``s naming ``uri``, so callers catch one type."""
+    from google.api_core import exceptions
+    from google.auth import exceptions as auth_exceptions
+
+    try:
+        yield
+    except exceptions.NotFound:
+        raise FileNotFoundError(f"{uri}: no such object or bucket") from None
+    except (exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError) as error:
+        raise StorageError(f"{uri}: {type(error).__name__}: {str(error).splitlines()[0]}") from None
+
+
 def gcs_client(project=None):
     """Returns a google-cloud-storage client; anonymous against an emulator.
 
     The one place clients are made: with ``STORAGE_EMULATOR_HOST`` set (tests,
     local emulators) no credentials are looked up, else Application Default
-    Credentials apply.
+    Credentials apply. A client is kept per process and endpoint, because
+    looking credentials up costs more than reading a small object, and the
+    Beam job reads thousands of them.
     """
-    from google.cloud import storage
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    key = (project, emulator, os.getpid())
+    if key not in _CLIENTS:
+        from google.cloud import storage
 
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
-        from google.auth.credentials import AnonymousCredentials
+        if emulator:
+            from google.auth.credentials import AnonymousCredentials
 
-        project = project or os.environ.get("GOOGLE_CLOUD_PROJECT", "emulator")
-        return storage.Client(project=project, credentials=AnonymousCredentials())
-    return storage.Client(project=project)
+            name = project or os.environ.get("GOOGLE_CLOUD_PROJECT", "emulator")
+            _CLIENTS[key] = storage.Client(project=name, credentials=AnonymousCredentials())
+        else:
+            _CLIENTS[key] = storage.Client(project=project)
+    return _CLIENTS[key]
 
 
 def file_checksums(path):
@@ -79,17 +107,14 @@ def read_bytes(uri):
 
     Raises:
         FileNotFoundError: When the file or object does not exist.
+        StorageError: When ``gs://`` cannot be reached (an ``OSError`` too).
     """
     if not is_gcs(uri):
         with open(uri, "rb") as f:
             return f.read()
-    from google.api_core import exceptions
-
     bucket, name = split_gcs(uri)
-    try:
+    with _translated(uri):
         return gcs_client().bucket(bucket).blob(name).download_as_bytes()
-    except exceptions.NotFound:
-        raise FileNotFoundError(f"{uri}: no such object") from None
 
 
 def write_bytes(uri, data):
@@ -100,7 +125,8 @@ def write_bytes(uri, data):
             f.write(data)
         return
     bucket, name = split_gcs(uri)
-    gcs_client().bucket(bucket).blob(name).upload_from_string(data)
+    with _translated(uri):
+        gcs_client().bucket(bucket).blob(name).upload_from_string(data)
 
 
 def exists(uri):
@@ -108,7 +134,78 @@ def exists(uri):
     if not is_gcs(uri):
         return os.path.exists(uri)
     bucket, name = split_gcs(uri)
-    return bool(name) and gcs_client().bucket(bucket).blob(name).exists()
+    with _translated(uri):
+        return bool(name) and gcs_client().bucket(bucket).blob(name).exists()
+
+
+def list_files(folder, recursive=False):
+    """Returns the full paths of the files in ``folder`` (and below it when ``recursive``), sorted.
+
+    A missing local folder, or a ``gs://`` prefix with no objects, has none.
+    """
+    if not is_gcs(folder):
+        if not os.path.isdir(folder):
+            return []
+        if recursive:
+            return sorted(os.path.join(d, f) for d, _, files in os.walk(folder) for f in files)
+        return sorted(e.path for e in os.scandir(folder) if e.is_file())
+    bucket, prefix = split_gcs(folder)
+    prefix = f"{prefix}/" if prefix else ""
+    with _translated(folder):
+        blobs = gcs_client().list_blobs(bucket, prefix=prefix, delimiter=None if recursive else "/")
+        return sorted(f"{GCS_SCHEME}{bucket}/{b.name}" for b in blobs if not b.name.endswith("/"))
+
+
+def list_folders(folder):
+    """Returns the full paths of the sub-folders directly inside ``folder``, sorted."""
+    if not is_gcs(folder):
+        if not os.path.isdir(folder):
+            return []
+        return sorted(e.path for e in os.scandir(folder) if e.is_dir())
+    bucket, prefix = split_gcs(folder)
+    with _translated(folder):
+        blobs = gcs_client().list_blobs(bucket, prefix=f"{prefix}/" if prefix else "", delimiter="/")
+        for _ in blobs.pages:  # The prefixes are known once every page was read.
+            pass
+    return sorted(f"{GCS_SCHEME}{bucket}/{p.rstrip('/')}" for p in blobs.prefixes)
+
+
+def delete(uris):
+    """Deletes files (local or ``gs://``); missing ones are ignored."""
+    for uri in uris:
+        if not is_gcs(uri):
+            if os.path.exists(uri):
+                os.remove(uri)
+            continue
+        bucket, name = split_gcs(uri)
+        try:
+            with _translated(uri):
+                gcs_client().bucket(bucket).blob(name).delete()
+        except FileNotFoundError:
+            pass
+
+
+def upload_file(local_path, uri):
+    """Copies a local file to a ``gs://`` object (resumable for large files)."""
+    bucket, name = split_gcs(uri)
+    with _translated(uri):
+        gcs_client().bucket(bucket).blob(name).upload_from_filename(local_path)
+
+
+def download_file(uri, local_path):
+    """Copies a ``gs://`` object to a local file.
+
+    Raises:
+        FileNotFoundError: When the object does not exist.
+    """
+    bucket, name = split_gcs(uri)
+    try:
+        with _translated(uri):
+            gcs_client().bucket(bucket).blob(name).download_to_filename(local_path)
+    except FileNotFoundError:
+        if os.path.exists(local_path):
+            os.remove(local_path)
+        raise
 
 
 @contextlib.contextmanager
@@ -123,8 +220,7 @@ def local_file(uri, suffix=""):
         return
     with tempfile.TemporaryDirectory(prefix="storage-") as folder:
         local = os.path.join(folder, os.path.basename(uri.rstrip("/")) or f"object{suffix}")
-        with open(local, "wb") as f:
-            f.write(read_bytes(uri))
+        download_file(uri, local)
         yield local
 
 

@@ -9,7 +9,7 @@ so the auxiliary heads of Inception v1 are never chosen.
 
 import keras
 
-MAIN_OUTPUT = "predictions"
+from contracts.model import MAIN_OUTPUT
 
 
 def main_output_index(model):

@@ -1,4 +1,8 @@
-"""File access for the job: local paths and ``gs://`` through Beam's FileSystems.
+"""File access for the job: local paths, and ``gs://`` through the project's one storage layer.
+
+Remote reads and writes (the launcher's and the workers') go through
+:mod:`contracts.storage` (google-cloud-storage), the layer every other
+package uses, so one set of emulator tests covers them all.
 
 Also resolves ``--raw-dir`` (a folder, a ``.zip``, or a ``gs://``/``https://``
 location of either) to the folder holding ``wnids.txt``, extracting archives
@@ -14,12 +18,8 @@ import urllib.request
 import zipfile
 from pathlib import PurePosixPath
 
-from apache_beam.io.filesystem import BeamIOError
-from apache_beam.io.filesystems import FileSystems
+from contracts import schema, storage
 
-from contracts import schema
-
-EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 WEB_SCHEMES = ("http://", "https://")
 COPY_CHUNK = 8 << 20
 READ_CHUNK = 1 << 20
@@ -32,27 +32,6 @@ class SourceError(ValueError):
     """``--raw-dir`` or ``--output-dir`` cannot be used; the message says why."""
 
 
-def configure_gcs_emulator():
-    """Lets Beam's GCS file system talk to a storage emulator without credentials.
-
-    google-cloud-storage sends requests to ``STORAGE_EMULATOR_HOST`` when it is
-    set, but Beam first looks for Application Default Credentials and retries
-    that lookup for about 30 s before it falls back to an anonymous client. An
-    emulator needs no credentials, so when the variable is set Beam is told up
-    front that there are none. Without the variable nothing changes (real GCS
-    keeps its credentials). Call it in every process that touches ``gs://``.
-    """
-    if not os.environ.get(EMULATOR_ENV):
-        return
-    from apache_beam.internal.gcp import auth
-
-    credentials = getattr(auth, "_Credentials", None)
-    if credentials is not None and hasattr(credentials, "_credentials_init"):
-        with credentials._credentials_lock:
-            credentials._credentials = None
-            credentials._credentials_init = True
-
-
 def is_local(path):
     """True when ``path`` is a plain local path (no ``scheme://``)."""
     return "://" not in path
@@ -60,9 +39,17 @@ def is_local(path):
 
 def join(base, *parts):
     """Joins path parts with the separator of ``base``'s file system."""
-    if is_local(base):
-        return os.path.join(base, *parts)
-    return "/".join([base.rstrip("/"), *parts])
+    return storage.join(base, *parts)
+
+
+def check_remote(path, flag):
+    """Refuses a remote path that is not ``gs://`` (the only remote file system the job reads and writes).
+
+    Raises:
+        SourceError: For another scheme (``s3://``, ...).
+    """
+    if not is_local(path) and not storage.is_gcs(path) and not path.startswith(WEB_SCHEMES):
+        raise SourceError(f"{flag} {path}: only local paths, gs:// and http(s):// archives are supported")
 
 
 def _read_local(path):
@@ -81,8 +68,7 @@ def read_bytes(path):
     """Returns the content of a local or remote file."""
     if is_local(path):
         return _read_local(path)
-    with FileSystems.open(path) as f:
-        return f.read()
+    return storage.read_bytes(path)
 
 
 def read_text(path):
@@ -99,38 +85,25 @@ def read_text(path):
 
 def exists(path):
     """True when the file exists."""
-    return os.path.exists(path) if is_local(path) else FileSystems.exists(path)
+    return storage.exists(path)
 
 
 def list_names(folder):
     """Returns the sorted base names of the files directly inside ``folder``."""
-    if is_local(folder):
-        if not os.path.isdir(folder):
-            return []
-        return sorted(e.name for e in os.scandir(folder) if e.is_file())
-    pattern = join(folder, "*")
-    metadata = FileSystems.match([pattern])[0].metadata_list
-    return sorted(m.path.rsplit("/", 1)[-1] for m in metadata if not m.path.endswith("/"))
+    return sorted(
+        os.path.basename(path) if is_local(path) else path.rsplit("/", 1)[-1]
+        for path in storage.list_files(folder)
+    )
 
 
 def list_tree(folder):
     """Returns every file below ``folder`` (recursively) as full paths."""
-    if is_local(folder):
-        if not os.path.isdir(folder):
-            return []
-        return sorted(os.path.join(d, f) for d, _, files in os.walk(folder) for f in files)
-    return sorted(m.path for m in FileSystems.match([join(folder, "**")])[0].metadata_list)
+    return storage.list_files(folder, recursive=True)
 
 
 def delete(paths):
     """Deletes files (local or remote); missing files are ignored."""
-    local = [p for p in paths if is_local(p)]
-    for path in local:
-        if os.path.exists(path):
-            os.remove(path)
-    remote = [p for p in paths if not is_local(p)]
-    if remote:
-        FileSystems.delete(remote)
+    storage.delete(paths)
 
 
 def write_bytes(path, data):
@@ -142,8 +115,7 @@ def write_bytes(path, data):
             f.write(data)
         os.replace(tmp, path)
         return
-    with FileSystems.create(path) as f:
-        f.write(data)
+    storage.write_bytes(path, data)
 
 
 def upload(local_path, path):
@@ -152,8 +124,7 @@ def upload(local_path, path):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         shutil.move(local_path, path)
         return
-    with open(local_path, "rb") as src, FileSystems.create(path) as dst:
-        shutil.copyfileobj(src, dst, COPY_CHUNK)
+    storage.upload_file(local_path, path)
 
 
 def _check_member(info, target):
@@ -210,23 +181,17 @@ def _fetch_archive(src, work_dir):
             raise SourceError(f"--raw-dir {src} does not exist")
         local = src
     else:
-        if not FileSystems.exists(src):
-            raise SourceError(f"--raw-dir {src} does not exist")
-        with FileSystems.open(src) as remote, open(local, "wb") as f:
-            shutil.copyfileobj(remote, f, COPY_CHUNK)
+        try:
+            storage.download_file(src, local)
+        except FileNotFoundError:
+            raise SourceError(f"--raw-dir {src} does not exist") from None
     extracted = os.path.join(work_dir, "extracted")
     safe_extract(local, extracted)
     return extracted
 
 
 def _children_with_wnids(folder):
-    if is_local(folder):
-        if not os.path.isdir(folder):
-            return []
-        subfolders = (e.path for e in os.scandir(folder) if e.is_dir())
-        return sorted(p for p in subfolders if os.path.isfile(os.path.join(p, "wnids.txt")))
-    matches = FileSystems.match([join(folder, "*", "wnids.txt")])[0].metadata_list
-    return sorted(m.path.rsplit("/", 1)[0] for m in matches)
+    return [path for path in storage.list_folders(folder) if exists(join(path, "wnids.txt"))]
 
 
 def locate_root(folder, shown_as=None):
@@ -259,6 +224,7 @@ def resolve_raw_dir(src, work_dir):
     """
     if src.lower().endswith(".zip"):
         return locate_root(_fetch_archive(src, work_dir), shown_as=src)
+    check_remote(src, "--raw-dir")
     if src.startswith(WEB_SCHEMES):
         raise SourceError(f"--raw-dir {src}: an http(s) source must be a .zip archive")
     if is_local(src) and not os.path.isdir(src):
@@ -295,9 +261,10 @@ def prepare_output_dir(output_dir, overwrite):
     Raises:
         SourceError: When the folder is not empty and ``overwrite`` is false.
     """
+    check_remote(output_dir, "--output-dir")
     try:
         existing = list_tree(output_dir)
-    except BeamIOError as error:
+    except OSError as error:
         raise SourceError(f"cannot list --output-dir {output_dir}: {error}") from None
     if existing and not overwrite:
         raise SourceError(

@@ -11,6 +11,8 @@ import collections
 import hashlib
 import json
 
+from contracts import schema
+
 # One image to convert. ``path`` is relative to the dataset root (POSIX
 # separators); ``label`` indexes :class:`ClassTable`, or is -1 when unlabelled.
 Item = collections.namedtuple("Item", ["path", "source_split", "label", "box"])
@@ -18,7 +20,7 @@ Item = collections.namedtuple("Item", ["path", "source_split", "label", "box"])
 # One input that cannot become a record, found while planning or converting.
 Rejected = collections.namedtuple("Rejected", ["path", "reason"])
 
-NO_LABEL = -1
+NO_LABEL = schema.NO_LABEL
 
 
 class LayoutError(ValueError):

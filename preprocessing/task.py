@@ -19,8 +19,6 @@ import shutil
 import sys
 
 import apache_beam as beam
-from apache_beam.io.filesystem import BeamIOError
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from contracts import schema
@@ -228,8 +226,6 @@ def check_remote_paths(config, runner):
 
 
 def _convert(config, beam_args, work_dir):
-    options = PipelineOptions(beam_args)
-    FileSystems.set_options(options)
     check_remote_paths(config, _runner_name(beam_args))
     LOGGER.info("stage 1/4: checking --output-dir %s", config.output_dir)
     removed = fetch.prepare_output_dir(config.output_dir, config.overwrite)
@@ -274,7 +270,6 @@ def run(argv=None):
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    fetch.configure_gcs_emulator()
     work_dir = fetch.make_work_dir()
     try:
         _convert(config, beam_args, work_dir)
@@ -284,7 +279,7 @@ def run(argv=None):
     except (fetch.SourceError, sources.LayoutError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except BeamIOError as error:
+    except OSError as error:  # The storage layer names the path it could not reach.
         print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
         return 2
     finally:

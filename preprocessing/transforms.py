@@ -18,7 +18,6 @@ import uuid
 
 import apache_beam as beam
 import tensorflow as tf
-from apache_beam.io.filesystem import BeamIOError
 
 from contracts import schema
 from preprocessing import fetch, images, sources
@@ -94,7 +93,6 @@ class ConvertShardFn(beam.DoFn):
         self._image_size = tuple(image_size) if image_size else None
 
     def setup(self):
-        fetch.configure_gcs_emulator()
         self._written = beam.metrics.Metrics.counter(NAMESPACE, "images_written")
         self._rejected = beam.metrics.Metrics.counter(NAMESPACE, "images_rejected")
         self._reencoded = beam.metrics.Metrics.counter(NAMESPACE, "images_reencoded")
@@ -117,7 +115,7 @@ class ConvertShardFn(beam.DoFn):
     def _convert(self, item):
         try:
             data = fetch.read_bytes(fetch.join(self._raw_root, item.path))
-        except (OSError, BeamIOError) as error:
+        except OSError as error:
             raise images.BadImageError(f"unreadable file: {error}") from None
         return images.validate_image(data, self._image_size)
 
@@ -178,9 +176,18 @@ class WriteSingleFile(beam.PTransform):
         self._path = path
 
     def expand(self, lines):
-        return lines | "WriteText" >> beam.io.WriteToText(
-            self._path, num_shards=1, shard_name_template="", append_trailing_newlines=True
+        # One file written whole through the storage layer (fetch.write_bytes),
+        # so remote output needs no second file-system client.
+        path = self._path
+        return (
+            lines
+            | "Collect" >> beam.combiners.ToList()
+            | "Write" >> beam.Map(lambda collected: fetch.write_bytes(path, _text(collected)))
         )
+
+
+def _text(lines):
+    return "".join(f"{line}\n" for line in lines).encode("utf-8")
 
 
 def count_line(summary):

@@ -42,7 +42,16 @@ def sample_records(sample_raw, tmp_path_factory):
     return out, datasets.write_records(raw_dir, out)
 
 
-def _free_port():
+@pytest.fixture(scope="session")
+def sample_info(sample_records):
+    """:func:`contracts.dataset.load_metadata` of :func:`sample_records` (read once per session)."""
+    from contracts import dataset
+
+    return dataset.load_metadata(sample_records[0])
+
+
+def free_port():
+    """Returns a TCP port that is free on 127.0.0.1 (for emulators, servers and TF_CONFIG clusters)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -55,7 +64,7 @@ def gcs_emulator(tmp_path_factory):
     Sets ``STORAGE_EMULATOR_HOST`` (honoured by google-cloud-storage and Beam's
     GCS file system) for the whole session and yields its URL.
     """
-    port = _free_port()
+    port = free_port()
     data_dir = tmp_path_factory.mktemp("gcs")
     exe = shutil.which("gcp-storage-emulator", path=os.path.dirname(sys.executable))
     cmd = [exe] if exe else [sys.executable, "-m", "gcp_storage_emulator"]

@@ -23,11 +23,18 @@ def read_classes(raw_dir):
     return [{"index": i, "wnid": w, "name": words.get(w, w)} for i, w in enumerate(wnids)]
 
 
-def write_records(raw_dir, out_dir, *, num_shards=2, seed=42):
+def write_records(raw_dir, out_dir, *, num_shards=2, seed=42, valid_fraction=0.1):
     """Runs the Beam job (``python -m preprocessing.task``, DirectRunner) on a raw folder.
 
     The one writer of the dataset contract: the records every trainer and
     explain test reads are the Beam job's own output.
+
+    Args:
+        raw_dir: A folder in the tiny-imagenet-200 layout.
+        out_dir: Where the job writes the shards and metadata.json.
+        num_shards: Shards of every split.
+        seed: The job's ``--seed`` (train/valid split and shard order).
+        valid_fraction: The job's ``--valid-fraction`` (0 keeps every train/ image in ``train``).
 
     Returns:
         The metadata dict the job wrote.
@@ -36,7 +43,8 @@ def write_records(raw_dir, out_dir, *, num_shards=2, seed=42):
     from preprocessing import task
 
     shards = [f"--num-shards-{split}={num_shards}" for split in ("train", "valid", "test", "unlabeled")]
-    code = task.run(["--raw-dir", str(raw_dir), "--output-dir", str(out_dir), f"--seed={seed}", *shards])
+    flags = [f"--seed={seed}", f"--valid-fraction={valid_fraction}", *shards]
+    code = task.run(["--raw-dir", str(raw_dir), "--output-dir", str(out_dir), *flags])
     assert code == 0, f"preprocessing.task exited with {code}"
     with open(os.path.join(out_dir, schema.METADATA_FILE)) as f:
         return json.load(f)

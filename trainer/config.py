@@ -19,6 +19,8 @@ AUGMENT_ON = ("host", "device")
 POLICIES = policy.POLICIES
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "nadam", "adamax", "adagrad", "adadelta", "lion")
 
+# contracts.jobdir.FOLDERS name -> the TrainConfig field that overrides it.
+_FOLDER_FIELDS = {"logs": "log_dir", "checkpoints": "checkpoint_dir", "backup": "backup_dir", "export": "export_dir"}
 _TYPE_NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
 # A YAML/JSON integer is a valid number; 0/1 are valid switches.
 _ALSO_ACCEPTED = {float: int, bool: int}
@@ -135,9 +137,9 @@ class TrainConfig:
             raise ValueError("aux_loss_weight and min_delta must be >= 0")
         # Derived output folders default to the job dir's layout.
         for name, value in jobdir.default_folders(self.job_dir).items():
-            name = f"{name}_dir" if name != "checkpoints" else "checkpoint_dir"
-            if not getattr(self, name):
-                object.__setattr__(self, name, value)
+            field = _FOLDER_FIELDS[name]
+            if not getattr(self, field):
+                object.__setattr__(self, field, value)
 
     def to_dict(self):
         """Returns the configuration as a JSON-serializable dict."""

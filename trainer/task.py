@@ -21,6 +21,12 @@ from trainer import config as config_lib
 _DEFAULT_FIELDS = {"augmentation": "policy"}
 
 
+def _one_of(choices):
+    # The choices are checked once, by TrainConfig (flags, YAML and AIP_* alike);
+    # the parser only shows them.
+    return "{" + ",".join(choices) + "}"
+
+
 def _optional_int(text):
     return None if str(text).lower() in ("none", "") else int(text)
 
@@ -40,24 +46,32 @@ def build_parser():
     add("--epochs", type=int, help="Number of epochs (default: the architecture's).")
     add("--batch-size", type=int, help="GLOBAL batch size, summed over replicas and workers.")
     add("--learning-rate", type=float, help="Initial learning rate.")
-    add("--optimizer", choices=config_lib.OPTIMIZERS, help="Optimizer.")
+    add("--optimizer", metavar=_one_of(config_lib.OPTIMIZERS), help="Optimizer.")
     add("--weights", help="Initial weights: imagenet, none, or a weights file (fine-tuning families).")
     add(
         "--mixed-precision",
         nargs="?",
         const="mixed_float16",
-        choices=config_lib.PRECISIONS,
+        metavar=_one_of(config_lib.PRECISIONS),
         help="Keras dtype policy; the bare flag means mixed_float16 (GPUs); bfloat16 for TPUs/CPUs.",
     )
     add("--jit-compile", action=cli.BooleanFlag, help="Compile the train step with XLA.")
-    add("--strategy", choices=config_lib.STRATEGIES, help="Distribution strategy (default: auto).")
+    add("--strategy", metavar=_one_of(config_lib.STRATEGIES), help="Distribution strategy (default: auto).")
     add("--num-cpu-devices", type=int, help="Split the CPU into N logical devices (mirrored over CPUs).")
     add("--steps-per-epoch", type=_optional_int, help="Training steps per epoch (default: one pass).")
     add("--validation-steps", type=_optional_int, help="Validation batches per epoch (default: all).")
     add("--seed", type=int, help="Seed of every random generator.")
     add("--deterministic", action=cli.BooleanFlag, help="Enable TensorFlow op determinism.")
-    add("--augment-on", choices=config_lib.AUGMENT_ON, help="Augment in the input pipeline or on device.")
-    add("--policy", choices=config_lib.POLICIES, help="Augmentation policy (default: the architecture's).")
+    add(
+        "--augment-on",
+        metavar=_one_of(config_lib.AUGMENT_ON),
+        help="Augment in the input pipeline or on device.",
+    )
+    add(
+        "--policy",
+        metavar=_one_of(config_lib.POLICIES),
+        help="Augmentation policy (default: the architecture's).",
+    )
     add("--crop-size", type=int, help="Crop side of the crop policy.")
     add("--cache", action=cli.BooleanFlag, help="Cache decoded images in memory.")
     add("--dropout", type=float, help="Dropout rate before the main head (the book tries 0.2/0.5/0.8).")

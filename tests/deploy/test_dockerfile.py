@@ -124,7 +124,7 @@ def test_install_command_in_fresh_virtualenv(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
     # From another folder the interpreter must find the installed copy, not the sources.
-    probe = "import deploy, trainer, preprocessing; print(deploy.__file__)"
+    probe = "import contracts, deploy, explain, preprocessing, trainer; print(contracts.__file__)"
     found = subprocess.run([python, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert found.stdout.strip().startswith(str(env_dir))
     # Without TensorFlow or cloud clients the CLI still validates flags

@@ -1,5 +1,6 @@
-"""explain.callback.GradCamCallback during a real model.fit, and the trainer's factory hook."""
+"""explain.callback: GradCamCallback during a real model.fit, probe_batch and from_dataset."""
 
+import dataclasses
 import glob
 import logging
 import os
@@ -10,41 +11,14 @@ import pytest
 import tensorflow as tf
 
 from contracts import dataset as data
-from explain import callback
-from trainer import callbacks as trainer_callbacks
-from trainer import config as config_lib
-
-NUM_CLASSES = 5
-
-
-def _two_head_model():
-    """A small model with a main and an auxiliary softmax head, like Inception v1's training model."""
-    inputs = keras.Input((64, 64, 3))
-    x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
-    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="conv")(x)
-    aux = keras.layers.GlobalAveragePooling2D(name="aux_gap")(x)
-    aux = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="aux1_predictions")(aux)
-    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="features")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    main = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="predictions")(x)
-    model = keras.Model(inputs, {"predictions": main, "aux1_predictions": aux})
-    loss = "sparse_categorical_crossentropy"
-    model.compile("adam", loss={"predictions": loss, "aux1_predictions": loss})
-    return model
-
-
-def _image_steps(logdir):
-    steps = {}
-    for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                if value.metadata.plugin_data.plugin_name == "images":
-                    steps.setdefault(value.tag, []).append(event.step)
-    return steps
+from contracts import model as model_contract
+from explain import callback, gradcam, render
+from tests.explain import NUM_CLASSES, tiny_cnn
 
 
 @pytest.fixture(scope="module")
 def info(sample_records):
+    # TODO: use the session fixture ``sample_info`` of tests/conftest.py once it exists.
     return data.load_metadata(sample_records[0])
 
 
@@ -56,53 +30,131 @@ def train_data():
     return images, {"predictions": labels, "aux1_predictions": labels}
 
 
-def test_callback_writes_panels_every_n_epochs_on_a_multi_output_model(info, train_data, tmp_path):
+def _two_output_model():
+    keras.utils.set_random_seed(0)
+    model = tiny_cnn(64, aux=True)
+    loss = "sparse_categorical_crossentropy"
+    model.compile(keras.optimizers.Adam(0.05), loss={"predictions": loss, "aux1_predictions": loss})
+    return model
+
+
+def _written_images(logdir):
+    """Returns ``{tag: {step: uint8 image}}`` of the image summaries in ``logdir``."""
+    found = {}
+    for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "images":
+                    # An image summary's tensor is [width, height, png...].
+                    png = tf.make_ndarray(value.tensor)[2]
+                    found.setdefault(value.tag, {})[event.step] = tf.io.decode_png(png).numpy()
+    return found
+
+
+def _expected_grid(model, images, labels, boxes, names):
+    """The grid of panels of ``model``'s Grad-CAM maps, titled as the callback titles them."""
+    probabilities = np.asarray(model(images, training=False))
+    maps = gradcam.Explainer(model)(images, labels)
+    panels = []
+    for image, heatmap, label, probs, box in zip(images, maps, labels, probabilities, boxes, strict=True):
+        guess = int(probs.argmax())
+        panels.append(
+            render.panel(image, heatmap, names[label], names[guess], probs[guess], None if box[0] < 0 else box)
+        )
+    return render.grid(panels, columns=2)
+
+
+def test_callback_explains_the_main_output_view_every_n_epochs(info, train_data, tmp_path):
     images, labels, boxes = callback.probe_batch(info, policy="none", crop_size=56, max_images=4)
+    model = _two_output_model()
+    main = model_contract.main_output_model(model)
     logdir = str(tmp_path / "gradcam")
     probe = callback.GradCamCallback(
-        images, labels, info.class_names, logdir, every_n_epochs=2, max_images=3, boxes=boxes
+        main, images, labels, info.class_names, logdir, every_n_epochs=2, max_images=3, boxes=boxes
     )
-    model = _two_head_model()
     model.fit(*train_data, epochs=5, batch_size=8, verbose=0, callbacks=[probe])
+
+    written = _written_images(logdir)
     # Epochs 2 and 4, then the last epoch (5) at the end of training.
-    assert _image_steps(logdir) == {callback.TAG: [2, 4, 5]}
-    assert len(probe.images) == 3
+    assert {tag: sorted(steps) for tag, steps in written.items()} == {callback.TAG: [2, 4, 5]}
+    # The last grid is the handed view's explanation of the first 3 probe images
+    # with the trained weights it shares with the two-output model.
+    expected = _expected_grid(main, images[:3], labels[:3], boxes[:3], info.class_names)
+    np.testing.assert_array_equal(written[callback.TAG][5], expected)
+    # Training moved the weights between the writes: the callback reads the live model.
+    assert not np.array_equal(written[callback.TAG][2], written[callback.TAG][5])
+
+
+def test_callback_explains_its_own_model_not_the_trained_one(info, train_data, tmp_path):
+    images, labels, _ = callback.probe_batch(info, policy="none", crop_size=56, max_images=2)
+    keras.utils.set_random_seed(1)
+    frozen = tiny_cnn(64)  # shares nothing with the model being trained
+    logdir = str(tmp_path / "gradcam")
+    probe = callback.GradCamCallback(frozen, images, labels, info.class_names, logdir, every_n_epochs=1)
+    _two_output_model().fit(*train_data, epochs=2, batch_size=8, verbose=0, callbacks=[probe])
+    written = _written_images(logdir)[callback.TAG]
+    expected = _expected_grid(frozen, images, labels, np.full((2, 4), -1), info.class_names)
+    assert sorted(written) == [1, 2]
+    for grid in written.values():
+        np.testing.assert_array_equal(grid, expected)
 
 
 def test_callback_failure_never_stops_training(info, train_data, tmp_path, caplog):
     images, labels, _ = callback.probe_batch(info, policy="none", crop_size=56, max_images=2)
+    model = _two_output_model()
     logdir = str(tmp_path / "gradcam")
-    probe = callback.GradCamCallback(images, labels, info.class_names, logdir, every_n_epochs=1, layer="nope")
-    model = _two_head_model()
+    probe = callback.GradCamCallback(
+        model_contract.main_output_model(model), images, labels, info.class_names, logdir, layer="nope"
+    )
     with caplog.at_level(logging.WARNING, logger=callback.__name__):
         history = model.fit(*train_data, epochs=2, batch_size=8, verbose=0, callbacks=[probe])
     assert len(history.history["loss"]) == 2
     assert "Unknown layer 'nope'" in caplog.text
-    assert _image_steps(logdir) == {}
+    assert _written_images(logdir) == {}
+
+
+def test_every_n_epochs_must_be_positive(info):
+    with pytest.raises(ValueError, match="every_n_epochs must be >= 1, got 0"):
+        callback.GradCamCallback(tiny_cnn(64), np.zeros((1, 64, 64, 3)), [0], info.class_names, "x", 0)
 
 
 def test_probe_batch_applies_the_eval_crop(info):
-    images, labels, boxes = callback.probe_batch(info, policy="crop", crop_size=56, max_images=8)
-    assert images.shape == (8, 56, 56, 3) and labels.shape == (8,)
-    assert boxes.min() >= 0 and boxes.max() <= 55
+    full, labels, boxes = callback.probe_batch(info, policy="none", crop_size=56, max_images=8)
+    cropped, cropped_labels, cropped_boxes = callback.probe_batch(info, policy="crop", crop_size=56, max_images=8)
+    assert full.shape == (8, 64, 64, 3) and cropped.shape == (8, 56, 56, 3)
+    # The first images of the first evaluation split, centre-cropped by (64 - 56) / 2 = 4 pixels.
+    np.testing.assert_array_equal(cropped, full[:, 4:60, 4:60])
+    np.testing.assert_array_equal(cropped_labels, labels)
+    first = next(data.make_dataset(info, "valid", global_batch_size=8, features="all").as_numpy_iterator())
+    np.testing.assert_array_equal(labels, first["label"])
+    boxed = boxes[:, 0] >= 0
+    assert boxed.any()
+    np.testing.assert_array_equal(cropped_boxes[boxed], np.clip(boxes[boxed] - 4, 0, 55))
 
 
-def test_trainer_hook_builds_the_callback(info, tmp_path):
-    config = config_lib.TrainConfig(
-        data_dir=info.data_dir, job_dir=str(tmp_path / "job"), arch="minception", policy="crop", explain=True
-    )
-    extra = trainer_callbacks.extra_callbacks(
-        config, info=info, main_model=None, log_dir=str(tmp_path / "logs"), chief=True
-    )
-    assert len(extra) == 1 and isinstance(extra[0], callback.GradCamCallback)
-    assert extra[0].images.shape == (8, 56, 56, 3)
-    assert extra[0].logdir == os.path.join(str(tmp_path / "logs"), "gradcam")
+def test_from_dataset_builds_a_callback_on_the_valid_split(info, tmp_path):
+    model = tiny_cnn(56)
+    made = callback.from_dataset(model, info, policy="crop", crop_size=56, log_dir=str(tmp_path), max_images=6)
+    assert isinstance(made, callback.GradCamCallback) and made.explained is model
+    assert made.logdir == os.path.join(str(tmp_path), "gradcam")
+    images, labels, boxes = callback.probe_batch(info, policy="crop", crop_size=56, max_images=6)
+    np.testing.assert_array_equal(made.images, images)
+    np.testing.assert_array_equal(made.labels, labels)
+    np.testing.assert_array_equal(made.boxes, boxes)
+    assert made.class_names == list(info.class_names)
 
 
-def test_factory_without_images_returns_a_harmless_callback(info, tmp_path, caplog):
-    empty = data.DatasetInfo(**{**info.__dict__, "split_counts": {}})
-    config = config_lib.TrainConfig(data_dir=info.data_dir, job_dir=str(tmp_path), arch="minception")
+def test_from_dataset_falls_back_to_the_train_split(info, tmp_path):
+    train_only = dataclasses.replace(info, split_counts={"train": info.split_counts["train"], "valid": 0})
+    made = callback.from_dataset(tiny_cnn(64), train_only, policy="none", crop_size=56, log_dir=str(tmp_path))
+    first = next(data.make_dataset(info, "train", global_batch_size=8, features="all").as_numpy_iterator())
+    np.testing.assert_array_equal(made.images, first["image"])
+
+
+def test_from_dataset_without_images_is_a_no_op_with_a_warning(info, tmp_path, caplog):
+    empty = dataclasses.replace(info, split_counts={"train": 0, "valid": 0, "test": 0})
     with caplog.at_level(logging.WARNING, logger=callback.__name__):
-        made = callback.make_callback(config=config, info=empty, model=None, log_dir=str(tmp_path))
-    assert isinstance(made, keras.callbacks.Callback) and not isinstance(made, callback.GradCamCallback)
-    assert "disabled" in caplog.text
+        made = callback.from_dataset(tiny_cnn(64), empty, policy="none", crop_size=56, log_dir=str(tmp_path))
+    assert type(made) is keras.callbacks.Callback
+    assert "Grad-CAM callback disabled" in caplog.text and info.data_dir in caplog.text
+    assert os.listdir(tmp_path) == []

@@ -6,7 +6,8 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# tests/trainer/helpers.py -> the repository root (three levels up).
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # A run small enough for CI: a few steps of a tiny batch.
 QUICK = ["--arch", "minception", "--batch-size", "8", "--steps-per-epoch", "2", "--validation-steps", "1"]
