@@ -22,11 +22,12 @@ RUN useradd --no-log-init --create-home --shell /usr/sbin/nologin --uid 10001 --
 
 WORKDIR /opt/tiny-inception
 COPY setup.py pyproject.toml ./
+COPY contracts/ contracts/
 COPY deploy/ deploy/
 COPY preprocessing/ preprocessing/
 COPY trainer/ trainer/
 COPY explain/ explain/
-# The one install command, shared with the fresh-virtualenv test (tests/test_dockerfile.py).
+# The one install command, shared with the fresh-virtualenv test (tests/deploy/test_dockerfile.py).
 RUN sh deploy/install.sh
 
 USER 10001:10001

@@ -1,9 +1,9 @@
 """Input pipeline throughput: our tf.data stream vs the book's Keras pipelines.
 
 Generates a sample dataset in the tiny-imagenet-200 layout (64x64 JPEGs),
-converts it to TFRecord shards with ``python -m preprocessing.task`` (or, with
-``--records direct`` or when that job fails, the tests' direct writer), then
-measures images/s at batch 128 of:
+converts it to TFRecord shards with the project's Beam job
+(``preprocessing.task``, see ``benchmarks/_data.py``), then measures images/s
+at batch 128 of:
 
     (a) the book's ``ImageDataGenerator.flow_from_directory`` (tf-keras, benchmark only);
     (b) ``keras.utils.image_dataset_from_directory`` + Keras 3 preprocessing layers;
@@ -21,7 +21,6 @@ import argparse
 import glob
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,27 +30,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tensorflow as tf
 
-from preprocessing import sample, schema
-from tests import datasets
+from benchmarks import _data
+from contracts import dataset
 from trainer import data
 
 AUTOTUNE = tf.data.AUTOTUNE
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def beam_records(raw_dir, out_dir, num_shards):
-    """Runs the real preprocessing job; returns False (after saying why) when it fails."""
-    command = [
-        sys.executable, "-m", "preprocessing.task", "--raw-dir", raw_dir, "--output-dir", out_dir,
-        "--valid-fraction", "0", f"--num-shards-train={num_shards}",
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
-    if result.returncode != 0:
-        reason = (result.stderr.strip().splitlines() or ["no message"])[-1]
-        print(f"preprocessing.task failed ({reason}); writing the shards directly", flush=True)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        return False
-    return True
 
 
 def image_data_generator(train_dir, batch):
@@ -96,8 +79,10 @@ def keras_layers_pipeline(train_dir, batch):
 
 def ours(records_dir, batch, policy):
     """(c)/(d) Our training stream."""
-    info = data.load_metadata(records_dir)
-    return data.make_dataset(info, "train", global_batch_size=batch, training=True, policy=policy)
+    info = dataset.load_metadata(records_dir)
+    return data.make_dataset(
+        info, "train", global_batch_size=batch, training=True, policy=policy, augment_on="host"
+    )
 
 
 def bare_decode(raw_dir, batch):
@@ -128,12 +113,6 @@ def main(argv=None):
     parser.add_argument("--per-class", type=int, default=520, help="train/ images per class.")
     parser.add_argument("--batch", type=int, default=128, help="Batch size.")
     parser.add_argument("--shards", type=int, default=8, help="TFRecord shards.")
-    parser.add_argument(
-        "--records",
-        choices=("direct", "beam"),
-        default="beam",
-        help="Write the shards with python -m preprocessing.task (the real job) or directly (fast).",
-    )
     parser.add_argument("--repeats", type=int, default=2, help="Timed runs per row; the best counts.")
     parser.add_argument("--work-dir", default=None, help="Keep the generated data here (default: temp).")
     args = parser.parse_args(argv)
@@ -142,13 +121,9 @@ def main(argv=None):
         return 2
 
     work = args.work_dir or tempfile.mkdtemp(prefix="input-bench-")
-    raw_dir, records_dir = os.path.join(work, "raw"), os.path.join(work, "records")
-    if not os.path.exists(os.path.join(raw_dir, "wnids.txt")):
-        spec = sample.SampleSpec(args.classes, args.per_class, 0, 0, seed=0)
-        sample.write_sample_dataset(raw_dir, spec)
-    have_records = os.path.exists(os.path.join(records_dir, schema.METADATA_FILE))
-    if not have_records and not (args.records == "beam" and beam_records(raw_dir, records_dir, args.shards)):
-        datasets.write_records(raw_dir, records_dir, num_shards=args.shards, valid_every=0)
+    raw_dir, records_dir = _data.sample_records(
+        work, classes=args.classes, train_per_class=args.per_class, num_shards=args.shards
+    )
     total = args.classes * args.per_class
     num_batches = total // args.batch
     train_dir = os.path.join(raw_dir, "train")

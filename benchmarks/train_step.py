@@ -1,7 +1,8 @@
 """Training throughput: our job path versus plain ``model.fit`` on in-memory arrays.
 
-Our path is what ``python -m trainer.task`` runs: TFRecords -> ``data.make_dataset``
--> ``DistributedLoop`` (``strategy.run`` train step). The baseline is Keras'
+Our path is what ``python -m trainer.task`` runs: TFRecords written by the Beam
+job (``benchmarks/_data.py``) -> ``trainer.data.make_dataset`` ->
+``DistributedLoop`` (``strategy.run`` train step). The baseline is Keras'
 ``model.fit`` on the same architecture fed numpy arrays already in memory (no
 decoding, no augmentation), i.e. an upper bound for the input side. Prints
 images/s per architecture and the ratio ours / baseline (target >= 0.95).
@@ -14,36 +15,32 @@ Usage::
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
 
-# The repository's tests/ package (tiny datasets) must win over a `tests`
-# package some dependencies install into site-packages.
+# Run as a script too (python benchmarks/train_step.py): the repository root holds the packages.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 ARCHS = ("inception_v1", "minception", "inception_resnet_v2")
 
 
-def _records(classes, per_class):
-    from preprocessing import sample
-    from tests import datasets
+def _records(work_dir, classes, per_class):
+    from benchmarks import _data
 
-    root = tempfile.mkdtemp(prefix="bench-")
-    raw = os.path.join(root, "raw")
-    sample.write_sample_dataset(raw, sample.SampleSpec(classes=classes, train_per_class=per_class, seed=0))
-    datasets.write_records(raw, os.path.join(root, "records"), num_shards=2)
-    return os.path.join(root, "records")
+    return _data.sample_records(work_dir, classes=classes, train_per_class=per_class, num_shards=2)[1]
 
 
 def _build(arch, info, precision):
     """Returns ``(model, policy, input_size)``: ``arch`` built for its default augmentation policy."""
     import keras
 
-    from trainer import augment, models
+    from contracts import policy as policy_lib
+    from trainer import models
 
     policy = models.get_defaults(arch).augmentation
-    size = augment.output_size(policy, info.image_size, 56)
+    size = policy_lib.output_size(policy, info.image_size, 56)
     keras.mixed_precision.set_dtype_policy(precision)
     model = models.build_model(arch, info.num_classes, input_size=size, weights=None, seed=0)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False)
@@ -68,7 +65,13 @@ def ours(arch, info, args):
         jit_compile=args.jit_compile,
     )
     dataset = data.make_dataset(
-        info, "train", global_batch_size=args.batch_size, training=True, policy=policy, cache=True
+        info,
+        "train",
+        global_batch_size=args.batch_size,
+        training=True,
+        policy=policy,
+        augment_on="host",
+        cache=True,
     )
     iterator = iter(strategy.experimental_distribute_dataset(dataset))
     for _ in range(args.warmup):
@@ -123,10 +126,11 @@ def main(argv=None):
     if args.warmup < 1:
         # The baseline's timer starts at the end of the last warm-up step.
         parser.error("--warmup must be >= 1")
-    from trainer import data
+    from contracts import dataset
 
-    records = _records(classes=5, per_class=max(20, args.batch_size * 2 // 5 + 1))
-    info = data.load_metadata(records)
+    work_dir = tempfile.mkdtemp(prefix="bench-")
+    records = _records(work_dir, classes=5, per_class=max(20, args.batch_size * 2 // 5 + 1))
+    info = dataset.load_metadata(records)
     rows = []
     for arch in args.arch or ARCHS:
         steps = args.steps if arch != "inception_resnet_v2" else max(2, args.steps // 4)
@@ -136,6 +140,7 @@ def main(argv=None):
     print(f"{'arch':<22}{'steps':>6}{'ours img/s':>12}{'fit img/s':>12}{'ratio':>8}")
     for arch, steps, ours_rate, base_rate in rows:
         print(f"{arch:<22}{steps:>6}{ours_rate:>12.1f}{base_rate:>12.1f}{ours_rate / base_rate:>8.2f}")
+    shutil.rmtree(work_dir, ignore_errors=True)
     return 0
 
 

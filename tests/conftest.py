@@ -1,5 +1,7 @@
 """Shared fixtures: generated datasets in the tiny-imagenet-200 layout, their
-records written by the Beam job itself, and a real GCS emulator on 127.0.0.1."""
+records written by the Beam job itself (and their :class:`DatasetInfo`), and a
+real GCS emulator on 127.0.0.1. :func:`free_port` is the one free-port helper
+of the suite (``from tests.conftest import free_port``)."""
 
 import os
 import shutil

@@ -17,12 +17,6 @@ from tests.explain import NUM_CLASSES, tiny_cnn
 
 
 @pytest.fixture(scope="module")
-def info(sample_records):
-    # TODO: use the session fixture ``sample_info`` of tests/conftest.py once it exists.
-    return data.load_metadata(sample_records[0])
-
-
-@pytest.fixture(scope="module")
 def train_data():
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, size=(16, 64, 64, 3)).astype(np.float32)
@@ -59,18 +53,20 @@ def _expected_grid(model, images, labels, boxes, names):
     for image, heatmap, label, probs, box in zip(images, maps, labels, probabilities, boxes, strict=True):
         guess = int(probs.argmax())
         panels.append(
-            render.panel(image, heatmap, names[label], names[guess], probs[guess], None if box[0] < 0 else box)
+            render.panel(
+                image, heatmap, names[label], names[guess], probs[guess], None if box[0] < 0 else box
+            )
         )
     return render.grid(panels, columns=2)
 
 
-def test_callback_explains_the_main_output_view_every_n_epochs(info, train_data, tmp_path):
-    images, labels, boxes = callback.probe_batch(info, policy="none", crop_size=56, max_images=4)
+def test_callback_explains_the_main_output_view_every_n_epochs(sample_info, train_data, tmp_path):
+    images, labels, boxes = callback.probe_batch(sample_info, policy="none", crop_size=56, max_images=4)
     model = _two_output_model()
     main = model_contract.main_output_model(model)
     logdir = str(tmp_path / "gradcam")
     probe = callback.GradCamCallback(
-        main, images, labels, info.class_names, logdir, every_n_epochs=2, max_images=3, boxes=boxes
+        main, images, labels, sample_info.class_names, logdir, every_n_epochs=2, max_images=3, boxes=boxes
     )
     model.fit(*train_data, epochs=5, batch_size=8, verbose=0, callbacks=[probe])
 
@@ -79,32 +75,34 @@ def test_callback_explains_the_main_output_view_every_n_epochs(info, train_data,
     assert {tag: sorted(steps) for tag, steps in written.items()} == {callback.TAG: [2, 4, 5]}
     # The last grid is the handed view's explanation of the first 3 probe images
     # with the trained weights it shares with the two-output model.
-    expected = _expected_grid(main, images[:3], labels[:3], boxes[:3], info.class_names)
+    expected = _expected_grid(main, images[:3], labels[:3], boxes[:3], sample_info.class_names)
     np.testing.assert_array_equal(written[callback.TAG][5], expected)
     # Training moved the weights between the writes: the callback reads the live model.
     assert not np.array_equal(written[callback.TAG][2], written[callback.TAG][5])
 
 
-def test_callback_explains_its_own_model_not_the_trained_one(info, train_data, tmp_path):
-    images, labels, _ = callback.probe_batch(info, policy="none", crop_size=56, max_images=2)
+def test_callback_explains_its_own_model_not_the_trained_one(sample_info, train_data, tmp_path):
+    images, labels, _ = callback.probe_batch(sample_info, policy="none", crop_size=56, max_images=2)
     keras.utils.set_random_seed(1)
     frozen = tiny_cnn(64)  # shares nothing with the model being trained
     logdir = str(tmp_path / "gradcam")
-    probe = callback.GradCamCallback(frozen, images, labels, info.class_names, logdir, every_n_epochs=1)
+    probe = callback.GradCamCallback(
+        frozen, images, labels, sample_info.class_names, logdir, every_n_epochs=1
+    )
     _two_output_model().fit(*train_data, epochs=2, batch_size=8, verbose=0, callbacks=[probe])
     written = _written_images(logdir)[callback.TAG]
-    expected = _expected_grid(frozen, images, labels, np.full((2, 4), -1), info.class_names)
+    expected = _expected_grid(frozen, images, labels, np.full((2, 4), -1), sample_info.class_names)
     assert sorted(written) == [1, 2]
     for grid in written.values():
         np.testing.assert_array_equal(grid, expected)
 
 
-def test_callback_failure_never_stops_training(info, train_data, tmp_path, caplog):
-    images, labels, _ = callback.probe_batch(info, policy="none", crop_size=56, max_images=2)
+def test_callback_failure_never_stops_training(sample_info, train_data, tmp_path, caplog):
+    images, labels, _ = callback.probe_batch(sample_info, policy="none", crop_size=56, max_images=2)
     model = _two_output_model()
     logdir = str(tmp_path / "gradcam")
     probe = callback.GradCamCallback(
-        model_contract.main_output_model(model), images, labels, info.class_names, logdir, layer="nope"
+        model_contract.main_output_model(model), images, labels, sample_info.class_names, logdir, layer="nope"
     )
     with caplog.at_level(logging.WARNING, logger=callback.__name__):
         history = model.fit(*train_data, epochs=2, batch_size=8, verbose=0, callbacks=[probe])
@@ -113,48 +111,58 @@ def test_callback_failure_never_stops_training(info, train_data, tmp_path, caplo
     assert _written_images(logdir) == {}
 
 
-def test_every_n_epochs_must_be_positive(info):
+def test_every_n_epochs_must_be_positive(sample_info):
     with pytest.raises(ValueError, match="every_n_epochs must be >= 1, got 0"):
-        callback.GradCamCallback(tiny_cnn(64), np.zeros((1, 64, 64, 3)), [0], info.class_names, "x", 0)
+        callback.GradCamCallback(tiny_cnn(64), np.zeros((1, 64, 64, 3)), [0], sample_info.class_names, "x", 0)
 
 
-def test_probe_batch_applies_the_eval_crop(info):
-    full, labels, boxes = callback.probe_batch(info, policy="none", crop_size=56, max_images=8)
-    cropped, cropped_labels, cropped_boxes = callback.probe_batch(info, policy="crop", crop_size=56, max_images=8)
+def test_probe_batch_applies_the_eval_crop(sample_info):
+    full, labels, boxes = callback.probe_batch(sample_info, policy="none", crop_size=56, max_images=8)
+    cropped, cropped_labels, cropped_boxes = callback.probe_batch(
+        sample_info, policy="crop", crop_size=56, max_images=8
+    )
     assert full.shape == (8, 64, 64, 3) and cropped.shape == (8, 56, 56, 3)
     # The first images of the first evaluation split, centre-cropped by (64 - 56) / 2 = 4 pixels.
     np.testing.assert_array_equal(cropped, full[:, 4:60, 4:60])
     np.testing.assert_array_equal(cropped_labels, labels)
-    first = next(data.make_dataset(info, "valid", global_batch_size=8, features="all").as_numpy_iterator())
+    first = next(
+        data.make_dataset(sample_info, "valid", global_batch_size=8, features="all").as_numpy_iterator()
+    )
     np.testing.assert_array_equal(labels, first["label"])
     boxed = boxes[:, 0] >= 0
     assert boxed.any()
     np.testing.assert_array_equal(cropped_boxes[boxed], np.clip(boxes[boxed] - 4, 0, 55))
 
 
-def test_from_dataset_builds_a_callback_on_the_valid_split(info, tmp_path):
+def test_from_dataset_builds_a_callback_on_the_valid_split(sample_info, tmp_path):
     model = tiny_cnn(56)
-    made = callback.from_dataset(model, info, policy="crop", crop_size=56, log_dir=str(tmp_path), max_images=6)
+    made = callback.from_dataset(
+        model, sample_info, policy="crop", crop_size=56, log_dir=str(tmp_path), max_images=6
+    )
     assert isinstance(made, callback.GradCamCallback) and made.explained is model
     assert made.logdir == os.path.join(str(tmp_path), "gradcam")
-    images, labels, boxes = callback.probe_batch(info, policy="crop", crop_size=56, max_images=6)
+    images, labels, boxes = callback.probe_batch(sample_info, policy="crop", crop_size=56, max_images=6)
     np.testing.assert_array_equal(made.images, images)
     np.testing.assert_array_equal(made.labels, labels)
     np.testing.assert_array_equal(made.boxes, boxes)
-    assert made.class_names == list(info.class_names)
+    assert made.class_names == list(sample_info.class_names)
 
 
-def test_from_dataset_falls_back_to_the_train_split(info, tmp_path):
-    train_only = dataclasses.replace(info, split_counts={"train": info.split_counts["train"], "valid": 0})
+def test_from_dataset_falls_back_to_the_train_split(sample_info, tmp_path):
+    train_only = dataclasses.replace(
+        sample_info, split_counts={"train": sample_info.split_counts["train"], "valid": 0}
+    )
     made = callback.from_dataset(tiny_cnn(64), train_only, policy="none", crop_size=56, log_dir=str(tmp_path))
-    first = next(data.make_dataset(info, "train", global_batch_size=8, features="all").as_numpy_iterator())
+    first = next(
+        data.make_dataset(sample_info, "train", global_batch_size=8, features="all").as_numpy_iterator()
+    )
     np.testing.assert_array_equal(made.images, first["image"])
 
 
-def test_from_dataset_without_images_is_a_no_op_with_a_warning(info, tmp_path, caplog):
-    empty = dataclasses.replace(info, split_counts={"train": 0, "valid": 0, "test": 0})
+def test_from_dataset_without_images_is_a_no_op_with_a_warning(sample_info, tmp_path, caplog):
+    empty = dataclasses.replace(sample_info, split_counts={"train": 0, "valid": 0, "test": 0})
     with caplog.at_level(logging.WARNING, logger=callback.__name__):
         made = callback.from_dataset(tiny_cnn(64), empty, policy="none", crop_size=56, log_dir=str(tmp_path))
     assert type(made) is keras.callbacks.Callback
-    assert "Grad-CAM callback disabled" in caplog.text and info.data_dir in caplog.text
+    assert "Grad-CAM callback disabled" in caplog.text and sample_info.data_dir in caplog.text
     assert os.listdir(tmp_path) == []

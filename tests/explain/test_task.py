@@ -12,33 +12,26 @@ import pytest
 import tensorflow as tf
 
 from contracts import dataset as data
+from contracts import storage
 from explain import task
+from tests.explain import NUM_CLASSES, tiny_cnn
 
-NUM_CLASSES = 5
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _small_cnn(input_size):
-    """A small fully convolutional classifier: global pooling keeps 'where' in its last map."""
-    inputs = keras.Input((input_size, input_size, 3), name="image")
-    x = keras.layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
-    for i, filters in enumerate((16, 32, 64)):
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
-        x = keras.layers.BatchNormalization(name=f"bn{i}")(x)
-        x = keras.layers.Activation("relu", name="features" if i == 2 else f"relu{i}")(x)
-        if i < 2:
-            x = keras.layers.MaxPooling2D(name=f"pool{i}")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="predictions")(x)
-    return keras.Model(inputs, outputs)
+    # Three blocks: the last map (``features``, 16x16) still knows where the object is.
+    return tiny_cnn(input_size, filters=(16, 32, 64))
 
 
 @pytest.fixture(scope="module")
-def trained_job(sample_records, tmp_path_factory):
+def trained_job(sample_records, sample_info, tmp_path_factory):
     """A job dir with a small CNN trained briefly on the sample (objects at known boxes)."""
     data_dir, _ = sample_records
     keras.utils.set_random_seed(0)
-    info = data.load_metadata(data_dir)
-    train = data.make_dataset(info, "train", global_batch_size=16, training=True, policy="none", seed=0)
+    train = data.make_dataset(
+        sample_info, "train", global_batch_size=16, training=True, policy="none", seed=0
+    )
     model = _small_cnn(64)
     model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(train, epochs=30, steps_per_epoch=12, verbose=0)
@@ -129,6 +122,48 @@ def test_trained_model_beats_centre_baseline_and_writes_everything(trained_job, 
     assert sorted(os.listdir(out_dir)) == [f"gradcam_grid_{k:03d}.png" for k in range(5)]
 
 
+def test_gcs_logdir_and_out_dir(trained_job, gcs_bucket, tmp_path):
+    job, data_dir = trained_job
+    logdir, out_dir = f"gs://{gcs_bucket}/runs/a/logs/explain", f"gs://{gcs_bucket}/png"
+    config = task.ExplainConfig(
+        model=job,
+        data_dir=data_dir,
+        logdir=logdir,
+        out_dir=out_dir,
+        split="valid",
+        num_images=10,
+        batch_size=4,
+        panels_per_grid=4,
+    )
+    results = task.run(config, progress=lambda line: None)
+
+    client = storage.gcs_client()
+    names = sorted(blob.name for blob in client.list_blobs(gcs_bucket))
+    grids = [f"png/gradcam_grid_{k:03d}.png" for k in range(3)]  # 10 panels, 4 per grid
+    assert [name for name in names if name.startswith("png/")] == grids
+    logs = [name for name in names if name.startswith("runs/a/logs/explain/")]
+    events = [name for name in logs if os.path.basename(name).startswith("events.out.tfevents.")]
+    assert len(events) == 1 and sorted(logs) == sorted([*events, "runs/a/logs/explain/explain.json"])
+
+    written = json.loads(storage.read_bytes(f"{logdir}/explain.json"))
+    assert written == json.loads(json.dumps(results))
+    assert written["n"] == 10 and written["split"] == "valid"
+
+    local = tmp_path / "events"
+    local.mkdir()
+    client.bucket(gcs_bucket).blob(events[0]).download_to_filename(str(local / os.path.basename(events[0])))
+    summaries = _events(str(local))
+    assert float(summaries["pointing_game/hit_rate"][1]) == pytest.approx(
+        results["pointing_game"]["hit_rate"]
+    )
+    assert float(summaries["energy_in_box/mean"][1]) == pytest.approx(results["energy_in_box"])
+    for k, name in enumerate(grids):
+        # The PNG in the bucket is the grid TensorBoard shows ([width, height, png] summary).
+        png = client.bucket(gcs_bucket).blob(name).download_as_bytes()
+        shown = summaries[f"gradcam/grid_{k:03d}"][1][2]
+        np.testing.assert_array_equal(tf.io.decode_png(png).numpy(), tf.io.decode_png(shown).numpy())
+
+
 @pytest.mark.slow
 def test_keras_file_with_smaller_input_is_centre_cropped(sample_records, tmp_path):
     data_dir, _ = sample_records
@@ -173,7 +208,7 @@ def test_cli_usage_error_has_no_traceback(tmp_path):
         capture_output=True,
         text=True,
         check=False,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        cwd=ROOT,
     )
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]

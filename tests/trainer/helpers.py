@@ -1,10 +1,14 @@
-"""Helpers of the trainer tests: run the CLI in a subprocess, free ports, wait for files."""
+"""Helpers of the trainer tests: run the CLI in a subprocess, free ports, wait for files,
+a real TensorBoard server."""
 
+import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 # tests/trainer/helpers.py -> the repository root (three levels up).
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -73,3 +77,30 @@ def tail(path, chars=3000):
     """Returns the end of a log file (for assertion messages)."""
     with open(path) as f:
         return f.read()[-chars:]
+
+
+def http_json(url, body=None, timeout=10):
+    """GETs ``url`` (or POSTs ``body`` as JSON) and returns the parsed JSON answer."""
+    data = None if body is None else json.dumps(body).encode()
+    headers = {} if body is None else {"Content-Type": "application/json"}
+    request = urllib.request.Request(url, data=data, headers=headers)
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+@contextlib.contextmanager
+def tensorboard_server(logdir):
+    """Runs a real TensorBoard server on ``logdir``; yields its ``/data/plugin`` base URL."""
+    port = free_port()
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", logdir, "--host", "127.0.0.1"]
+    proc = subprocess.Popen(
+        [*command, "--port", str(port), "--reload_interval", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=cli_env(),
+    )
+    try:
+        yield proc, f"http://127.0.0.1:{port}/data/plugin"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

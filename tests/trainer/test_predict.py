@@ -1,5 +1,6 @@
-"""python -m trainer.predict on JPEG, PNG, grayscale, broken and gs:// images."""
+"""python -m trainer.predict on JPEG, PNG, grayscale, broken and gs:// images, with Grad-CAM panels."""
 
+import io
 import json
 import os
 
@@ -8,19 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from contracts import storage
+from explain import render
+from tests.explain import NUM_CLASSES, tiny_cnn
 from trainer import predict
-
-NUM_CLASSES = 5
 
 
 def _model(input_size):
-    inputs = keras.Input((input_size, input_size, 3), name="image")
-    x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
-    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="features")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="predictions")(x)
     keras.utils.set_random_seed(3)
-    return keras.Model(inputs, outputs)
+    return tiny_cnn(input_size, NUM_CLASSES, filters=(8,))
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +87,18 @@ def test_json_output_parses_and_matches_the_model(job, images, capsys):
     assert top[0]["probability"] == pytest.approx(float(expected.max()), abs=1e-5)
 
 
+# A panel without a true class has one title line (the prediction) above its tiles.
+PANEL_SHAPE = (
+    render.GAP + render.FONT_SIZE + 3 + render.TILE + render.GAP,
+    3 * render.TILE + 4 * render.GAP,
+    3,
+)
+
+
+def _decode(data):
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
 def test_gradcam_panels_are_saved(job, images, tmp_path, capsys):
     model_dir, _ = job
     out = str(tmp_path / "cams")
@@ -98,23 +107,51 @@ def test_gradcam_panels_are_saved(job, images, tmp_path, capsys):
     document = json.loads(capsys.readouterr().out)
     saved = [p["gradcam"] for p in document["predictions"]]
     stem = os.path.splitext(os.path.basename(images["jpeg"]))[0]
-    assert sorted(os.path.basename(p) for p in saved) == [f"{stem}.png", "wide.png"]
+    assert saved == [os.path.join(out, f"{stem}.png"), os.path.join(out, "wide.png")]
     for path in saved:
-        panel = np.asarray(Image.open(path))
-        assert panel.ndim == 3 and panel.shape[1] > 3 * 100
+        with open(path, "rb") as f:
+            assert _decode(f.read()).shape == PANEL_SHAPE
+
+
+def test_gcs_images_and_gradcam_panels_in_a_bucket(job, images, tmp_path, gcs_bucket, capsys):
+    model_dir, _ = job
+    bucket = storage.gcs_client().bucket(gcs_bucket)
+    uris = []
+    for key in ("jpeg", "png"):
+        name = f"shots/{os.path.basename(images[key])}"
+        bucket.blob(name).upload_from_filename(images[key])
+        uris.append(f"gs://{gcs_bucket}/{name}")
+    panels = f"gs://{gcs_bucket}/panels"
+    assert predict.main(["--model", model_dir, "--json", "--gradcam", panels, *uris]) == 0
+    remote = json.loads(capsys.readouterr().out)
+    local_dir = str(tmp_path / "local")
+    assert (
+        predict.main(["--model", model_dir, "--json", "--gradcam", local_dir, images["jpeg"], images["png"]])
+        == 0
+    )
+    local = json.loads(capsys.readouterr().out)
+
+    stem = os.path.splitext(os.path.basename(images["jpeg"]))[0]
+    names = [f"panels/{stem}.png", "panels/wide.png"]
+    assert [p["gradcam"] for p in remote["predictions"]] == [f"gs://{gcs_bucket}/{n}" for n in names]
+    assert (
+        sorted(blob.name for blob in storage.gcs_client().list_blobs(gcs_bucket, prefix="panels/")) == names
+    )
+    # The bucket's images give the same predictions and panels as the local files.
+    for gcs_result, local_result in zip(remote["predictions"], local["predictions"], strict=True):
+        assert gcs_result["top"] == local_result["top"]
+        panel = _decode(bucket.blob(gcs_result["gradcam"].split("/", 3)[3]).download_as_bytes())
+        assert panel.shape == PANEL_SHAPE
+        with open(local_result["gradcam"], "rb") as f:
+            np.testing.assert_array_equal(panel, _decode(f.read()))
 
 
 def test_keras_file_classes_file_and_gcs_image(images, tmp_path, gcs_bucket, capsys):
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
     path = str(tmp_path / "bare.keras")
     _model(64).save(path)  # No config: same size as the images, so no crop.
     classes = tmp_path / "names.txt"
     classes.write_text("".join(f"thing {i}\n" for i in range(NUM_CLASSES)))
-    client = storage.Client(project="test-project", credentials=AnonymousCredentials())
-    with open(images["png"], "rb") as f:
-        client.bucket(gcs_bucket).blob("shots/wide.png").upload_from_string(f.read())
+    storage.gcs_client().bucket(gcs_bucket).blob("shots/wide.png").upload_from_filename(images["png"])
     uri = f"gs://{gcs_bucket}/shots/wide.png"
     missing = f"gs://{gcs_bucket}/shots/none.png"
     assert predict.main(["--model", path, "--classes", str(classes), "--json", uri, missing]) == 1
@@ -124,50 +161,6 @@ def test_keras_file_classes_file_and_gcs_image(images, tmp_path, gcs_bucket, cap
     assert document["predictions"][0]["top"][0]["class"].startswith("thing ")
     assert [e["image"] for e in document["errors"]] == [missing]
     assert f"error: {missing}:" in captured.err
-
-
-def test_gcs_job_dir_loads_without_leaving_a_local_copy(tmp_path, gcs_bucket, monkeypatch):
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    local = str(tmp_path / "model.keras")
-    model = _model(64)
-    model.save(local)
-    bucket = storage.Client(project="test-project", credentials=AnonymousCredentials()).bucket(gcs_bucket)
-    bucket.blob("jobs/remote/model.keras").upload_from_filename(local)
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    monkeypatch.setattr("tempfile.tempdir", str(scratch))
-    loaded = predict.load(f"gs://{gcs_bucket}/jobs/remote")
-    assert (loaded.policy, loaded.input_size) == ("none", 64)
-    pixels = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
-    np.testing.assert_allclose(loaded.predict(pixels), np.asarray(model(pixels)), atol=1e-6)
-    assert os.listdir(scratch) == []
-
-
-def test_classes_json_beside_the_model(tmp_path):
-    root = tmp_path / "job"
-    root.mkdir()
-    _model(64).save(str(root / "model.keras"))
-    entries = [{"index": i, "wnid": f"n{i:08d}", "name": f"kind {i}"} for i in reversed(range(NUM_CLASSES))]
-    (root / "classes.json").write_text(json.dumps(entries))
-    loaded = predict.load(str(root))
-    assert loaded.class_names == tuple(f"kind {i}" for i in range(NUM_CLASSES))
-    assert (loaded.policy, loaded.input_size, loaded.image_size) == ("none", 64, 64)
-
-
-def test_parse_class_list_formats():
-    assert predict.parse_class_list('["a", "b"]') == ("a", "b")
-    assert predict.parse_class_list(
-        '{"classes": [{"index": 1, "name": "y"}, {"index": 0, "name": "x"}]}'
-    ) == (
-        "x",
-        "y",
-    )
-    assert predict.parse_class_list("one\n\ntwo\n") == ("one", "two")
-    # One name per line, even where a lone line is also valid JSON.
-    assert predict.parse_class_list("42\n") == ("42",)
-    assert predict.parse_class_list("null") == ("null",)
 
 
 def test_unusable_config_json_is_one_line_naming_it(tmp_path, capsys):
