@@ -4,6 +4,7 @@ raw folder -> Beam job -> TFRecords -> trainer (three architectures) -> Grad-CAM
 -> summary table, exactly as `make demo` runs it.
 """
 
+import csv
 import json
 import os
 import subprocess
@@ -56,20 +57,61 @@ def test_raw_dataset_and_records(demo_run):
     assert sorted(labels) == sorted(list(range(4)) * 10)
 
 
+def _test_labels(out):
+    metadata = json.loads((out / "data" / schema.METADATA_FILE).read_text())
+    shards = [str(out / "data" / name) for name in metadata["splits"]["test"]["shards"]]
+    return metadata, [schema.decode_example(r.numpy())["label"] for r in tf.data.TFRecordDataset(shards)]
+
+
+def _csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_each_architecture_trained_and_explained(demo_run, arch):
     out, _ = demo_run
     job = out / "jobs" / arch
+    metadata, labels = _test_labels(out)
     metrics = json.loads((job / "metrics.json").read_text())
-    assert metrics["arch"] == arch and metrics["num_classes"] == 4
-    assert 0.0 <= metrics["test"]["accuracy"] <= metrics["test"]["top5_accuracy"] <= 1.0
-    for name in ("model.keras", "config.json", "history.csv", "per_class_accuracy.csv", "classes.json"):
-        assert (job / name).is_file(), name
-    assert (job / "export" / "saved_model.pb").is_file()
+    config = json.loads((job / "config.json").read_text())
+    assert metrics["arch"] == config["arch"] == arch and metrics["num_classes"] == 4
+    # The final evaluation saw every test record once.
+    assert metrics["test"]["count"] == metadata["splits"]["test"]["count"] == len(labels) == 40
+    assert metrics["valid"]["count"] == metadata["splits"]["valid"]["count"]
+    assert metrics["test"]["top5_accuracy"] == 1.0, "4 classes: the true class is always in the top 4"
+
+    per_class = _csv(job / "per_class_accuracy.csv")
+    classes = json.loads((job / "classes.json").read_text())
+    assert [(int(r["index"]), r["wnid"]) for r in per_class] == [(c["index"], c["wnid"]) for c in classes]
+    assert [int(r["count"]) for r in per_class] == [labels.count(i) for i in range(4)]
+    correct = sum(int(r["correct"]) for r in per_class)
+    assert correct / len(labels) == pytest.approx(metrics["test"]["accuracy"])
+
+    history = _csv(job / "history.csv")
+    assert [int(r["epoch"]) for r in history] == list(range(metrics["epochs_completed"]))
+    assert metrics["epochs_completed"] == config["epochs"] or metrics["stopped_early"]
+    val_loss = [float(r["val_loss"]) for r in history]
+    # Early stopping's best epoch is the first lowest val_loss (min_delta 0).
+    assert config["min_delta"] == 0 and metrics["best_epoch"] == val_loss.index(min(val_loss))
+    if config["validation_steps"] is None:
+        # Epoch-end validation covered the whole split: the final evaluation of the
+        # restored best weights reproduces the best epoch's val_loss.
+        assert metrics["valid"]["loss"] == pytest.approx(val_loss[metrics["best_epoch"]], abs=2e-5)
+    assert (job / "model.keras").is_file() and (job / "export" / "saved_model.pb").is_file()
+
+    requested = 8 if arch == "minception" else 4  # DEMO_EXPLAIN_IMAGES and demo.sh's halving
     explain = json.loads((job / "logs" / "explain" / "explain.json").read_text())
-    assert explain["n"] > 0 and 0.0 <= explain["pointing_game"]["hit_rate"] <= 1.0
-    assert list((out / "gradcam" / arch).glob("*.png")), "Grad-CAM grids written as PNG"
+    assert explain["n"] == explain["n_with_box"] == requested and explain["split"] == "test"
+    assert explain["policy"] == config["policy"] and explain["model"] == str(job)
+    # --balanced: the same number of images from every class.
+    assert [entry["n"] for entry in explain["per_class"]] == [requested // 4] * 4
+    hits = explain["pointing_game"]["hit_rate"] * requested
+    assert hits == pytest.approx(round(hits)), "a hit rate is a count of hits over the images"
+    assert explain["accuracy"] * requested == pytest.approx(round(explain["accuracy"] * requested))
+    pngs = sorted((out / "gradcam" / arch).glob("*.png"))
+    assert len(pngs) == -(-requested // 8), "one grid of up to 8 panels per PNG"
 
 
 @pytest.mark.slow
@@ -78,7 +120,16 @@ def test_minception_learns_and_summary_table(demo_run):
     metrics = json.loads((out / "jobs" / "minception" / "metrics.json").read_text())
     assert metrics["epochs_completed"] <= 10
     assert metrics["test"]["accuracy"] > 0.5, "10 epochs on 4 shape classes clearly beat chance (0.25)"
-    table = stdout[stdout.index("architecture") :]
-    for arch in ARCHS:
-        assert arch in table
+    lines = stdout[stdout.index("architecture") :].splitlines()
+    cells = [line.split() for line in lines[2:]]
+    rows = {row[0]: row[1:] for row in cells if row and row[0] in ARCHS}
+    assert sorted(rows) == sorted(ARCHS)
+    for arch, cells in rows.items():
+        job = out / "jobs" / arch
+        metrics = json.loads((job / "metrics.json").read_text())
+        game = json.loads((job / "logs" / "explain" / "explain.json").read_text())["pointing_game"]
+        expected = [str(metrics["epochs_completed"]), f"{metrics['test']['accuracy']:.3f}"]
+        expected += [f"{metrics['test']['top5_accuracy']:.3f}", f"{game['hit_rate']:.3f}"]
+        expected += [f"{game['center_baseline']:.3f}", f"{game['random_baseline']:.3f}"]
+        assert cells == expected, arch
     assert f"tensorboard --logdir {out / 'jobs'}" in stdout

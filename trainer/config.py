@@ -20,7 +20,12 @@ POLICIES = policy.POLICIES
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "nadam", "adamax", "adagrad", "adadelta", "lion")
 
 # contracts.jobdir.FOLDERS name -> the TrainConfig field that overrides it.
-_FOLDER_FIELDS = {"logs": "log_dir", "checkpoints": "checkpoint_dir", "backup": "backup_dir", "export": "export_dir"}
+_FOLDER_FIELDS = {
+    "logs": "log_dir",
+    "checkpoints": "checkpoint_dir",
+    "backup": "backup_dir",
+    "export": "export_dir",
+}
 _TYPE_NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
 # A YAML/JSON integer is a valid number; 0/1 are valid switches.
 _ALSO_ACCEPTED = {float: int, bool: int}

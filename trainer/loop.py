@@ -327,5 +327,10 @@ class DistributedLoop:
             if stop_requested is not None and stop_requested(True) and epoch < epochs - 1:
                 result.interrupted, result.step_in_epoch = True, 0
                 break
-        callbacks.on_train_end(dict(result.history.get(result.epochs_completed - 1, {})))
+        # An interrupted fit is paused, not ended (as when Keras' fit is interrupted):
+        # on_train_end would restore the early-stopping best weights into the
+        # model that is about to be backed up, and the resumed run would continue
+        # from those instead of from where it stopped.
+        if not result.interrupted:
+            callbacks.on_train_end(dict(result.history.get(result.epochs_completed - 1, {})))
         return result

@@ -175,6 +175,9 @@ def run(config, stop_flag=None):
         per_class = outputs.local("job", jobdir.PER_CLASS_FILE)
         report.write_per_class_csv(per_class, confusion, info.wnids, info.class_names)
         report.write_confusion_summary(outputs.local("logs"), confusion, step=result.epochs_completed)
+        # model.keras holds the weights evaluated above (early stopping restored the
+        # best), also when no epoch of this run beat the best it resumed or branched from.
+        main_model.save(outputs.local("job", jobdir.MODEL_FILE))
         export.export_model(
             main_model,
             outputs.local("export"),

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from contracts import model as model_contract
 from explain import gradcam, layers
 
 SIZE = 32
@@ -13,13 +14,15 @@ ROWS = (4, 11)
 COLS = (20, 27)
 
 
-def _window_model(num_classes=3, aux=False):
+def _window_model(num_classes=3, aux=False, named=False):
     """A conv net whose logits see only the feature map inside ROWS x COLS.
 
     The convolution sums the colour channels (hand-set, positive), the
     crop-and-pad zeroes everything outside the window, and the dense layer
     gives class 0 positive weights, so the class-0 score grows with the
-    brightness inside the window and ignores the rest of the image.
+    brightness inside the window and ignores the rest of the image. ``aux``
+    adds an auxiliary head on the whole convolution (as a list of outputs, or
+    a dict when ``named``).
     """
     inputs = keras.Input((SIZE, SIZE, 3), name="image")
     conv = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv")
@@ -36,6 +39,8 @@ def _window_model(num_classes=3, aux=False):
             keras.layers.GlobalAveragePooling2D(name="aux_pool")(conv.output)
         )
         outputs.append(keras.layers.Activation("softmax", name="aux1_predictions")(aux_logits))
+    if named:  # Like Inception v1's training model: a dict of outputs keyed by name.
+        outputs = {"predictions": outputs[0], "aux1_predictions": outputs[1]}
     model = keras.Model(inputs, outputs if aux else outputs[0])
     kernel = np.zeros((3, 3, 3, 4), np.float32)
     kernel[1, 1, :, :] = 1.0 / 255.0
@@ -129,6 +134,19 @@ def test_multi_output_model_scores_only_the_main_head():
     maps = gradcam.explain(model, _images(), 0, method="gradcam")
     _assert_peaks_in_window(maps)
     assert model.get_layer("predictions").activation is keras.activations.softmax
+
+
+@pytest.mark.parametrize("method", gradcam.METHODS)
+def test_named_outputs_model_is_explained_like_its_main_output_view(method):
+    model = _window_model(aux=True, named=True)
+    assert model.output_names[layers.main_output_index(model)] == "predictions"
+    both = gradcam.explain(model, _images(), [0, 0], method=method, max_maps=4)
+    main = gradcam.explain(
+        model_contract.main_output_model(model), _images(), [0, 0], method=method, max_maps=4
+    )
+    np.testing.assert_allclose(both, main, atol=1e-4)
+    # The auxiliary head does not depend on the window layer: scoring it would give an empty map.
+    _assert_peaks_in_window(both)
 
 
 def test_mixed_precision_model_is_explained_in_float32():

@@ -2,6 +2,7 @@
 a real TensorBoard server."""
 
 import contextlib
+import csv
 import json
 import os
 import socket
@@ -104,3 +105,45 @@ def tensorboard_server(logdir):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def read_job_json(job_dir, name):
+    """Returns the parsed JSON file ``name`` of a job dir."""
+    with open(os.path.join(job_dir, name)) as f:
+        return json.load(f)
+
+
+def read_history(job_dir):
+    """Returns the rows of a job dir's ``history.csv``."""
+    with open(os.path.join(job_dir, "history.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def build_like_trainer(job_dir, data_dir):
+    """Builds the model of a job dir as the trainer built it: its config.json, the dataset's classes.
+
+    The weights are the seeded initial ones the run started from.
+    """
+    from contracts import dataset
+    from trainer import config as config_lib
+    from trainer import models, train
+
+    config = config_lib.from_dict(read_job_json(job_dir, "config.json"))
+    info = dataset.load_metadata(data_dir)
+    options = train.model_build_options(config, models.get_defaults(config.arch), info.image_size)
+    return models.build_model(config.arch, info.num_classes, seed=config.seed, **options)
+
+
+def read_backup_weights(model, backup_dir):
+    """Loads the model weights of a backup/plateau folder into ``model``; returns its state.json."""
+    import tensorflow as tf
+
+    state = read_job_json(backup_dir, "state.json")
+    # The folder's own checkpoint, read independently of trainer.state.
+    tf.train.Checkpoint(model=model).read(os.path.join(backup_dir, state["checkpoint"])).expect_partial()
+    return state
+
+
+def snapshot(model):
+    """Returns ``variable path -> numpy copy`` of every weight of ``model``."""
+    return {variable.path: variable.numpy().copy() for variable in model.weights}

@@ -1,9 +1,8 @@
 """Training modes the quick runs do not cover: XLA with device-side augmentation,
 mixed precision, and two-phase fine-tuning of Inception-ResNet-v2."""
 
-import csv
-import json
 import os
+import signal
 
 import keras
 import numpy as np
@@ -53,32 +52,81 @@ def test_mixed_precision_and_device_augmentation_run(sample_records, tmp_path):
     args += ["--augment-on", "device", "--explain", "false"]
     proc = helpers.run_cli(args)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    with open(os.path.join(job, "config.json")) as f:
-        config = json.load(f)
+    config = helpers.read_job_json(job, "config.json")
     assert config["mixed_precision"] == "mixed_float16" and config["augment_on"] == "device"
-    with open(os.path.join(job, "metrics.json")) as f:
-        metrics = json.load(f)
+    metrics = helpers.read_job_json(job, "metrics.json")
     assert np.isfinite(metrics["test"]["loss"]) and metrics["epochs_completed"] == 1
-    # The saved model serves in the dtype policy it was trained with; outputs stay float32.
+    # The model the trainer built and trained: its layers compute in float16 and keep
+    # float32 variables; only the softmax is float32 (a float32 output alone would
+    # not show it, the softmax forces that in any policy).
     model = keras.saving.load_model(os.path.join(job, "model.keras"))
-    assert model.output.dtype == "float32"
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convs
+    for layer in [*convs, model.get_layer("head_logits")]:
+        assert layer.compute_dtype == "float16", layer.name
+        assert all(v.dtype == "float32" for v in layer.weights), layer.name
+    predictions = model.get_layer(models.MAIN_OUTPUT)
+    assert predictions.compute_dtype == "float32"
+    images = np.random.default_rng(0).uniform(0, 255, (2, *model.input_shape[1:])).astype("float32")
+    probe = keras.Model(model.input, [convs[-1].output, model.get_layer("head_logits").output, model.output])
+    features, logits, probabilities = probe(images, training=False)
+    assert features.dtype == "float16" and logits.dtype == "float16"
+    assert probabilities.dtype == "float32"
+    np.testing.assert_allclose(np.sum(probabilities, axis=1), 1.0, atol=1e-3)
+
+
+def _variables_by_part(model):
+    """Returns ``(backbone, head)`` variable paths, and the trainable ones of each."""
+    head_layers = [layer for layer in model.layers if layer not in models.backbone_layers(model)]
+    head = {v.path for layer in head_layers for v in layer.weights}
+    trainable = {v.path for v in model.trainable_weights}
+    backbone = {v.path for v in model.weights} - head
+    return backbone, head, trainable
 
 
 @pytest.mark.slow
-def test_two_phase_fine_tuning(sample_records, tmp_path):
-    """Inception-ResNet-v2: head only for the warm-up epoch, then every layer."""
+def test_two_phase_fine_tuning_freezes_then_trains_the_backbone(sample_records, tmp_path):
+    """Inception-ResNet-v2 with --warmup-epochs 2: the weights of a real run after each phase.
+
+    Each phase is stopped with SIGTERM; its backup holds the weights it reached.
+    """
     data_dir, _ = sample_records
     job = str(tmp_path / "job")
     args = ["--data-dir", data_dir, "--job-dir", job, "--arch", "inception_resnet_v2", "--weights", "none"]
-    args += ["--batch-size", "2", "--steps-per-epoch", "1", "--validation-steps", "1", "--epochs", "2"]
-    args += ["--warmup-epochs", "1", "--explain", "false", "--policy", "none"]
-    proc = helpers.run_cli(args, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "backbone unfrozen" in proc.stderr
-    with open(os.path.join(job, "history.csv")) as f:
-        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 1]
-    model = models.build_model("inception_resnet_v2", 5, weights=None)
-    total = len(model.trainable_weights)
-    models.set_backbone_trainable(model, False)
-    head = len(model.trainable_weights)
-    assert 0 < head < total
+    args += ["--batch-size", "2", "--steps-per-epoch", "3", "--validation-steps", "1", "--epochs", "4"]
+    args += ["--warmup-epochs", "2", "--explain", "false", "--policy", "none"]
+    backup = os.path.join(job, "backup")
+
+    # Phase one (frozen backbone), stopped once its first epoch has ended.
+    log = tmp_path / "phase1.log"
+    proc = helpers.start_cli(args, str(log))
+    assert helpers.wait_for(lambda: "epoch 1/4" in log.read_text(), 600, proc), helpers.tail(log)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 143, helpers.tail(log)
+    assert "backbone unfrozen" not in log.read_text()
+    model = helpers.build_like_trainer(job, data_dir)
+    backbone, head, trainable = _variables_by_part(model)
+    assert head == {"head_logits/kernel", "head_logits/bias"} and len(backbone) > 100
+    initial = helpers.snapshot(model)
+    first = helpers.read_backup_weights(model, backup)
+    after_one = helpers.snapshot(model)
+    assert (first["epoch"], first["step_in_epoch"]) >= (1, 0)
+    for path in head:
+        assert not np.array_equal(after_one[path], initial[path]), f"head {path} did not train"
+    for path in backbone:  # weights and batch-norm statistics alike
+        np.testing.assert_array_equal(after_one[path], initial[path], err_msg=f"frozen {path} changed")
+
+    # The same command resumes, finishes phase one, unfreezes; stopped in phase two.
+    log = tmp_path / "phase2.log"
+    proc = helpers.start_cli(args, str(log))
+    assert helpers.wait_for(lambda: "backbone unfrozen" in log.read_text(), 600, proc), helpers.tail(log)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 143, helpers.tail(log)
+    assert f"resumed at epoch {first['epoch']} step {first['step_in_epoch']}" in log.read_text()
+    second = helpers.read_backup_weights(model, backup)
+    after_two = helpers.snapshot(model)
+    assert (second["epoch"], second["step_in_epoch"]) > (2, 0), "at least one unfrozen step"
+    unchanged = [p for p in backbone & trainable if np.array_equal(after_two[p], after_one[p])]
+    assert not unchanged, f"{len(unchanged)} backbone weights did not train in phase two: {unchanged[:5]}"
+    moving = [p for p in backbone - trainable if not np.array_equal(after_two[p], after_one[p])]
+    assert moving, "batch-norm statistics update once the backbone trains"

@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import signal
+import subprocess
 
 import numpy as np
 import pytest
@@ -39,21 +40,124 @@ def test_sigkill_then_rerun_continues_epochs(sample_records, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_backup_and_exits_nonzero(sample_records, tmp_path):
+def test_sigterm_saves_current_weights_and_exits_nonzero(sample_records, tmp_path):
+    """The SIGTERM backup holds the weights reached, not early stopping's best ones."""
     data_dir, _ = sample_records
     job = str(tmp_path / "job")
     log = tmp_path / "run.log"
-    args = helpers.quick_args(data_dir, job, 50, "--steps-per-epoch", "4")
+    # --min-delta 100: no epoch after the first counts as an improvement, so the
+    # early-stopping best weights stay those of epoch 0 while training goes on.
+    args = helpers.quick_args(data_dir, job, 50, "--steps-per-epoch", "4", "--explain", "false")
+    args += ["--min-delta", "100", "--early-stopping-patience", "50"]
     proc = helpers.start_cli(args, str(log))
-    assert helpers.wait_for(lambda: "epoch 1/50" in log.read_text(), 400, proc), helpers.tail(log)
+    # After epoch index 1 has ended, any stop point lies past epoch 0's weights.
+    assert helpers.wait_for(lambda: "epoch 2/50" in log.read_text(), 400, proc), helpers.tail(log)
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(timeout=120)
     assert code == 143, helpers.tail(log)
     assert "preempted" in log.read_text()
-    with open(os.path.join(job, "backup", "state.json")) as f:
+    backup = os.path.join(job, "backup")
+    model = helpers.build_like_trainer(job, data_dir)
+    saved = helpers.read_backup_weights(model, backup)
+    assert 2 <= saved["epoch"] < 50
+    assert saved["callbacks"]["early_stopping"]["best_epoch"] == 0
+    with np.load(os.path.join(backup, saved["arrays"]["early_stopping"])) as data:
+        best = [data[f"arr_{i}"] for i in range(len(data.files))]
+    current = model.get_weights()
+    assert [a.shape for a in best] == [a.shape for a in current]
+    trainable = {id(v) for v in model.trainable_weights}
+    pairs = zip(model.weights, current, best, strict=True)
+    changed = [not np.array_equal(a, b) for v, a, b in pairs if id(v) in trainable]
+    assert all(changed), f"{changed.count(False)} of {len(changed)} weights equal epoch 0's best weights"
+
+
+def _docs_branch_commands():
+    """The shell lines of docs/trainer.md's "Branching from a plateau" block that copy the checkpoint."""
+    with open(os.path.join(helpers.ROOT, "docs", "trainer.md")) as f:
+        text = f.read()
+    section = text[text.index("## Branching from a plateau") :]
+    block = section[section.index("```sh\n") + 6 : section.index("```\n", section.index("```sh\n") + 6)]
+    lines = block.strip().splitlines()
+    # First line: example values of JOB, BRANCH, EPOCH (the test sets its own); last: the trainer.
+    assert lines[0].startswith("JOB=") and " BRANCH=" in lines[0] and " EPOCH=" in lines[0]
+    assert lines[-1].startswith("python -m trainer.task ")
+    assert lines[-1].endswith('--job-dir "$BRANCH" --epochs 80')
+    return "\n".join(lines[1:-1])
+
+
+def _valid_loss(model_path, data_dir):
+    """Mean cross-entropy of a saved model over the whole valid split, computed here."""
+    import keras
+
+    from contracts import dataset
+    from trainer import data
+
+    info = dataset.load_metadata(data_dir)
+    model = keras.saving.load_model(model_path)
+    total, count = 0.0, 0
+    for images, labels in data.make_dataset(info, "valid", global_batch_size=8, policy="crop", crop_size=56):
+        total += float(np.sum(keras.losses.sparse_categorical_crossentropy(labels, model(images))))
+        count += int(labels.shape[0])
+    assert count == info.metadata["splits"]["valid"]["count"]
+    return total / count
+
+
+@pytest.mark.slow
+def test_plateau_checkpoint_early_stopping_and_branch(sample_records, tmp_path):
+    """A real plateau and early stop in one run, then a branch from the plateau as docs/trainer.md says."""
+    data_dir, _ = sample_records
+    job, branch = str(tmp_path / "job"), str(tmp_path / "branch")
+    # A learning rate of 1e-6 cannot lower val_loss by ReduceLROnPlateau's 1e-4 in two
+    # steps: epoch 1 is a plateau (patience 1). --min-delta 100: no epoch after the
+    # first improves, so early stopping (patience 1) stops after epoch 1 and restores epoch 0.
+    # --validation-steps none: history's val_loss is the whole valid split, as the final evaluation.
+    args = helpers.quick_args(data_dir, job, 3, "--learning-rate", "1e-6", "--lr-plateau-patience", "1")
+    args += ["--min-delta", "100", "--early-stopping-patience", "1", "--validation-steps", "none"]
+    args += ["--explain", "false"]
+    first = helpers.run_cli(args)
+    assert first.returncode == 0, first.stderr[-4000:]
+
+    rows = helpers.read_history(job)
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    val_loss = [float(r["val_loss"]) for r in rows]
+    assert [float(r["learning_rate"]) for r in rows] == pytest.approx([1e-6, 1e-6])
+    assert val_loss[1] > val_loss[0] + 1e-4, "the setting must plateau (and make restoring observable)"
+
+    # Early stopping: stopped before --epochs, the best epoch's weights restored and evaluated.
+    metrics = helpers.read_job_json(job, "metrics.json")
+    assert metrics["stopped_early"] is True
+    assert metrics["epochs_completed"] == 2 < 3 and metrics["best_epoch"] == 0
+    assert metrics["valid"]["count"] == 20
+    assert metrics["valid"]["loss"] == pytest.approx(val_loss[0], abs=2e-5)
+    assert _valid_loss(os.path.join(job, "model.keras"), data_dir) == pytest.approx(val_loss[0], abs=2e-5)
+
+    # The plateau: the learning rate was cut after epoch index 1; the state after it is kept.
+    assert sorted(os.listdir(os.path.join(job, "checkpoints"))) == ["plateau-epoch-0002"]
+    plateau = os.path.join(job, "checkpoints", "plateau-epoch-0002")
+    with open(os.path.join(plateau, "state.json")) as f:
         saved = json.load(f)
-    assert 1 <= saved["epoch"] < 50
-    assert os.path.exists(os.path.join(job, "backup", saved["checkpoint"] + ".index"))
+    assert saved["epoch"] == 2 and saved["step_in_epoch"] == 0
+    assert saved["learning_rate"] == pytest.approx(1e-7)
+    assert saved["callbacks"]["early_stopping"]["wait"] == 1
+    assert os.path.exists(os.path.join(plateau, saved["checkpoint"] + ".index"))
+    assert f"plateau at epoch 2: learning rate reduced, state saved to {plateau}" in first.stderr
+
+    # Branch exactly as docs/trainer.md says: its shell lines, then the first command
+    # with --job-dir (and a changed flag) appended.
+    env = helpers.cli_env(JOB=job, BRANCH=branch, EPOCH="0002")
+    subprocess.run(["bash", "-euc", _docs_branch_commands()], check=True, env=env, cwd=helpers.ROOT)
+    second = helpers.run_cli([*args, "--job-dir", branch, "--epochs", "4"])
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert "resumed at epoch 2 step 0" in second.stderr
+    rows = helpers.read_history(branch)
+    assert [int(r["epoch"]) for r in rows] == [2]
+    assert float(rows[0]["learning_rate"]) == pytest.approx(1e-7)
+    metrics = helpers.read_job_json(branch, "metrics.json")
+    # The early-stopping wait came along (1 of patience 1): no improvement at epoch 2 stops the branch.
+    assert metrics["stopped_early"] is True and metrics["epochs_completed"] == 3
+    assert helpers.read_job_json(branch, "config.json")["epochs"] == 4
+    assert os.path.exists(os.path.join(branch, "model.keras"))
+    assert not os.path.exists(os.path.join(branch, "backup"))
 
 
 def _tiny_model(keras):
@@ -69,15 +173,11 @@ def _tiny_model(keras):
 def _callbacks(tmp_path, model):
     from trainer import callbacks
 
-    plateaus = []
-    stateful = {
+    return {
         "best_model": callbacks.BestModelCheckpoint(str(tmp_path / "m.keras"), model),
         "early_stopping": callbacks.EarlyStopping(patience=5, restore_best_weights=True, mode="min"),
-        "lr_plateau": callbacks.ReduceLROnPlateau(
-            on_plateau=plateaus.append, patience=1, factor=0.5, mode="min"
-        ),
+        "lr_plateau": callbacks.ReduceLROnPlateau(patience=1, factor=0.5, mode="min"),
     }
-    return stateful, plateaus
 
 
 def test_state_round_trip_with_loop(tmp_path):
@@ -89,7 +189,7 @@ def test_state_round_trip_with_loop(tmp_path):
     keras.utils.set_random_seed(0)
     strategy = tf.distribute.get_strategy()
     model = _tiny_model(keras)
-    stateful, plateaus = _callbacks(tmp_path, model)
+    stateful = _callbacks(tmp_path, model)
     images = np.random.default_rng(0).normal(size=(32, 6)).astype("float32")
     labels = (images[:, 0] > 0).astype("int32")
     train = tf.data.Dataset.from_tensor_slices((images, labels)).repeat().batch(8)
@@ -100,7 +200,6 @@ def test_state_round_trip_with_loop(tmp_path):
     assert result.epochs_completed == 2 and set(result.history[1]) >= {"loss", "val_loss", "val_accuracy"}
     # Force a plateau: a worse val_loss with patience 1 halves the learning rate.
     stateful["lr_plateau"].on_epoch_end(2, {"val_loss": 99.0})
-    assert plateaus == [2]
     assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.005)
     stateful["early_stopping"].wait = 3
     saved = state.TrainingState(model, stateful).save(str(tmp_path / "backup"), epoch=3)
@@ -108,7 +207,7 @@ def test_state_round_trip_with_loop(tmp_path):
 
     keras.utils.set_random_seed(1)
     fresh = _tiny_model(keras)
-    fresh_callbacks, _ = _callbacks(tmp_path, fresh)
+    fresh_callbacks = _callbacks(tmp_path, fresh)
     restored = state.TrainingState(fresh, fresh_callbacks).restore(str(tmp_path / "backup"))
     assert restored["epoch"] == 3
     for a, b in zip(model.weights, fresh.weights, strict=True):

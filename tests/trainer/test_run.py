@@ -5,9 +5,6 @@ import csv
 import glob
 import json
 import os
-import subprocess
-import sys
-import urllib.request
 
 import numpy as np
 import pytest
@@ -47,7 +44,11 @@ def test_mirrored_outputs(mirrored_run):
     with open(os.path.join(job, "per_class_accuracy.csv")) as f:
         per_class = list(csv.DictReader(f))
     assert len(per_class) == 5 and all(row["name"] and row["wnid"] for row in per_class)
-    assert sum(int(r["count"]) for r in per_class) == 40
+    assert [int(r["count"]) for r in per_class] == [8] * 5  # the sample's 8 val images per class
+    correct = sum(int(r["correct"]) for r in per_class)
+    assert correct / 40 == pytest.approx(metrics["test"]["accuracy"])
+    for row in per_class:
+        assert float(row["accuracy"]) == pytest.approx(int(row["correct"]) / 8, abs=1e-6)
     assert not os.path.exists(os.path.join(job, "backup")), "backup must be deleted after success"
     with open(os.path.join(job, "classes.json")) as f:
         classes = json.load(f)
@@ -82,46 +83,93 @@ def test_export_serves_jpeg_bytes(mirrored_run, sample_raw):
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
 
 
-def _get_json(url):
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
+@pytest.fixture(scope="module")
+def tensorboard(mirrored_run):
+    """A real TensorBoard server on the mirrored job's parent folder, as when runs are compared.
 
-
-def test_tensorboard_serves_scalars_and_images(mirrored_run):
+    Yields ``(base_url, prefix)``: runs are named ``prefix + "train"`` and so on.
+    """
     job, _, _ = mirrored_run
-    port = helpers.free_port()
-    logdir = os.path.join(job, "logs")
-    command = [sys.executable, "-m", "tensorboard.main", "--logdir", logdir, "--host", "127.0.0.1"]
-    proc = subprocess.Popen(
-        [*command, "--port", str(port), "--reload_interval", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=helpers.cli_env(),
-    )
-    base = f"http://127.0.0.1:{port}/data/plugin"
+    with helpers.tensorboard_server(os.path.dirname(job)) as (proc, base):
+        assert helpers.wait_for(lambda: _runs_listed(base), 120, proc), "TensorBoard did not load the logs"
+        yield base, f"{os.path.basename(job)}/logs/"
+
+
+def _runs_listed(base):
     try:
-        scalars, images = {}, {}
+        runs = helpers.http_json(f"{base}/scalars/tags")
+    except OSError:
+        return False
+    return any(run.endswith("logs/validation") for run in runs)
 
-        def loaded():
-            nonlocal scalars, images
-            try:
-                scalars = _get_json(f"{base}/scalars/tags")
-                images = _get_json(f"{base}/images/tags")
-            except OSError:
-                return False
-            return "validation" in scalars and "evaluation" in images and "train" in images
 
-        assert helpers.wait_for(loaded, 120, proc), (scalars, images)
-        for run in ("train", "validation"):
-            assert {"epoch_loss", "epoch_accuracy", "epoch_top5_accuracy"} <= set(scalars[run])
-        assert "epoch_learning_rate" in scalars["train"]
-        assert "confusion_matrix/test" in images["evaluation"]
-        assert "augmented" in images["train"]
-        hparams = glob.glob(os.path.join(job, "logs", "events.out.tfevents.*"))
-        assert hparams and b"hparams" in open(hparams[0], "rb").read()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+def test_tensorboard_serves_scalars_and_images(tensorboard):
+    base, prefix = tensorboard
+    scalars, images = {}, {}
+
+    def loaded():
+        nonlocal scalars, images
+        try:
+            scalars = helpers.http_json(f"{base}/scalars/tags")
+            images = helpers.http_json(f"{base}/images/tags")
+        except OSError:
+            return False
+        return all(f"{prefix}{run}" in images for run in ("evaluation", "train"))
+
+    assert helpers.wait_for(loaded, 120), (scalars, images)
+    for run in ("train", "validation"):
+        assert {"epoch_loss", "epoch_accuracy", "epoch_top5_accuracy"} <= set(scalars[f"{prefix}{run}"])
+    assert "epoch_learning_rate" in scalars[f"{prefix}train"]
+    assert "confusion_matrix/test" in images[f"{prefix}evaluation"]
+    assert "augmented" in images[f"{prefix}train"]
+
+
+# The request bodies TensorBoard's HParams dashboard posts.
+_STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
+_SESSION_GROUPS = {
+    "experimentName": "",
+    "allowedStatuses": _STATUSES,
+    "colParams": [],
+    "startIndex": 0,
+    "sliceSize": 100,
+}
+
+
+def test_tensorboard_hparams_match_the_job(tensorboard, mirrored_run):
+    """The HParams dashboard's data API: this run's hyperparameters and final validation metrics."""
+    base, _ = tensorboard
+    job, _, _ = mirrored_run
+    config = helpers.read_job_json(job, "config.json")
+    groups = {}
+
+    def loaded():
+        nonlocal groups
+        try:
+            groups = helpers.http_json(f"{base}/hparams/session_groups", _SESSION_GROUPS)
+        except OSError:
+            return False
+        return bool(groups.get("sessionGroups")) and groups["sessionGroups"][0]["metricValues"]
+
+    assert helpers.wait_for(loaded, 120), groups
+    [group] = groups["sessionGroups"]
+    assert group["name"] == config["job_dir"]
+    hparams = group["hparams"]
+    assert {"arch", "learning_rate", "batch_size", "optimizer", "epochs", "dropout", "policy"} <= set(hparams)
+    for name, value in hparams.items():
+        expected = config[name]
+        if name in ("dropout", "aux_dropout") and expected is None:
+            expected = -1.0  # the dashboard's "architecture default"
+        assert value == expected, name
+    experiment = helpers.http_json(f"{base}/hparams/experiment", {"experimentName": ""})
+    assert sorted(info["name"] for info in experiment["hparamInfos"]) == sorted(hparams)
+    # Final validation metrics of the session equal the last history.csv row.
+    with open(os.path.join(job, "history.csv")) as f:
+        last = list(csv.DictReader(f))[-1]
+    values = {(m["name"]["group"], m["name"]["tag"]): m for m in group["metricValues"]}
+    for tag in ("loss", "accuracy"):
+        metric = values[("validation", f"epoch_{tag}")]
+        assert metric["trainingStep"] == int(last["epoch"])
+        assert metric["value"] == pytest.approx(float(last[f"val_{tag}"]), rel=1e-5)
 
 
 @pytest.mark.slow
