@@ -44,20 +44,8 @@ def demo_run(tmp_path_factory):
     return out, proc.stdout
 
 
-@pytest.mark.slow
-def test_raw_dataset_and_records(demo_run):
-    out, _ = demo_run
-    assert len((out / "raw" / "wnids.txt").read_text().split()) == 4
-    metadata = json.loads((out / "data" / schema.METADATA_FILE).read_text())
-    counts = {split: metadata["splits"][split]["count"] for split in ("train", "valid", "test")}
-    assert counts["train"] + counts["valid"] == 4 * 120 and counts["test"] == 4 * 10
-    assert metadata["rejected"]["count"] == 0 and len(metadata["classes"]) == 4
-    shards = [str(out / "data" / name) for name in metadata["splits"]["test"]["shards"]]
-    labels = [schema.decode_example(r.numpy())["label"] for r in tf.data.TFRecordDataset(shards)]
-    assert sorted(labels) == sorted(list(range(4)) * 10)
-
-
 def _test_labels(out):
+    """Returns the dataset's metadata and the labels of its test records, read back with TensorFlow."""
     metadata = json.loads((out / "data" / schema.METADATA_FILE).read_text())
     shards = [str(out / "data" / name) for name in metadata["splits"]["test"]["shards"]]
     return metadata, [schema.decode_example(r.numpy())["label"] for r in tf.data.TFRecordDataset(shards)]
@@ -66,6 +54,17 @@ def _test_labels(out):
 def _csv(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_raw_dataset_and_records(demo_run):
+    out, _ = demo_run
+    assert len((out / "raw" / "wnids.txt").read_text().split()) == 4
+    metadata, labels = _test_labels(out)
+    counts = {split: metadata["splits"][split]["count"] for split in ("train", "valid", "test")}
+    assert counts["train"] + counts["valid"] == 4 * 120 and counts["test"] == 4 * 10
+    assert metadata["rejected"]["count"] == 0 and len(metadata["classes"]) == 4
+    assert sorted(labels) == sorted(list(range(4)) * 10)
 
 
 @pytest.mark.slow
