@@ -31,6 +31,7 @@ EXTRAS = {
     "dev": [
         "pytest>=8,<10",
         "pytest-timeout>=2.3,<3",
+        "hypothesis>=6.100,<7",
         "ruff>=0.6,<1",
         "import-linter>=2.1,<3",
         "gcp-storage-emulator>=2024.8.3",

@@ -1,6 +1,10 @@
-"""What every command line shares: a usage error is one ``error:`` line on stderr and exit code 2."""
+"""What every command line shares: a usage error is one ``error:`` line on stderr and exit code 2
+(an output folder that cannot be written included: :func:`check_writable_dir`)."""
 
 import argparse
+import os
+
+from contracts import storage
 
 USAGE_ERROR = 2
 
@@ -48,3 +52,37 @@ class BooleanFlag(argparse.BooleanOptionalAction):
             setattr(namespace, self.dest, parse_bool(values))
         except argparse.ArgumentTypeError as error:
             raise argparse.ArgumentError(self, str(error)) from None
+
+
+class OutputPathError(ValueError):
+    """An output folder cannot be written: a file is in its place or on its way, or no permission."""
+
+
+def check_writable_dir(path, flag):
+    """Checks that a local output folder is, or can be created as, a writable folder.
+
+    Every command line calls this for its output folders before any heavy
+    work, so a file where a folder belongs is one ``error:`` line (exit code
+    2), not a traceback after minutes of training. Nothing is created.
+    ``gs://`` URIs are not checked: no cheap call tells whether a prefix is
+    writable, and the first upload names the URI when it is not.
+
+    Args:
+        path: The folder (local or ``gs://``); empty or ``None`` is skipped.
+        flag: The flag or setting that named it, for the message.
+
+    Raises:
+        OutputPathError: When the folder cannot be written.
+    """
+    if not path or storage.is_gcs(path):
+        return
+    folder = os.path.abspath(path)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise OutputPathError(f"{flag} {path}: is a file, not a folder")
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise OutputPathError(f"{flag} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{flag} {path}: {existing} is not writable")

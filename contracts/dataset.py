@@ -11,10 +11,12 @@ here (the trainer's ``--augment-on host``); without one they stay at the
 source size (``--augment-on device`` augments in the training step).
 Evaluation batches get the policy's deterministic evaluation transform only.
 
-Order of the training stream: shard files -> interleave -> shuffle records ->
-repeat -> batch -> parse + decode the whole batch -> augment the whole batch
--> prefetch. Parsing and decoding whole batches is faster on a 2-core host
-than per-record maps (see docs/input_pipeline.md).
+The training stream is a pure function of (seed, epoch, step), so a resumed
+job continues exactly where it stopped (:mod:`contracts.stream`): per epoch,
+shard files -> shuffle files -> interleave -> shuffle records -> batch ->
+(skip the batches already trained) -> parse + decode the whole batch ->
+augment the whole batch -> prefetch. Parsing and decoding whole batches is
+faster on a 2-core host than per-record maps (see docs/input_pipeline.md).
 """
 
 import contextlib
@@ -26,15 +28,17 @@ from collections.abc import Mapping
 import tensorflow as tf
 
 from contracts import policy as policy_lib
-from contracts import schema, staging
+from contracts import schema, staging, stream
 
 AUTOTUNE = tf.data.AUTOTUNE
 FEATURES = ("image_label", "all")
 EVAL_SPLITS = ("valid", "test", "unlabeled")
 
-# Re-exported: the error type of the whole data layer and the gs:// stager.
+# Re-exported: the error type of the whole data layer, the gs:// stager and
+# the augmentation seeds of the training stream.
 DataError = staging.DataError
 stage_data_dir = staging.stage_data_dir
+augment_seeds = stream.augment_seeds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,15 +219,6 @@ def _decode_batch(serialized, image_size, all_features):
     return out
 
 
-def augment_seeds(seed):
-    """The per-batch augmentation seeds (int64 ``[2]``) of a host-augmented training stream.
-
-    A new sequence on every pass over the dataset, the same sequence for the same
-    ``seed``; a device-side training step can zip it to reproduce host augmentation.
-    """
-    return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-
-
 def _check_args(info, split, training, augment, features, global_batch_size):
     if split not in info.shards:
         raise ValueError(f"Unknown split {split!r}; {info.metadata_path} has {sorted(info.shards)}.")
@@ -235,30 +230,6 @@ def _check_args(info, split, training, augment, features, global_batch_size):
         raise ValueError("features='all' carries boxes that augmentation would not move; augment nothing.")
     if global_batch_size < 1:
         raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}")
-
-
-def _records(info, split, training, seed, input_context):
-    """Serialized records of ``split``, sharded for this input pipeline."""
-    files = list(info.shards[split])
-    dataset = tf.data.Dataset.from_tensor_slices(files)
-    shard_by_file = shard_by_data = False
-    if input_context and input_context.num_input_pipelines > 1:
-        shard_by_file = len(files) >= input_context.num_input_pipelines
-        shard_by_data = not shard_by_file
-    if shard_by_file:
-        dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    if training:
-        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.interleave(
-        lambda path: tf.data.TFRecordDataset(path, buffer_size=1 << 20),
-        cycle_length=max(1, min(len(files), 16)),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=True,
-    )
-    if shard_by_data:
-        # Every pipeline reads the same order (same seed), so shards are disjoint.
-        dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    return dataset
 
 
 def make_dataset(
@@ -277,8 +248,15 @@ def make_dataset(
     drop_remainder=None,
     features="image_label",
     shuffle_buffer=10_000,
+    steps_per_epoch=None,
+    initial_epoch=0,
+    initial_step=0,
 ):
     """Builds the ``tf.data`` stream of one split.
+
+    A training stream is a pure function of ``(seed, epoch, step)`` (see
+    :mod:`contracts.stream`): epochs of ``steps_per_epoch`` batches, each its
+    own shuffled pass (or passes), starting at ``(initial_epoch, initial_step)``.
 
     Args:
         info: A :class:`DatasetInfo` from :func:`load_metadata`.
@@ -291,17 +269,25 @@ def make_dataset(
             batches here (e.g. a :class:`trainer.augment.Augmenter`); ``None``
             yields training images at the source size.
         crop_size: Crop side of the ``crop`` policy.
-        cache: Keep decoded uint8 images in memory after the first pass.
+        cache: Keep decoded uint8 images in memory (training: filled when the
+            stream is built; evaluation: after the first pass).
         seed: Seed of the shuffle and of the host augmentation.
         input_context: A ``tf.distribute.InputContext``: batches are per replica
             and the input is sharded per input pipeline (by file when there are at
             least as many shards as pipelines, else by record).
-        repeat: Repeat forever (default: ``training``).
-        drop_remainder: Drop the last partial batch (default: ``training``).
+        repeat: Repeat forever (default: ``training``); a training stream
+            with ``repeat=False`` yields the single epoch ``initial_epoch``.
+        drop_remainder: Drop the last partial batch (default: ``training``;
+            training batches are always full).
         features: ``image_label`` yields ``(images, labels)``; ``all`` yields a dict
             with ``image``, ``label``, ``box`` (int32 [B, 4] xmin, ymin, xmax, ymax
             inclusive, in the transformed image), ``has_box``, ``filename``, ``wnid``.
         shuffle_buffer: Records in the shuffle buffer.
+        steps_per_epoch: Training steps per epoch (default: one pass over the
+            split, the last partial batch dropped); under a strategy every
+            input pipeline yields this many batches per replica it feeds.
+        initial_epoch: Epoch a training stream starts at (resuming).
+        initial_step: Steps of ``initial_epoch`` already trained (resuming).
 
     Returns:
         A ``tf.data.Dataset`` of float32 images in ``[0, 255]`` and int32 labels.
@@ -317,27 +303,38 @@ def make_dataset(
     def decode(serialized):
         return _decode_batch(serialized, info.image_size, all_features)
 
-    dataset = _records(info, split, training, seed, input_context)
     buffer = max(1, min(shuffle_buffer, info.split_counts.get(split, shuffle_buffer) or 1))
-    if cache:
-        dataset = dataset.batch(batch_size).map(decode, num_parallel_calls=AUTOTUNE).unbatch().cache()
-        if training:
-            dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-        dataset = dataset.repeat() if repeat else dataset
-        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    if training:
+        # Replicas fed by this pipeline take one batch each per step.
+        per_step = 1
+        if input_context is not None:
+            per_step = max(1, input_context.num_replicas_in_sync // input_context.num_input_pipelines)
+        steps = steps_per_epoch or max(1, info.num_batches(split, global_batch_size, drop_remainder=True))
+        dataset = stream.training_batches(
+            info.shards[split],
+            batch_size=batch_size,
+            batches_per_epoch=steps * per_step,
+            seed=seed,
+            decode=decode,
+            shuffle_buffer=buffer,
+            cache=cache,
+            input_context=input_context,
+            initial_epoch=initial_epoch,
+            initial_batch=initial_step * per_step,
+            repeat=repeat,
+        )
+        cast = _cast_fn()
+        transform = _augment_fn(augment) if augment is not None else lambda batch, seed: cast(batch)
     else:
-        if training:
-            dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-        dataset = dataset.repeat() if repeat else dataset
-        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-        dataset = dataset.map(decode, num_parallel_calls=AUTOTUNE)
-
-    if training and augment is not None:
-        dataset = tf.data.Dataset.zip(dataset, augment_seeds(seed))
-        transform = _augment_fn(augment)
-    elif training:
-        transform = _cast_fn()
-    else:
+        dataset = stream.read_records(info.shards[split], input_context)
+        if cache:
+            dataset = dataset.batch(batch_size).map(decode, num_parallel_calls=AUTOTUNE).unbatch().cache()
+            dataset = dataset.repeat() if repeat else dataset
+            dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+        else:
+            dataset = dataset.repeat() if repeat else dataset
+            dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+            dataset = dataset.map(decode, num_parallel_calls=AUTOTUNE)
         transform = _eval_fn(policy, info.image_size, crop_size)
     dataset = dataset.map(transform, num_parallel_calls=AUTOTUNE)
     if not all_features:

@@ -10,11 +10,12 @@ A job dir (local or ``gs://``) holds::
     per_class_accuracy.csv   test accuracy per class
     logs/                    TensorBoard (train, validation, evaluation, gradcam, explain)
     checkpoints/plateau-epoch-EEEE/   full-state checkpoints at learning-rate plateaus
-    backup/                  preemption backup (deleted when the run finishes)
+    backup/gen-NNNNNN/       preemption backup, two generations (deleted when the run finishes)
     export/                  the serving SavedModel
 
-The trainer writes them; ``trainer.predict``, ``explain.task`` and the demo
-summary read them back through :func:`load` and :func:`read_json`. Vertex AI's
+Every JSON file is strict JSON (:func:`to_json`). The trainer writes them;
+``trainer.predict``, ``explain.task`` and the demo summary read them back
+through :func:`load` and :func:`read_json`. Vertex AI's
 ``AIP_*`` folders may move ``logs``, ``checkpoints``, ``backup`` and ``export``
 elsewhere (see :func:`default_folders`).
 """
@@ -101,6 +102,32 @@ def check_classes(job_dir, previous_classes_text, classes):
             f"job dir {job_dir} holds a run on {len(previous)} other classes "
             f"(this dataset has {len(current)}); use another --job-dir"
         )
+
+
+def to_json(value, **options):
+    """Returns strict JSON text of ``value``: non-finite numbers are written as ``null``.
+
+    Python's ``json`` writes ``NaN`` and ``Infinity``, which are not JSON (RFC
+    8259) and which many readers (``jq``, JavaScript, BigQuery) reject. Every
+    JSON file of a job dir goes through here, so any JSON reader can read it.
+
+    Args:
+        value: Dicts, lists, strings, numbers (numpy scalars too), booleans, ``None``.
+        **options: Passed to ``json.dumps`` (``indent``, ``sort_keys``).
+    """
+    return json.dumps(_finite(value), allow_nan=False, **options)
+
+
+def _finite(value):
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def read_json(uri):

@@ -272,7 +272,13 @@ class Mirror:
         return count
 
     def upload(self, subdir=""):
-        """Copies new or changed files of the working folder to the URI.
+        """Makes the URI match the working folder: new or changed files up, deleted ones removed.
+
+        Files go up in the order they were last written, so a file written
+        last to mark a complete set (a backup generation's ``state.json``)
+        reaches the bucket last, and a copy cut short looks incomplete there
+        too. Objects this mirror uploaded or downloaded whose local file is
+        gone (an old backup generation) are deleted after the uploads.
 
         Returns:
             The number of files uploaded (0 for local URIs).
@@ -281,19 +287,29 @@ class Mirror:
             return 0
         bucket_name, prefix = split_gcs(self.uri)
         bucket = gcs_client().bucket(bucket_name)
-        count = 0
+        changed = []
         for dirpath, _, filenames in os.walk(os.path.join(self.local, subdir)):
             for filename in filenames:
                 path = os.path.join(dirpath, filename)
                 relative = os.path.relpath(path, self.local)
                 signature = _signature(path)
-                if self._uploaded.get(relative) == signature:
-                    continue
-                name = f"{prefix}/{relative}" if prefix else relative
-                bucket.blob(name.replace(os.sep, "/")).upload_from_filename(path)
-                self._uploaded[relative] = signature
-                count += 1
-        return count
+                if self._uploaded.get(relative) != signature:
+                    changed.append((signature[1], relative, path, signature))
+        for _, relative, path, signature in sorted(changed):
+            bucket.blob(self._object_name(prefix, relative)).upload_from_filename(path)
+            self._uploaded[relative] = signature
+        inside = os.path.normpath(subdir) + os.sep if subdir else ""
+        for relative in [r for r in self._uploaded if r.startswith(inside)]:
+            if not os.path.exists(os.path.join(self.local, relative)):
+                with contextlib.suppress(FileNotFoundError), _translated(self.uri):
+                    bucket.blob(self._object_name(prefix, relative)).delete()
+                del self._uploaded[relative]
+        return len(changed)
+
+    @staticmethod
+    def _object_name(prefix, relative):
+        name = f"{prefix}/{relative}" if prefix else relative
+        return name.replace(os.sep, "/")
 
     def delete(self, subdir):
         """Deletes ``subdir`` locally and, for ``gs://`` URIs, remotely."""

@@ -9,13 +9,13 @@ and the share of heatmap energy inside the box are scored, overall and per
 class, next to a centre-peaked and a random-peaked baseline; the results go
 to TensorBoard scalars and to ``L/explain.json``.
 
-Bad input (missing model or data, unknown method or layer) ends with one line
-on stderr and exit code 2.
+Bad input (missing model or data, unknown method or layer, an output folder
+that is a file) ends with one line on stderr and exit code 2. ``explain.json``
+is strict JSON: a score that cannot be computed is ``null``.
 """
 
 import dataclasses
 import heapq
-import json
 import sys
 import zlib
 
@@ -222,13 +222,13 @@ def run(config, progress=print):
         for k, image in enumerate(grids):
             tf.summary.image(f"{config.method}/grid_{k:03d}", image[None], step=0)
         _write_scalars(summary, names, step=0)
-        tf.summary.text("explain/results", f"```\n{json.dumps(results, indent=2)}\n```", step=0)
+        tf.summary.text("explain/results", f"```\n{jobdir.to_json(results, indent=2)}\n```", step=0)
     writer.close()
     if config.out_dir:
         for k, image in enumerate(grids):
             render.save_png(image, storage.join(config.out_dir, f"{config.method}_grid_{k:03d}.png"))
     with open(storage.join(logs.local, RESULTS_FILE), "w") as f:
-        json.dump(results, f, indent=2)
+        f.write(jobdir.to_json(results, indent=2))
     logs.upload()
     _report(results, progress)
     return results
@@ -277,6 +277,8 @@ def main(argv=None):
         config = ExplainConfig(
             **{field.name: getattr(args, field.name) for field in dataclasses.fields(ExplainConfig)}
         )
+        cli.check_writable_dir(config.logdir, "--logdir")
+        cli.check_writable_dir(config.out_dir, "--out-dir")
         run(config)
     except ValueError as error:  # Also ModelLoadError and DataError.
         print(f"error: {error}", file=sys.stderr)

@@ -5,31 +5,35 @@ Remote reads and writes (the launcher's and the workers') go through
 package uses, so one set of emulator tests covers them all.
 
 Also resolves ``--raw-dir`` (a folder, a ``.zip``, or a ``gs://``/``https://``
-location of either) to the folder holding ``wnids.txt``, extracting archives
-safely, and manages the output folder.
+location of either) to the folder holding ``wnids.txt`` (archives and downloads
+go through :mod:`preprocessing.archive`, which checks and caps them), and
+checks and cleans the output folder.
 """
 
+import collections
 import os
 import shutil
-import stat
 import tempfile
-import urllib.error
-import urllib.request
-import zipfile
-from pathlib import PurePosixPath
 
 from contracts import schema, storage
+from preprocessing import archive
 
-WEB_SCHEMES = ("http://", "https://")
-COPY_CHUNK = 8 << 20
+WEB_SCHEMES = archive.WEB_SCHEMES
 READ_CHUNK = 1 << 20
 # Working files the job keeps in --output-dir while it runs (removed at the end).
 PLAN_DIR = ".plan"
 COUNTS_FILE = ".counts.jsonl"
+# The running job writes everything into --output-dir/.incomplete-<id>/ and
+# moves it into place only when complete (preprocessing.publish).
+STAGING_PREFIX = ".incomplete-"
+# The dead letters of a job that failed on --max-reject-fraction: kept for the
+# user, under a name no complete output uses, so an earlier output stays intact.
+FAILED_REJECTS_FILE = "rejected.failed.jsonl"
 
-
-class SourceError(ValueError):
-    """``--raw-dir`` or ``--output-dir`` cannot be used; the message says why."""
+# One error type for every unusable location, defined in the lowest module that raises it.
+SourceError = archive.SourceError
+# Kept under its old name: archives are checked and extracted by preprocessing.archive.
+safe_extract = archive.safe_extract
 
 
 def is_local(path):
@@ -88,12 +92,128 @@ def exists(path):
     return storage.exists(path)
 
 
-def list_names(folder):
-    """Returns the sorted base names of the files directly inside ``folder``."""
-    return sorted(
-        os.path.basename(path) if is_local(path) else path.rsplit("/", 1)[-1]
-        for path in storage.list_files(folder)
-    )
+Listed = collections.namedtuple("Listed", ["name", "problem"])
+Listed.__doc__ = """One entry found under an image folder (:func:`list_image_folder`).
+
+Attributes:
+    name: Path relative to the image folder, as the file system names it (a
+        ``str`` that may hold surrogate escapes when the name is not UTF-8);
+        ``None`` for the image folder itself when it is not listed.
+    problem: Why the job must not read the entry, or ``None`` when it may.
+"""
+
+NESTED = "inside a sub-folder of the image folder (only files directly in it are read)"
+OUTSIDE = "symbolic link that resolves outside the raw folder (not followed)"
+OUTSIDE_FOLDER = "folder resolves outside the raw folder through a symbolic link (not listed)"
+
+
+def list_class_folders(root):
+    """Returns the sorted names of the sub-folders of ``root/train`` (links to folders included).
+
+    Every one is listed, named in ``wnids.txt`` or not, so that images in a
+    folder of an unknown class are found (and rejected), never skipped.
+    """
+    train = join(root, "train")
+    if not is_local(train):
+        return sorted(path.rsplit("/", 1)[-1] for path in storage.list_folders(train))
+    if not os.path.isdir(train):
+        return []
+    with os.scandir(train) as entries:
+        # Links to folders count: list_image_folder refuses those that leave the raw folder.
+        return sorted(entry.name for entry in entries if entry.is_dir())
+
+
+def _inside(path, real_root):
+    real = os.path.realpath(path)
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def _entry_problem(entry, real_root):
+    # The file type comes from the directory listing: a stat per file would add
+    # about half a second per 100k files. Sizes are capped where files are read.
+    try:
+        if entry.is_symlink():
+            # A link inside the raw folder to a regular file inside it is read like
+            # the file; every other link is refused without opening its target.
+            if not _inside(entry.path, real_root):
+                return OUTSIDE
+            if not os.path.isfile(entry.path):
+                return "symbolic link to something other than a regular file"
+        elif not entry.is_file(follow_symlinks=False):
+            # A FIFO or device would block or never end when read.
+            return "not a regular file (device, FIFO or socket)"
+    except OSError as error:
+        return f"cannot inspect file: {error.strerror or error}"
+    try:
+        entry.name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8"
+    return None
+
+
+def _scan(folder):
+    with os.scandir(folder) as iterator:
+        return list(iterator)
+
+
+def _walk_local(folder, real_root):
+    found = []
+    # An explicit stack, not recursion: a hostile tree may nest deeper than Python's recursion limit.
+    pending = []
+    for entry in _scan(folder):  # The folder itself unlistable: exit 2, not one bad file.
+        # The common case, a plain file with a UTF-8 name, costs no system call.
+        if entry.is_file(follow_symlinks=False) and entry.name.isascii():
+            found.append(Listed(entry.name, None))
+        else:
+            pending.append((entry, ""))
+    while pending:
+        entry, prefix = pending.pop()
+        name = prefix + entry.name
+        try:
+            is_folder = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            is_folder = False
+        if not is_folder:
+            problem = _entry_problem(entry, real_root)
+            found.append(Listed(name, problem or (NESTED if prefix else None)))
+            continue
+        try:
+            pending.extend((child, f"{name}/") for child in _scan(entry.path))
+        except OSError as error:
+            found.append(Listed(name, f"cannot list folder: {error.strerror or error}"))
+    return found
+
+
+def list_image_folder(root, relative):
+    """Lists every file below an image folder, and what (if anything) forbids reading it.
+
+    The folder is walked recursively without following symbolic links, so each
+    file, link or special file below it is found exactly once. Refused (with
+    the reason in :attr:`Listed.problem`): links that resolve outside the raw
+    folder ``root`` or to anything but a regular file, special files, files in
+    sub-folders, names that are not UTF-8.
+    When the folder itself resolves outside ``root`` it is not listed: one
+    entry with ``name=None`` stands for it. ``gs://`` has no links or
+    non-UTF-8 names; there only sub-folders are refused.
+
+    Args:
+        root: The dataset root (local folder or ``gs://`` prefix).
+        relative: The image folder, relative to ``root`` (``train/<wnid>/images``, ...).
+
+    Returns:
+        A list of :class:`Listed`, sorted by name; empty when the folder does not exist.
+    """
+    folder = join(root, relative)
+    if not is_local(folder):
+        prefix = f"{folder.rstrip('/')}/"
+        names = (path[len(prefix) :] for path in storage.list_files(folder, recursive=True))
+        return sorted(Listed(name, NESTED if "/" in name else None) for name in names)
+    real_root = os.path.realpath(root)
+    if not os.path.isdir(folder):
+        return []
+    if not _inside(folder, real_root):
+        return [Listed(None, OUTSIDE_FOLDER)]
+    return sorted(_walk_local(folder, real_root))
 
 
 def list_tree(folder):
@@ -127,69 +247,6 @@ def upload(local_path, path):
     storage.upload_file(local_path, path)
 
 
-def _check_member(info, target):
-    name = info.filename
-    mode = info.external_attr >> 16
-    parts = PurePosixPath(name.replace("\\", "/")).parts
-    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        raise SourceError(f"unsafe archive: entry {name!r} has an absolute path")
-    if ".." in parts:
-        raise SourceError(f"unsafe archive: entry {name!r} would be written outside the target folder")
-    if stat.S_ISLNK(mode):
-        raise SourceError(f"unsafe archive: entry {name!r} is a symbolic link")
-    # Archives made without Unix modes (or with permission bits only) carry no file type.
-    if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        raise SourceError(f"unsafe archive: entry {name!r} is not a regular file or folder")
-    resolved = os.path.realpath(os.path.join(target, name))
-    if os.path.commonpath([resolved, os.path.realpath(target)]) != os.path.realpath(target):
-        raise SourceError(f"unsafe archive: entry {name!r} would be written outside the target folder")
-
-
-def safe_extract(archive, target):
-    """Extracts a zip archive into ``target`` after checking every entry.
-
-    Entries with absolute paths, ``..`` components, symbolic links or other
-    special files are refused before anything is written.
-
-    Raises:
-        SourceError: For an unsafe or unreadable archive.
-    """
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            members = zf.infolist()
-            for info in members:
-                _check_member(info, target)
-            zf.extractall(target, members)
-    except zipfile.BadZipFile as error:
-        raise SourceError(f"{archive} is not a readable zip archive: {error}") from None
-
-
-def _download(url, target):
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(target, "wb") as f:
-            shutil.copyfileobj(response, f, COPY_CHUNK)
-    except (urllib.error.URLError, OSError) as error:
-        raise SourceError(f"cannot download {url}: {error}") from None
-
-
-def _fetch_archive(src, work_dir):
-    local = os.path.join(work_dir, "source.zip")
-    if src.startswith(WEB_SCHEMES):
-        _download(src, local)
-    elif is_local(src):
-        if not os.path.isfile(src):
-            raise SourceError(f"--raw-dir {src} does not exist")
-        local = src
-    else:
-        try:
-            storage.download_file(src, local)
-        except FileNotFoundError:
-            raise SourceError(f"--raw-dir {src} does not exist") from None
-    extracted = os.path.join(work_dir, "extracted")
-    safe_extract(local, extracted)
-    return extracted
-
-
 def _children_with_wnids(folder):
     return [path for path in storage.list_folders(folder) if exists(join(path, "wnids.txt"))]
 
@@ -212,19 +269,25 @@ def locate_root(folder, shown_as=None):
     raise SourceError(f"wnids.txt not found in {shown_as} or its sub-folders: not a tiny-imagenet-200 folder")
 
 
-def resolve_raw_dir(src, work_dir):
+def resolve_raw_dir(src, work_dir, limits=None):
     """Returns the folder holding ``wnids.txt`` for any accepted ``--raw-dir``.
 
     Args:
         src: A folder, a ``.zip``, or a ``gs://``/``https://`` location of either.
         work_dir: A local scratch folder for downloads and extraction.
+        limits: The :class:`preprocessing.archive.Limits` of archives and
+            downloads (the defaults when ``None``).
 
     Raises:
-        SourceError: When the source is missing, unsafe or not a dataset.
+        SourceError: When the source is missing, unsafe, too large, slow, has
+            another checksum than ``limits.sha256``, or is not a dataset.
     """
-    if src.lower().endswith(".zip"):
-        return locate_root(_fetch_archive(src, work_dir), shown_as=src)
+    limits = limits or archive.Limits()
     check_remote(src, "--raw-dir")
+    if src.lower().endswith(".zip"):
+        return locate_root(archive.fetch_archive(src, work_dir, limits), shown_as=src)
+    if limits.sha256:
+        raise SourceError(f"--raw-sha256 verifies an archive, but --raw-dir {src} is not a .zip")
     if src.startswith(WEB_SCHEMES):
         raise SourceError(f"--raw-dir {src}: an http(s) source must be a .zip archive")
     if is_local(src) and not os.path.isdir(src):
@@ -237,29 +300,35 @@ def make_work_dir():
     return tempfile.mkdtemp(prefix="tiny-imagenet-preprocess-")
 
 
-def our_outputs(files):
-    """The files among ``files`` that an earlier run of this job wrote."""
+def _is_working_folder(name):
+    # Folders of an earlier or interrupted run: staging, manifests, Beam file-sink temporaries.
+    return name == PLAN_DIR or name.startswith((STAGING_PREFIX, "beam-temp-"))
+
+
+def our_outputs(files, output_dir=""):
+    """The files among ``files`` (below ``output_dir``) that an earlier run of this job wrote."""
     ours = []
     for path in files:
-        posix = path.replace("\\", "/")
+        relative = path[len(output_dir) :] if output_dir and path.startswith(output_dir) else path
+        posix = "/" + relative.replace("\\", "/").lstrip("/")
         name = posix.rsplit("/", 1)[-1]
         shard = name.endswith(schema.SHARD_SUFFIX) and name.split("-", 1)[0] in schema.SPLITS
-        working = name == COUNTS_FILE or f"/{PLAN_DIR}/" in posix or ".tfrecord.tmp-" in name
-        if shard or working or name in (schema.METADATA_FILE, schema.REJECTED_FILE):
+        working = name == COUNTS_FILE or ".tfrecord.tmp-" in name
+        working = working or any(_is_working_folder(part) for part in posix.split("/")[:-1])
+        if shard or working or name in (schema.METADATA_FILE, schema.REJECTED_FILE, FAILED_REJECTS_FILE):
             ours.append(path)
     return ours
 
 
-def prepare_output_dir(output_dir, overwrite):
-    """Refuses a non-empty output folder unless ``overwrite``; then removes earlier outputs.
+def check_output_dir(output_dir, overwrite):
+    """Refuses a non-empty output folder unless ``overwrite``; creates and removes nothing.
 
-    Creates nothing: the folder appears with the job's first file.
-
-    ``metadata.json`` goes first, so an interrupted clean-up never leaves a
-    metadata file that points at missing shards.
+    Returns:
+        The files of an earlier run in it (see :func:`our_outputs`).
 
     Raises:
-        SourceError: When the folder is not empty and ``overwrite`` is false.
+        SourceError: When the folder is not empty and ``overwrite`` is false,
+            or cannot be listed.
     """
     check_remote(output_dir, "--output-dir")
     try:
@@ -270,8 +339,43 @@ def prepare_output_dir(output_dir, overwrite):
         raise SourceError(
             f"--output-dir {output_dir} is not empty ({len(existing)} files); pass --overwrite to replace it"
         )
-    stale = our_outputs(existing)
+    return our_outputs(existing, output_dir)
+
+
+def _remove_working_folders(output_dir, keep):
+    # Deleting files leaves their local folders behind; gs:// has no folders.
+    if not is_local(output_dir) or not os.path.isdir(output_dir):
+        return
+    for entry in os.scandir(output_dir):
+        if _is_working_folder(entry.name) and entry.is_dir(follow_symlinks=False) and entry.path != keep:
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def prepare_output_dir(output_dir, overwrite, keep=None):
+    """Refuses a non-empty output folder unless ``overwrite``; then removes earlier outputs.
+
+    Creates nothing: the folder appears with the job's first file.
+
+    ``metadata.json`` goes first, so an interrupted clean-up never leaves a
+    metadata file that points at missing shards.
+
+    Args:
+        output_dir: The ``--output-dir``.
+        overwrite: Whether a non-empty folder may be cleaned.
+        keep: A folder inside ``output_dir`` left alone (the running job's staging folder).
+
+    Returns:
+        The number of files removed.
+
+    Raises:
+        SourceError: When the folder is not empty and ``overwrite`` is false.
+    """
+    stale = check_output_dir(output_dir, overwrite)
+    if keep:
+        inside = join(keep, "")
+        stale = [p for p in stale if not p.startswith(inside)]
     metadata = [p for p in stale if p.endswith(schema.METADATA_FILE)]
     delete(metadata)
     delete([p for p in stale if p not in metadata])
+    _remove_working_folders(output_dir, keep)
     return len(stale)

@@ -4,21 +4,28 @@ The trainer decodes every record with ``tf.io.decode_jpeg(channels=3)``, so a
 record is good when its bytes are a complete JPEG whose colour space converts
 to three channels (RGB, grayscale, CMYK). Good JPEG bytes are kept unchanged;
 other decodable formats (ImageNet has PNGs named ``.JPEG``) are converted to
-RGB and re-encoded. Everything else raises :class:`BadImageError` with a reason that
-ends up in the dead-letter file.
+RGB by :func:`contracts.images.to_rgb` (the conversion ``trainer.predict``
+uses too) and re-encoded. Everything else raises :class:`BadImageError` with
+a reason that ends up in the dead-letter file: no input, however hostile,
+raises anything else.
 """
 
 import collections
 import io
 
-import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from contracts import images as rgb_images
 
 JPEG_SOI = b"\xff\xd8"
 JPEG_EOI = b"\xff\xd9"
 # JPEG colour modes PIL reports that decode_jpeg(channels=3) converts to RGB.
 JPEG_MODES = frozenset({"RGB", "L", "CMYK"})
 REENCODE_QUALITY = 95
+# A 64x64 JPEG is a few kB; a file this large is no image the job wants, and
+# reading it whole would only risk a worker's memory.
+MAX_FILE_BYTES = 64 << 20
+MAX_PIXELS = rgb_images.MAX_PIXELS
 
 ValidImage = collections.namedtuple("ValidImage", ["data", "height", "width", "reencoded_from"])
 ValidImage.__doc__ = """A validated image.
@@ -76,13 +83,28 @@ def _ends_with_eoi(data):
     return data.rstrip(b"\x00\r\n \t").endswith(JPEG_EOI)
 
 
-def _open(data):
+def _check_pixels(width, height):
     try:
-        return Image.open(io.BytesIO(data))
+        rgb_images.check_pixels(width, height, MAX_PIXELS)
+    except rgb_images.ImageTooLargeError as error:
+        raise BadImageError(str(error)) from None
+
+
+def _check_size(height, width, expected_size):
+    if expected_size is not None and (height, width) != tuple(expected_size):
+        raise BadImageError(f"size {width}x{height}, expected {expected_size[1]}x{expected_size[0]}")
+
+
+def _open(data):
+    # The header only, with the pixel cap checked before any decoding.
+    try:
+        return rgb_images.open_image(data, MAX_PIXELS)
     except UnidentifiedImageError:
         raise BadImageError("not an image (unrecognised format)") from None
-    except (OSError, ValueError, SyntaxError) as error:
-        raise BadImageError(f"unreadable image header: {error}") from None
+    except rgb_images.ImageTooLargeError as error:
+        raise BadImageError(str(error)) from None
+    except Exception as error:  # any parser failure is this file's fault
+        raise BadImageError(f"unreadable image header: {type(error).__name__}: {error}") from None
 
 
 def _check_jpeg(data, image):
@@ -94,7 +116,7 @@ def _check_jpeg(data, image):
     if not _ends_with_eoi(data):
         try:
             image.load()
-        except (OSError, ValueError, SyntaxError) as error:
+        except Exception as error:  # any decoder failure is this file's fault
             raise BadImageError(f"truncated or corrupt JPEG: {error}") from None
     width, height = image.size
     return ValidImage(data, height, width, None)
@@ -102,22 +124,27 @@ def _check_jpeg(data, image):
 
 def _reencode(image):
     original = image.format or "unknown"
+    if image.mode not in rgb_images.SUPPORTED_MODES:
+        raise BadImageError(f"{original} colour mode {image.mode} does not convert to 3 channels")
     try:
         image.load()
-        rgb = image.convert("RGB")
-    except (OSError, ValueError, SyntaxError) as error:
+        pixels = rgb_images.to_rgb(image)
+    except Exception as error:  # any decoder failure is this file's fault
         raise BadImageError(f"undecodable {original} image: {error}") from None
-    pixels = np.asarray(rgb)
     if pixels.ndim != 3 or pixels.shape[-1] != 3:
         raise BadImageError(f"{original} image does not convert to 3 channels (shape {pixels.shape})")
     buffer = io.BytesIO()
-    rgb.save(buffer, format="JPEG", quality=REENCODE_QUALITY)
+    Image.fromarray(pixels, "RGB").save(buffer, format="JPEG", quality=REENCODE_QUALITY)
     height, width = pixels.shape[:2]
     return ValidImage(buffer.getvalue(), height, width, original)
 
 
 def validate_image(data, expected_size=None):
     """Checks one encoded image and returns what to store.
+
+    The size the header announces is checked before any pixel is decoded:
+    more than :data:`MAX_PIXELS` pixels (a decompression bomb) or a size other
+    than ``expected_size`` is refused unread.
 
     Args:
         data: The file's bytes.
@@ -127,23 +154,28 @@ def validate_image(data, expected_size=None):
         A :class:`ValidImage`.
 
     Raises:
-        BadImageError: When the file is empty, not an image, truncated, cannot be
-            converted to three channels, or has the wrong size.
+        BadImageError: When the file is empty or too large, not an image,
+            announces too many pixels, is truncated, cannot be converted to
+            three channels, or has the wrong size. Nothing else.
     """
     if not data:
         raise BadImageError("empty file")
+    if len(data) > MAX_FILE_BYTES:
+        raise BadImageError(f"file exceeds the limit of {MAX_FILE_BYTES} bytes")
     header = jpeg_header(data)
-    if header and header[0] and header[1] and header[2] in JPEG_COMPONENTS and _ends_with_eoi(data):
-        # Fast path for the common case: a complete JPEG with a usable frame header.
-        result = ValidImage(data, header[0], header[1], None)
-    else:
-        image = _open(data)
+    if header:
+        height, width, components = header
+        _check_pixels(width, height)
+        if height and width and components in JPEG_COMPONENTS and _ends_with_eoi(data):
+            # Fast path for the common case: a complete JPEG with a usable frame header.
+            _check_size(height, width, expected_size)
+            return ValidImage(data, height, width, None)
+    image = _open(data)
+    try:
+        width, height = image.size
+        _check_size(height, width, expected_size)
         if data.startswith(JPEG_SOI) and image.format == "JPEG":
-            result = _check_jpeg(data, image)
-        else:
-            result = _reencode(image)
-    if expected_size is not None and (result.height, result.width) != tuple(expected_size):
-        raise BadImageError(
-            f"size {result.width}x{result.height}, expected {expected_size[1]}x{expected_size[0]}"
-        )
-    return result
+            return _check_jpeg(data, image)
+        return _reencode(image)
+    finally:
+        image.close()

@@ -51,64 +51,172 @@ class ClassTable:
         return [{"index": i, "wnid": w, "name": n} for i, (w, n) in enumerate(pairs)]
 
 
+# Box coordinates are pixel positions: small non-negative integers that fit an int64 feature.
+MAX_COORDINATE = 2**31 - 1
+
+Annotations = collections.namedtuple("Annotations", ["rows", "conflicts"])
+Annotations.__doc__ = """The rows of a per-image file (``val_annotations.txt``, ``<wnid>_boxes.txt``).
+
+Attributes:
+    rows: ``{file name: value}`` for every name whose rows agree (identical repeats are harmless).
+    conflicts: ``{file name: reason}`` for names with rows that disagree: the
+        file cannot tell which row is right, so the job rejects that image.
+"""
+
+
+def _lines(text):
+    # Numbered as an editor numbers them (one line per "\n"); str.splitlines would
+    # also split on form feeds and other separators and shift every later number.
+    for number, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            yield number, line
+
+
+def check_wnid(wnid, where):
+    """Refuses a wnid that cannot be a folder name under ``train/``.
+
+    A wnid becomes a path component (``train/<wnid>/images``): a slash, ``..``,
+    whitespace or a control character would name another folder or none.
+
+    Raises:
+        LayoutError: Naming ``where`` (file and line).
+    """
+    if not wnid.isprintable() or " " in wnid or "/" in wnid or "\\" in wnid or wnid in (".", ".."):
+        raise LayoutError(
+            f"{where}: {wnid!r} is not a wnid (one folder name: no spaces, slashes or control characters)"
+        )
+    return wnid
+
+
 def parse_wnids(text):
-    """Returns the wnids listed one per line in ``wnids.txt``."""
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    """Returns the wnids listed one per line in ``wnids.txt`` (blank lines are skipped).
+
+    Raises:
+        LayoutError: On a line that is not a usable wnid (:func:`check_wnid`).
+    """
+    return [check_wnid(line.strip(), f"wnids.txt line {number}") for number, line in _lines(text)]
 
 
 def parse_words(text, wanted):
-    """Returns ``{wnid: name}`` from ``words.txt`` for the wnids in ``wanted`` only."""
+    """Returns ``{wnid: name}`` from ``words.txt`` for the wnids in ``wanted`` only.
+
+    Rows of other wnids are skipped unread (the official file lists all of
+    ImageNet's 82,115 synsets).
+
+    Raises:
+        LayoutError: On a row of a wanted wnid without the ``wnid<TAB>name``
+            form, or two rows giving one wnid different names.
+    """
     wanted = set(wanted)
     words = {}
-    for line in text.splitlines():
-        wnid, _, name = line.partition("\t")
-        wnid = wnid.strip()
-        if wnid in wanted:
-            words[wnid] = name.strip()
+    for number, line in _lines(text):
+        wnid, tab, name = line.partition("\t")
+        wnid, name = wnid.strip(), name.strip()
+        if wnid not in wanted:
+            continue
+        if not tab:
+            raise LayoutError(f"words.txt line {number}: expected 'wnid<TAB>name' for {wnid}")
+        if words.setdefault(wnid, name) != name:
+            raise LayoutError(f"words.txt line {number}: a second, different name for {wnid}")
     return words
 
 
 def _box(fields, where):
-    try:
-        box = tuple(int(v) for v in fields)
-    except ValueError:
-        raise LayoutError(f"{where}: box {fields!r} is not four integers") from None
-    if len(box) != 4:
-        raise LayoutError(f"{where}: expected four box coordinates, got {len(box)}")
+    fields = [field.strip() for field in fields]
+    # isdigit alone admits superscripts and other scripts' digits, which int() rejects or misreads.
+    if len(fields) != 4 or not all(f.isascii() and f.isdigit() for f in fields):
+        raise LayoutError(f"{where}: box {fields!r} is not four non-negative integers")
+    box = tuple(int(field) for field in fields)
+    if max(box) > MAX_COORDINATE:
+        raise LayoutError(f"{where}: box coordinate {max(box)} is larger than {MAX_COORDINATE}")
     return box
 
 
-def parse_boxes(text, where="boxes.txt"):
-    """Returns ``{file name: (xmin, ymin, xmax, ymax)}`` from a ``<wnid>_boxes.txt``."""
-    boxes = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
+def _name(field, where):
+    name = field.strip()
+    if not name:
+        raise LayoutError(f"{where}: empty file name")
+    return name
+
+
+def _per_image(rows, file_name):
+    """Folds ``(line number, name, value)`` rows into :class:`Annotations`."""
+    values, first_line, conflicts = {}, {}, {}
+    for number, name, value in rows:
+        if name in conflicts:
             continue
-        name, *fields = line.split("\t")
-        boxes[name.strip()] = _box(fields, f"{where} line {number}")
-    return boxes
+        if name in values and values[name] != value:
+            conflicts[name] = (
+                f"{file_name} lines {first_line[name]} and {number} disagree about this image: "
+                f"{values.pop(name)} vs {value}"
+            )
+            continue
+        values.setdefault(name, value)
+        first_line.setdefault(name, number)
+    return Annotations(values, conflicts)
+
+
+def parse_boxes(text, where="boxes.txt"):
+    """Parses a ``<wnid>_boxes.txt``: ``name<TAB>xmin<TAB>ymin<TAB>xmax<TAB>ymax`` rows.
+
+    Returns:
+        :class:`Annotations` with ``rows`` ``{file name: (xmin, ymin, xmax, ymax)}``.
+
+    Raises:
+        LayoutError: On a row that does not have that form (naming the file and line).
+    """
+
+    def rows():
+        for number, line in _lines(text):
+            at = f"{where} line {number}"
+            name, *fields = line.split("\t")
+            yield number, _name(name, at), _box(fields, at)
+
+    return _per_image(rows(), where)
 
 
 def parse_val_annotations(text):
-    """Returns ``{file name: (wnid, box)}`` from ``val_annotations.txt``.
+    """Parses ``val_annotations.txt``: ``name, wnid, x0, y0, x1, y1`` rows, tab-separated.
+
+    Returns:
+        :class:`Annotations` with ``rows`` ``{file name: (wnid, box)}``. A wnid
+        outside ``wnids.txt`` is not checked here: that image is rejected later.
 
     Raises:
-        LayoutError: On a row that is not ``name, wnid, x0, y0, x1, y1``.
+        LayoutError: On a row that does not have that form (naming the file and line).
     """
-    rows = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        if len(fields) != 6:
-            raise LayoutError(f"val_annotations.txt line {number}: expected 6 tab-separated fields")
-        rows[fields[0].strip()] = (fields[1].strip(), _box(fields[2:], f"val_annotations.txt line {number}"))
-    return rows
+
+    def rows():
+        for number, line in _lines(text):
+            at = f"val_annotations.txt line {number}"
+            fields = line.split("\t")
+            if len(fields) != 6:
+                raise LayoutError(f"{at}: expected 6 tab-separated fields, got {len(fields)}")
+            wnid = fields[1].strip()
+            if not wnid:
+                raise LayoutError(f"{at}: empty wnid")
+            yield number, _name(fields[0], at), (wnid, _box(fields[2:], at))
+
+    return _per_image(rows(), "val_annotations.txt")
+
+
+def printable(path):
+    """Returns ``path`` with the bytes of a non-UTF-8 name shown as ``\\xNN`` escapes.
+
+    File names are bytes on POSIX; Python hands undecodable bytes over as lone
+    surrogates, which cannot be written as UTF-8 (dead letters, TFRecords).
+    """
+    try:
+        raw = path.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = path.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def stable_hash(seed, name):
     """A 64-bit hash of ``(seed, name)`` that is the same in every process and on every machine."""
-    digest = hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8).digest()
+    # surrogatepass: a name that is not valid UTF-8 still hashes (planning rejects it anyway).
+    digest = hashlib.blake2b(f"{seed}:{name}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "big")
 
 
@@ -144,22 +252,31 @@ def train_items(table, wnid, names, boxes, seed, fraction):
 def val_items(table, names, annotations):
     """Items of ``val/`` (our ``test`` split) and the inputs rejected while planning.
 
-    Images without a row, rows without an image and rows with a wnid outside
-    ``wnids.txt`` are rejected, never dropped.
+    Images without a row, rows without an image, rows with a wnid outside
+    ``wnids.txt`` and images whose rows disagree are rejected, never dropped;
+    each name is rejected once.
+
+    Args:
+        table: The :class:`ClassTable`.
+        names: File names in ``val/images``.
+        annotations: :class:`Annotations` of ``val_annotations.txt``.
 
     Returns:
         ``(items, rejected)``.
     """
     items, rejected = [], []
     present = set(names)
-    for name in sorted(present | set(annotations)):
+    rows, conflicts = annotations
+    for name in sorted(present | set(rows) | set(conflicts)):
         path = f"val/images/{name}"
-        if name not in annotations:
-            rejected.append(Rejected(path, "image has no row in val_annotations.txt"))
-        elif name not in present:
+        if name not in present:
             rejected.append(Rejected(path, "listed in val_annotations.txt but the file is missing"))
+        elif name in conflicts:
+            rejected.append(Rejected(path, conflicts[name]))
+        elif name not in rows:
+            rejected.append(Rejected(path, "image has no row in val_annotations.txt"))
         else:
-            wnid, box = annotations[name]
+            wnid, box = rows[name]
             if wnid not in table.index:
                 rejected.append(Rejected(path, f"unknown wnid {wnid} in val_annotations.txt"))
             else:

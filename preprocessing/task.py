@@ -5,9 +5,10 @@ Usage::
     python -m preprocessing.task --raw-dir SRC --output-dir DST [--valid-fraction 0.1]
         [--seed 42] [--num-shards-train 16 ...] [--overwrite] [any Beam pipeline option]
 
-Our flags are parsed here; every other flag goes to Beam's ``PipelineOptions``
-(``--runner DataflowRunner --project ... --region ... --temp_location gs://...
---setup_file ./setup.py``). See docs/preprocessing.md.
+Our flags are parsed here; every other flag must be one of Beam's pipeline
+options (``--runner DataflowRunner --project ... --region ... --temp_location
+gs://... --setup_file ./setup.py``) and goes to ``PipelineOptions``; anything
+else is an error. See docs/preprocessing.md.
 """
 
 import argparse
@@ -16,13 +17,14 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from contracts import schema
-from preprocessing import fetch, plan, sources, transforms
+from contracts import cli, schema
+from preprocessing import archive, beam_options, fetch, plan, publish, sources, transforms
 
 LOGGER = logging.getLogger("preprocessing")
 COUNTS_FILE = fetch.COUNTS_FILE
@@ -57,6 +59,7 @@ class JobConfig:
     overwrite: bool = False
     max_reject_fraction: float = 0.01
     image_size: int = 64
+    limits: archive.Limits = dataclasses.field(default_factory=archive.Limits)
 
     def __post_init__(self):
         if not 0.0 <= self.valid_fraction < 1.0:
@@ -70,12 +73,19 @@ class JobConfig:
             raise ValueError(f"--image-size must be >= 1, got {self.image_size}")
 
 
+def _byte_count(text):
+    try:
+        return archive.parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def build_parser():
-    """Returns the parser of the job's own flags."""
-    parser = argparse.ArgumentParser(
+    """Returns the parser of the job's own flags (a usage error is one ``error:`` line, exit 2)."""
+    parser = cli.ArgumentParser(
         prog="python -m preprocessing.task",
         description=__doc__.split("\n\n")[0],
-        epilog="Any other flag is a Beam pipeline option, e.g. --runner DataflowRunner.",
+        epilog="Any other flag must be a Beam pipeline option, e.g. --runner DataflowRunner.",
         # Abbreviations would let our flags swallow Beam's (e.g. --output for --output-dir).
         allow_abbrev=False,
     )
@@ -90,12 +100,35 @@ def build_parser():
         "--max-reject-fraction", type=float, default=0.01, help="Fail above this share of rejected inputs."
     )
     parser.add_argument("--image-size", type=int, default=64, help="Height and width every image must have.")
+    limits = parser.add_argument_group("archives and downloads (a .zip or http(s):// --raw-dir)")
+    limits.add_argument("--raw-sha256", metavar="HEX", help="Refuse the archive unless its SHA-256 is HEX.")
+    size = {"type": _byte_count, "metavar": "SIZE"}
+    limits.add_argument(
+        "--max-archive-bytes", default=archive.MAX_ARCHIVE_BYTES, **size, help="Largest expanded zip (4GiB)."
+    )
+    limits.add_argument(
+        "--max-download-bytes", default=archive.MAX_DOWNLOAD_BYTES, **size, help="Largest download (1GiB)."
+    )
+    limits.add_argument(
+        "--download-timeout",
+        type=float,
+        default=archive.DOWNLOAD_TIMEOUT_S,
+        metavar="SECONDS",
+        help="Wall-clock limit of a whole download, not per read (3600).",
+    )
     return parser
 
 
 def parse_args(argv):
-    """Splits argv into a :class:`JobConfig` and the list of Beam arguments."""
-    args, beam_args = build_parser().parse_known_args(argv)
+    """Splits argv into a :class:`JobConfig` and the list of Beam arguments.
+
+    Raises:
+        SystemExit: For a usage error of our flags (one line printed, code 2) or ``--help`` (0).
+        ValueError: For a bad value, or a flag that is neither ours nor a Beam pipeline option.
+    """
+    parser = build_parser()
+    args, beam_args = parser.parse_known_args(argv)
+    beam_options.check(beam_args, [flag for action in parser._actions for flag in action.option_strings])
     config = JobConfig(
         raw_dir=args.raw_dir,
         output_dir=args.output_dir.rstrip("/") if "://" in args.output_dir else args.output_dir,
@@ -105,6 +138,12 @@ def parse_args(argv):
         overwrite=args.overwrite,
         max_reject_fraction=args.max_reject_fraction,
         image_size=args.image_size,
+        limits=archive.Limits(
+            max_archive_bytes=args.max_archive_bytes,
+            max_download_bytes=args.max_download_bytes,
+            download_timeout_s=args.download_timeout,
+            sha256=args.raw_sha256.lower() if args.raw_sha256 else None,
+        ),
     )
     return config, beam_args
 
@@ -164,13 +203,17 @@ def _read_lines(path):
 
 
 def write_metadata(config, job_plan):
-    """Checks the reject budget and writes ``metadata.json`` (last, so it marks a complete output).
+    """Checks the accounting and the reject budget, then writes ``metadata.json``.
+
+    ``metadata.json`` is written last: its presence marks a complete output.
 
     Returns:
         The metadata dict.
 
     Raises:
-        JobError: When more than ``max_reject_fraction`` of the inputs were rejected.
+        JobError: When written + rejected differs from the inputs the plan
+            found (an internal error), or more than ``max_reject_fraction`` of
+            the inputs were rejected (both exit 1).
     """
     out = config.output_dir
     summaries = [json.loads(line) for line in _read_lines(fetch.join(out, COUNTS_FILE))]
@@ -181,11 +224,28 @@ def write_metadata(config, job_plan):
         if [s["index"] for s in shards] != list(range(count)):
             raise JobError(f"internal error: the pipeline did not report every {split} shard", exit_code=1)
         splits[split] = {"count": sum(s["count"] for s in shards), "shards": [s["shard"] for s in shards]}
-    total = rejected + sum(s["count"] for s in splits.values())
+    written = sum(s["count"] for s in splits.values())
+    total = rejected + written
     fraction = rejected / total if total else 0.0
     counts = ", ".join(f"{split}={info['count']}" for split, info in splits.items())
     LOGGER.info("written: %s; rejected=%d (see %s)", counts, rejected, schema.REJECTED_FILE)
+    LOGGER.info(
+        "accounted for %d inputs (%d files, %d val_annotations.txt names without a file): "
+        "written %d, rejected %d",
+        job_plan.found,
+        job_plan.found - job_plan.missing,
+        job_plan.missing,
+        written,
+        rejected,
+    )
     fetch.delete([fetch.join(out, COUNTS_FILE)])
+    if total != job_plan.found:
+        # Every input found must end as one record or one dead letter; anything else is a bug here.
+        raise JobError(
+            f"internal error: {job_plan.found} inputs found, but {written} written + {rejected} rejected "
+            f"= {total}; see {fetch.join(out, schema.REJECTED_FILE)}",
+            exit_code=1,
+        )
     if fraction > config.max_reject_fraction:
         raise JobError(
             f"{rejected} of {total} inputs rejected ({fraction:.2%} > --max-reject-fraction "
@@ -201,6 +261,7 @@ def write_metadata(config, job_plan):
         "classes": job_plan.classes.to_metadata(),
         "splits": splits,
         "rejected": {"count": rejected, "file": schema.REJECTED_FILE},
+        "inputs": {"found": job_plan.found, "written": written, "rejected": rejected},
     }
     fetch.write_bytes(fetch.join(out, schema.METADATA_FILE), json.dumps(metadata, indent=2).encode())
     return metadata
@@ -225,14 +286,35 @@ def check_remote_paths(config, runner):
         )
 
 
+def _run_pipeline(staged, beam_args, job_plan, root, output_dir):
+    try:
+        tasks = plan.write_manifests(job_plan, fetch.join(staged.output_dir, PLAN_DIR))
+    except OSError as error:
+        # The job's first write into --output-dir (a gs:// one has no folder to create first).
+        raise JobError(f"cannot write into --output-dir {output_dir}: {error}") from None
+    with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
+        build_pipeline(pipeline, job_plan, tasks, root, staged)
+
+
+def _finish(staged, job_plan, staging):
+    try:
+        return write_metadata(staged, job_plan)
+    except JobError as error:
+        # Nothing is published, but the dead letters explain the failure: keep them, and name
+        # where they now are instead of the staging folder that is about to go.
+        kept = staging.keep_rejects()
+        message = str(error).replace(*kept) if kept else str(error)
+        raise JobError(message, exit_code=error.exit_code) from None
+
+
 def _convert(config, beam_args, work_dir):
     check_remote_paths(config, _runner_name(beam_args))
     LOGGER.info("stage 1/4: checking --output-dir %s", config.output_dir)
-    removed = fetch.prepare_output_dir(config.output_dir, config.overwrite)
-    if removed:
-        LOGGER.info("removed %d files of an earlier run", removed)
+    earlier = fetch.check_output_dir(config.output_dir, config.overwrite)
+    if earlier:
+        LOGGER.info("%d files of an earlier run will be replaced when this one succeeds", len(earlier))
     LOGGER.info("stage 2/4: resolving --raw-dir %s", config.raw_dir)
-    root = fetch.resolve_raw_dir(config.raw_dir, work_dir)
+    root = fetch.resolve_raw_dir(config.raw_dir, work_dir, config.limits)
     job_plan = plan.make_plan(
         root, seed=config.seed, valid_fraction=config.valid_fraction, num_shards=dict(config.num_shards)
     )
@@ -245,21 +327,23 @@ def _convert(config, beam_args, work_dir):
     )
     beam_args = with_direct_defaults(beam_args, sum(job_plan.planned.values()))
     LOGGER.info("stage 3/4: running the Beam pipeline (%s)", " ".join(beam_args) or "DirectRunner defaults")
-    staging = fetch.join(config.output_dir, PLAN_DIR)
     try:
-        tasks = plan.write_manifests(job_plan, staging)
+        staging = publish.Staging(config.output_dir)
     except OSError as error:
-        # The job's first write into --output-dir: a file in the way, or a folder it may not create.
+        # A file in the way, or a folder the job may not create.
         raise JobError(f"cannot write into --output-dir {config.output_dir}: {error}") from None
-    try:
-        with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
-            build_pipeline(pipeline, job_plan, tasks, root, config)
-    finally:
-        fetch.delete([task.manifest for task in tasks])
-        if fetch.is_local(staging):
-            shutil.rmtree(staging, ignore_errors=True)
-    LOGGER.info("stage 4/4: writing %s", schema.METADATA_FILE)
-    return write_metadata(config, job_plan)
+    # Everything is written into the staging folder and published only when complete;
+    # leaving this block by any exception removes it (publish.Staging).
+    with staging:
+        staged = dataclasses.replace(config, output_dir=staging.path)
+        _run_pipeline(staged, beam_args, job_plan, root, config.output_dir)
+        LOGGER.info("stage 4/4: writing %s and publishing into %s", schema.METADATA_FILE, config.output_dir)
+        metadata = _finish(staged, job_plan, staging)
+        names, removed = staging.publish()
+    if removed:
+        LOGGER.info("removed %d files of an earlier run", removed)
+    LOGGER.info("published %d files", len(names))
+    return metadata
 
 
 def run(argv=None):
@@ -270,6 +354,8 @@ def run(argv=None):
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except SystemExit as stop:  # argparse printed the usage error (or --help) already.
+        return stop.code
     work_dir = fetch.make_work_dir()
     try:
         _convert(config, beam_args, work_dir)
@@ -295,7 +381,26 @@ def main():
     LOGGER.setLevel(logging.INFO)
     # TensorFlow installs a root handler; ours is enough.
     LOGGER.propagate = False
-    sys.exit(run())
+    # SIGTERM (a stopped container, a cancelled CI job) unwinds like any failure,
+    # so the staging and scratch folders are removed; only SIGKILL leaves them.
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        code = run()
+    except BaseException:
+        if not _SIGNALLED:
+            raise
+        # Beam re-raises the exit from inside a DoFn as a RuntimeError: report the signal instead.
+        print(f"error: stopped by signal {_SIGNALLED[0]}; nothing was published", file=sys.stderr)
+        code = 128 + _SIGNALLED[0]
+    sys.exit(code)
+
+
+_SIGNALLED = []
+
+
+def _terminate(signum, frame):
+    _SIGNALLED.append(signum)
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

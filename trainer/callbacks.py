@@ -307,5 +307,13 @@ def make_callbacks(
                 log_dir=outputs.local("logs"),
             )
         )
-    listed.append(state.BackupCallback(training_state, outputs.local("backup"), outputs.sync))
+    listed.append(
+        state.BackupCallback(
+            training_state,
+            outputs.local("backup"),
+            outputs.sync,
+            every_steps=config.backup_every_steps,
+            steps_per_epoch=steps_per_epoch,
+        )
+    )
     return listed, early_stopping

@@ -8,7 +8,7 @@ never reads flags or the environment.
 """
 
 import dataclasses
-import json
+import math
 import typing
 
 from contracts import jobdir, policy
@@ -72,6 +72,10 @@ class TrainConfig:
         hypertune_metric: Tag under which the validation accuracy is reported to
             Vertex AI hyperparameter tuning; ``None`` outside a tuning trial.
         debug_dump_weights: Test-only: folder where every worker dumps its final weights.
+        backup_every_steps: Also back up the full state every this many steps
+            within an epoch (bounds the work a kill loses); 0: at epoch ends only.
+        stop_check_every_steps: Workers of a cluster agree on a stop request
+            (SIGTERM) every this many steps: one scalar all-reduce each time.
     """
 
     data_dir: str
@@ -109,9 +113,12 @@ class TrainConfig:
     explain: bool = True
     hypertune_metric: str | None = None
     debug_dump_weights: str | None = None
+    backup_every_steps: int = 0
+    stop_check_every_steps: int = 10
 
     def __post_init__(self):
         _check_types(self)
+        _check_finite(self)
         for name in ("data_dir", "job_dir", "arch"):
             if not getattr(self, name):
                 raise ValueError(f"{name.replace('_', '-')} is required")
@@ -130,6 +137,10 @@ class TrainConfig:
         for name in ("num_cpu_devices", "early_stopping_patience", "lr_plateau_patience", "warmup_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.backup_every_steps < 0:
+            raise ValueError(f"backup_every_steps must be >= 0, got {self.backup_every_steps}")
+        if self.stop_check_every_steps < 1:
+            raise ValueError(f"stop_check_every_steps must be >= 1, got {self.stop_check_every_steps}")
         for name in ("dropout", "aux_dropout"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value < 1.0:
@@ -152,7 +163,7 @@ class TrainConfig:
 
     def to_json(self):
         """Returns the configuration as indented JSON text."""
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        return jobdir.to_json(self.to_dict(), indent=2, sort_keys=True)
 
     def hparams(self):
         """Returns the hyperparameters shown in TensorBoard's HParams dashboard."""
@@ -205,6 +216,15 @@ def _check_types(config):
         if not isinstance(value, allowed):
             expected = " or ".join(_TYPE_NAMES[kind] for kind in declared)
             raise ValueError(f"{field.name} must be {expected}, got {value!r}")
+
+
+def _check_finite(config):
+    # NaN passes every range check below (each comparison is false) and inf
+    # passes the one-sided ones: --learning-rate inf would train a NaN model.
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{field.name} must be a finite number, got {value}")
 
 
 def _check_choice(name, value, choices):

@@ -23,7 +23,8 @@ def make_dataset(info, split, *, training=False, policy="none", augment_on="host
         policy: Augmentation policy (:data:`contracts.policy.POLICIES`).
         augment_on: ``host`` augments here; ``device`` yields un-augmented training images.
         crop_size: Crop side of the ``crop`` policy.
-        **kwargs: Passed to :func:`contracts.dataset.make_dataset` (batch size, seed, cache, ...).
+        **kwargs: Passed to :func:`contracts.dataset.make_dataset` (batch size, seed, cache, and
+            for a resumed training stream ``steps_per_epoch``, ``initial_epoch``, ``initial_step``).
     """
     augmenter = None
     if training and augment_on == "host" and policy != "none":

@@ -173,21 +173,38 @@ class StopFlag:
         return self
 
 
-def stop_check(strategy, stop_flag):
+def stop_check(strategy, stop_flag, every_steps=10):
     """Returns ``stop_requested(at_epoch_end) -> bool`` for the training loop.
 
     One worker stops as soon as the flag is set. Workers of a cluster must stop
-    at the same epoch, so they agree on the flag collectively at epoch ends
-    and ignore it between steps.
+    at the same step (saving the state is collective), so they agree on the flag
+    with a scalar all-reduce every ``every_steps`` steps and at every epoch end,
+    and ignore it in between: a SIGTERM on any worker stops all of them within
+    ``every_steps`` steps. The loop calls the check after every step on every
+    worker, so counting the calls here puts every worker's all-reduce at the
+    same steps.
+
+    Args:
+        strategy: The run's strategy.
+        stop_flag: This process's :class:`StopFlag`.
+        every_steps: Steps between two agreements in a cluster (>= 1).
     """
     if cluster_size() <= 1:
         return lambda at_epoch_end: stop_flag.requested
+    steps = 0
+
+    # A tf.function: run eagerly, every collective of MultiWorkerMirroredStrategy is set up anew.
+    @tf.function
+    def all_reduce(flag):
+        return strategy.reduce("SUM", strategy.run(tf.identity, args=(flag,)), axis=None)
 
     def agreed(at_epoch_end):
+        nonlocal steps
         if not at_epoch_end:
-            return False
-        flag = tf.constant(1.0 if stop_flag.requested else 0.0)
-        value = strategy.reduce("SUM", strategy.run(lambda: tf.identity(flag)), axis=None)
+            steps += 1
+            if steps % every_steps:
+                return False
+        value = all_reduce(tf.constant(1.0 if stop_flag.requested else 0.0))
         return bool(value.numpy() > 0)
 
     return agreed

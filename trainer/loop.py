@@ -11,6 +11,11 @@ Per-replica steps return sums (loss, correct top-1/top-5, example count,
 optionally a confusion matrix) that are reduced with ``SUM`` across replicas;
 dividing on the host gives exact means even with uneven final batches and
 empty batches on workers that ran out of data.
+
+A diverged run stops with :class:`NonFiniteError`. Reading a loss on the host
+waits for the device, so the per-step losses are kept on the device and read
+together every ``check_every_steps`` steps, at every epoch end and before
+every save of the training state (:meth:`DistributedLoop.check_finite`).
 """
 
 import dataclasses
@@ -20,6 +25,16 @@ import numpy as np
 import tensorflow as tf
 
 from contracts.model import MAIN_OUTPUT
+
+# Steps between two reads of the kept per-step losses (one device sync each).
+FINITE_CHECK_STEPS = 20
+
+
+class NonFiniteError(FloatingPointError):
+    """The run diverged: a training or validation loss, or a weight, is NaN or infinite.
+
+    Epochs and steps in the message are 0-based indices, as in ``history.csv``.
+    """
 
 
 @dataclasses.dataclass
@@ -108,6 +123,7 @@ class DistributedLoop:
             step (``--augment-on device``).
         seed: Base seed of the in-step augmentation.
         jit_compile: Compile the per-replica step with XLA.
+        check_every_steps: Steps between two checks that the losses are finite.
     """
 
     def __init__(
@@ -122,6 +138,7 @@ class DistributedLoop:
         augmenter=None,
         seed=0,
         jit_compile=False,
+        check_every_steps=FINITE_CHECK_STEPS,
     ):
         self.strategy = strategy
         self.model = model
@@ -132,6 +149,10 @@ class DistributedLoop:
         self.augmenter = augmenter
         self.seed = seed
         self.jit_compile = jit_compile
+        self.check_every_steps = check_every_steps
+        # (epoch, step, objective tensor) of the steps not checked yet; the last step trained.
+        self._unchecked = []
+        self._position = None
         with strategy.scope():
             self.step_counter = tf.Variable(0, dtype=tf.int64, trainable=False, name="loop_step")
         self.reset()
@@ -140,6 +161,7 @@ class DistributedLoop:
         """Rebuilds the compiled steps (after unfreezing layers or replacing the optimizer)."""
         self._train_function = None
         self._eval_functions = {}
+        self._finite_function = None
 
     # ----------------------------------------------------------------- train
     def _replica_augment(self, images):
@@ -196,6 +218,50 @@ class DistributedLoop:
         if self._train_function is None:
             self._train_function = self._make_train_function()
         return self._train_function(iterator)
+
+    # ---------------------------------------------------------------- checks
+    def check_finite(self):
+        """Raises :class:`NonFiniteError` when training diverged since the last check.
+
+        Reads the objective of every step not checked yet (one device sync) and
+        names the first non-finite one, then checks every float variable of the
+        model and the optimizer (an update can leave non-finite weights, batch-norm
+        statistics or slots behind a finite loss), so a backup saved after this
+        check restores a finite state. The losses are reduced over all replicas
+        and workers and a cluster agrees on the variables' verdict, so every
+        worker decides alike.
+        """
+        unchecked, self._unchecked = self._unchecked, []
+        if unchecked:
+            values = tf.stack([objective for _, _, objective in unchecked]).numpy()
+            bad = np.flatnonzero(~np.isfinite(values))
+            if bad.size:
+                epoch, step, _ = unchecked[bad[0]]
+                raise NonFiniteError(f"training loss is {float(values[bad[0]])} at epoch {epoch} step {step}")
+        if self._position is not None and not self._variables_finite():
+            epoch, step = self._position
+            # Only this failure pays for copying the variables to the host.
+            bad = [v.path for v in self._checked_variables if not np.isfinite(v.numpy()).all()]
+            what = bad[0] if bad else "a variable of another worker"
+            raise NonFiniteError(f"training diverged: {what} is not finite after epoch {epoch} step {step}")
+
+    def _variables_finite(self):
+        if self._finite_function is None:
+            variables = [*self.model.variables, *self.model.optimizer.variables]
+            variables = self._checked_variables = [v for v in variables if "float" in str(v.dtype)]
+
+            @tf.function
+            def any_non_finite():
+                finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables])
+                return tf.cast(tf.logical_not(finite), tf.float32)
+
+            self._finite_function = any_non_finite
+        bad = self._finite_function()
+        if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            # Each worker keeps its own batch-norm statistics: the workers must agree
+            # (as on a stop request), or one would stop while the others wait for it.
+            bad = self.strategy.reduce("SUM", self.strategy.run(lambda: tf.identity(bad)), axis=None)
+        return float(bad.numpy()) == 0.0
 
     # ------------------------------------------------------------------ eval
     def _make_eval_function(self, confusion):
@@ -301,6 +367,10 @@ class DistributedLoop:
             for step in range(first, steps_per_epoch):
                 callbacks.on_train_batch_begin(step)
                 stats = self.train_step(iterator)
+                self._unchecked.append((epoch, step, stats["objective"]))
+                self._position = (epoch, step)
+                if (step + 1) % self.check_every_steps == 0:
+                    self.check_finite()
                 stats["steps"] = tf.constant(1.0)
                 totals = stats if totals is None else {k: totals[k] + stats[k] for k in totals}
                 steps_done = step + 1
@@ -314,11 +384,14 @@ class DistributedLoop:
             if steps_done < steps_per_epoch:
                 result.interrupted, result.step_in_epoch = True, steps_done
                 break
+            self.check_finite()  # Before any callback sees the epoch's logs or saves its state.
             logs = summarize(totals) if totals is not None else {}
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
             if valid_dataset is not None:
                 valid_logs, _ = self.evaluate(valid_dataset, validation_steps)
                 logs.update({f"val_{k}": v for k, v in valid_logs.items() if k != "count"})
+                if not np.isfinite(logs["val_loss"]):
+                    raise NonFiniteError(f"validation loss is {logs['val_loss']} after epoch {epoch}")
             callbacks.on_epoch_end(epoch, logs)
             result.history[epoch] = dict(logs)
             result.epochs_completed = epoch + 1

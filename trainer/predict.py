@@ -11,13 +11,12 @@ the data dir named in ``J/config.json``, in that order.
 
 Prints a table per image (``--json``: one JSON document); ``--gradcam DIR``
 saves an original | heatmap | overlay panel per image. An unreadable image is
-reported on stderr and the others still run (exit code 1); bad arguments end
-with one line on stderr and exit code 2.
+reported on stderr and the others still run (exit code 1); bad arguments (a
+``--gradcam`` folder that is a file included) end with one line on stderr and
+exit code 2.
 """
 
 import dataclasses
-import io
-import json
 import os
 import sys
 
@@ -25,14 +24,26 @@ import numpy as np
 from PIL import Image
 
 from contracts import cli, jobdir, storage
+from contracts import images as rgb_images
 
 TOP_K = 5
 
 
 def decode_image(data):
-    """Decodes image bytes of any PIL format to uint8 RGB ``[H, W, 3]``."""
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB"))
+    """Decodes image bytes of any PIL format to uint8 RGB ``[H, W, 3]``.
+
+    The conversion is the preprocessing job's (:func:`contracts.images.to_rgb`:
+    16-bit scaled, transparency composited on white), so a file gives the
+    model the pixels its training record held.
+
+    Raises:
+        ValueError: For a header announcing more than ``contracts.images.MAX_PIXELS``
+            pixels (checked before decoding) or a mode with no RGB conversion.
+        OSError: For bytes PIL cannot decode.
+    """
+    with rgb_images.open_image(data) as image:
+        image.load()
+        return rgb_images.to_rgb(image)
 
 
 def top_k(probabilities, k=TOP_K):
@@ -145,7 +156,7 @@ def run(config, out=None, err=None):
             results.append({"image": path, "top": top, **({"gradcam": saved[path]} if path in saved else {})})
     if config.json:
         errors = [{"image": path, "error": message} for path, message in failures.items()]
-        json.dump({"predictions": results, "errors": errors}, out, indent=2)
+        out.write(jobdir.to_json({"predictions": results, "errors": errors}, indent=2))
         out.write("\n")
     else:
         for result in results:
@@ -176,6 +187,7 @@ def main(argv=None):
             gradcam=args.gradcam,
             method=args.method,
         )
+        cli.check_writable_dir(config.gradcam, "--gradcam")
         return run(config)
     except ValueError as error:  # ModelLoadError, unknown method, bad option values.
         print(f"error: {error}", file=sys.stderr)

@@ -1,19 +1,19 @@
 """Final reports: pure writers of metrics.json, per-class accuracy, confusion matrix, tuning metric."""
 
 import csv
-import json
 import os
 
 import numpy as np
 import tensorflow as tf
 
+from contracts import jobdir
 from trainer import distribute
 
 
 def write_metrics(path, metrics):
-    """Writes ``metrics`` as indented JSON."""
+    """Writes ``metrics`` as indented strict JSON (a non-finite number is written as ``null``)."""
     with open(path, "w") as f:
-        json.dump(metrics, f, indent=2, sort_keys=True)
+        f.write(jobdir.to_json(metrics, indent=2, sort_keys=True))
 
 
 def per_class_accuracy(confusion):

@@ -5,8 +5,10 @@ defaults (``models.get_defaults``), the ``--config`` YAML/JSON file, then the
 flags given on the command line. Vertex AI's ``AIP_MODEL_DIR``,
 ``AIP_CHECKPOINT_DIR`` and ``AIP_TENSORBOARD_LOG_DIR`` supply the output
 folders when set. The resolved configuration is written to ``J/config.json``.
-Bad input ends with one line on stderr and exit code 2; a SIGTERM ends with
-the training state backed up and exit code 143 so the cluster restarts the job.
+Bad input (an output folder that is a file included) ends with one line on
+stderr and exit code 2; a SIGTERM ends with the training state backed up and
+exit code 143 so the cluster restarts the job; a loss that becomes NaN or
+infinite ends with one line and exit code 3, the last good backup kept.
 """
 
 import argparse
@@ -84,6 +86,12 @@ def build_parser():
     add("--warmup-epochs", type=int, help="Epochs with a frozen backbone before fine-tuning everything.")
     add("--explain", action=cli.BooleanFlag, help="Enable the Grad-CAM callback (default: on).")
     add("--debug-dump-weights", help="For tests: every worker writes its final weights to this folder.")
+    add("--backup-every-steps", type=int, help="Also back up every N steps within an epoch (0: off).")
+    add(
+        "--stop-check-every-steps",
+        type=int,
+        help="Cluster workers agree on a SIGTERM every N steps (one scalar all-reduce; default 10).",
+    )
     return parser
 
 
@@ -184,20 +192,40 @@ def _fine_tunable(arch):
     return models.get_defaults(arch).fine_tunable
 
 
-def main(argv=None):
-    """Entry point; returns the process exit code."""
-    from trainer import train
+def check_outputs(config):
+    """Refuses output folders that cannot be written, before anything trains.
 
+    Raises:
+        contracts.cli.OutputPathError: Naming the flag (or setting) and the folder.
+    """
+    cli.check_writable_dir(config.job_dir, "--job-dir")
+    for name in ("log_dir", "checkpoint_dir", "backup_dir", "export_dir"):
+        cli.check_writable_dir(getattr(config, name), name)
+    cli.check_writable_dir(config.debug_dump_weights, "--debug-dump-weights")
+
+
+def main(argv=None):
+    """Entry point; returns the process exit code.
+
+    Exit codes: 0 done; 2 bad input; 3 diverged (a NaN or infinite loss, the
+    last good backup kept); 143 preempted (state backed up).
+    """
     try:
         config = resolve(argv)
+        check_outputs(config)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    from trainer import train
+
     try:
         train.run(config)
     except train.Preempted as stop:
         print(f"preempted: {stop}; state backed up, run the same command to resume", file=sys.stderr)
         return train.PREEMPTED_EXIT_CODE
+    except train.Diverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return train.DIVERGED_EXIT_CODE
     except ValueError as error:  # DataError, JobDirError and bad values are all ValueErrors.
         print(f"error: {error}", file=sys.stderr)
         return 2

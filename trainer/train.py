@@ -7,6 +7,7 @@ names the file of each. The training loop itself is
 :class:`trainer.loop.DistributedLoop` (see docs/trainer.md for why).
 """
 
+import contextlib
 import json
 import sys
 
@@ -14,10 +15,17 @@ from contracts import dataset, jobdir, policy, storage
 from trainer import distribute
 
 PREEMPTED_EXIT_CODE = 143
+# Not 2 (bad input) nor 143 (preempted): a restart policy can stop on it, since
+# rerunning resumes from the same backup and diverges again.
+DIVERGED_EXIT_CODE = 3
 
 
 class Preempted(Exception):  # noqa: N818 - a signal, not an error
     """Raised after a stop request (SIGTERM) once the training state is backed up."""
+
+
+class Diverged(Exception):  # noqa: N818 - the run's outcome, named like Preempted
+    """Raised when a loss or a weight became NaN or infinite; the last good backup is kept."""
 
 
 def output_folders(config):
@@ -43,6 +51,7 @@ def run(config, stop_flag=None):
 
     Raises:
         Preempted: Training stopped on request; the state is backed up.
+        Diverged: A loss or a variable became NaN or infinite; the last good backup is kept.
         contracts.dataset.DataError: Bad dataset.
         contracts.jobdir.JobDirError: The job dir holds an incompatible run.
     """
@@ -52,7 +61,7 @@ def run(config, stop_flag=None):
     import keras
     import tensorflow as tf
 
-    from trainer import augment, callbacks, export, loop, models, report, state
+    from trainer import augment, backup, callbacks, export, loop, models, report, state
 
     chief = distribute.is_chief()
     outputs = storage.JobOutputs(output_folders(config), chief=chief)
@@ -76,11 +85,11 @@ def run(config, stop_flag=None):
     _log(f"strategy {distribute.strategy_name(strategy)} with {replicas} replicas; chief={chief}")
     stop_flag = stop_flag or distribute.StopFlag().install()
 
-    # 3. Where to start: a backup left by a preempted run, if any.
+    # 3. Where to start: the newest intact generation of a backup left by a preempted run, if any.
     outputs.download("backup")
-    resume = state.read_state(outputs.local("backup"))
-    initial_epoch, initial_step = (resume["epoch"], resume["step_in_epoch"]) if resume else (0, 0)
-    frozen = config.warmup_epochs > 0 and initial_epoch < config.warmup_epochs
+    backups = backup.scan(outputs.local("backup"))
+    newest = backups.usable[0].state if backups.usable else {"epoch": 0}
+    frozen = config.warmup_epochs > 0 and newest["epoch"] < config.warmup_epochs
 
     # 4. Model, loop, callbacks; then the backup restored into them.
     build_options = model_build_options(config, models.get_defaults(config.arch), info.image_size)
@@ -100,7 +109,12 @@ def run(config, stop_flag=None):
         seed=config.seed,
         jit_compile=config.jit_compile,
     )
-    training_state = state.TrainingState(model, chief=chief)
+    training_state = state.TrainingState(model, chief=chief, guard=training_loop.check_finite)
+    # Restoring builds the optimizer's variables, which a distributed strategy creates only in its scope.
+    # A damaged generation is skipped with one warning line: the previous one, or a fresh start.
+    with strategy.scope():
+        resume = training_state.restore(backups, log=_log)
+    initial_epoch, initial_step = (resume["epoch"], resume["step_in_epoch"]) if resume else (0, 0)
     run_callbacks, early_stopping = callbacks.make_callbacks(
         config,
         info=info,
@@ -114,9 +128,9 @@ def run(config, stop_flag=None):
         log=_log,
     )
     if resume:
-        training_state.restore(outputs.local("backup"), resume)
+        # The device-side augmentation seeds from the global step: restored, it is pure in (epoch, step).
         training_loop.step_counter.assign(initial_epoch * steps_per_epoch + initial_step)
-        _log(f"resumed at epoch {initial_epoch} step {initial_step}")
+        _log(f"resumed at epoch {initial_epoch} step {initial_step} from {resume['generation']}")
 
     # 5. Fit: one phase, or a frozen warm-up then everything.
     fit_args = {
@@ -124,15 +138,19 @@ def run(config, stop_flag=None):
         "callbacks": keras.callbacks.CallbackList(run_callbacks, model=model),
         "valid_dataset": _distributed(strategy, config, info, "valid", training=False),
         "validation_steps": config.validation_steps,
-        "stop_requested": distribute.stop_check(strategy, stop_flag),
+        "stop_requested": distribute.stop_check(strategy, stop_flag, config.stop_check_every_steps),
         "batch_logs_wanted": sys.stdout.isatty(),
     }
-    train_dataset = _distributed(strategy, config, info, "train", training=True)
-    with dataset.translate_data_errors(info):
+    with dataset.translate_data_errors(info), _stop_if_diverged(config.backup_dir, outputs.local("backup")):
         phases = [(min(config.warmup_epochs, config.epochs), True)] if frozen else []
         phases.append((config.epochs, False))
         epoch, step = initial_epoch, initial_step
         for end, backbone_frozen in phases:
+            # The training stream is a pure function of (seed, epoch, step): each
+            # phase's stream starts where that phase starts.
+            train_dataset = _distributed(
+                strategy, config, info, "train", training=True, start=(epoch, step, steps_per_epoch)
+            )
             result = training_loop.fit(
                 train_dataset, epochs=end, initial_epoch=epoch, initial_step=step, **fit_args
             )
@@ -262,9 +280,18 @@ def _unfreeze(config, strategy, model, training_loop, training_state):
     _log("backbone unfrozen: training every layer")
 
 
-def _distributed(strategy, config, info, split, training):
-    """Returns the distributed dataset of ``split`` for this run."""
+def _distributed(strategy, config, info, split, training, start=None):
+    """Returns the distributed dataset of ``split`` for this run.
+
+    ``start`` is ``(epoch, step, steps_per_epoch)`` of a training stream: where it begins and how long
+    its epochs are.
+    """
     from trainer import data
+
+    position = {}
+    if start is not None:
+        epoch, step, steps_per_epoch = start
+        position = {"initial_epoch": epoch, "initial_step": step, "steps_per_epoch": steps_per_epoch}
 
     def make(input_context):
         return data.make_dataset(
@@ -278,9 +305,26 @@ def _distributed(strategy, config, info, split, training):
             cache=config.cache,
             seed=config.seed,
             input_context=input_context,
+            **position,
         )
 
     return strategy.distribute_datasets_from_function(make)
+
+
+@contextlib.contextmanager
+def _stop_if_diverged(backup_uri, backup_dir):
+    """Turns a non-finite loss into :class:`Diverged`, naming the backup it leaves in place."""
+    from trainer import loop, state
+
+    try:
+        yield
+    except loop.NonFiniteError as error:
+        kept = state.read_state(backup_dir)
+        where = "no backup was saved before"
+        if kept is not None:
+            position = f"epoch {kept['epoch']} step {kept['step_in_epoch']}"
+            where = f"the last good backup ({position}) is kept in {backup_uri}"
+        raise Diverged(f"{error}; {where}") from None
 
 
 def _log(message):

@@ -105,7 +105,8 @@ def test_augment_callable_gets_the_per_batch_seeds(sample_info, sample_raw):
     # the source size, whatever the policy (the trainer's --augment-on device).
     plain = list(data.make_dataset(sample_info, "train", policy="crop", features="all", **kwargs).take(4))
     augmented = list(data.make_dataset(sample_info, "train", augment=add_seed, **kwargs).take(4))
-    seeds = [seed.numpy() for seed in data.augment_seeds(6).take(4)]
+    per_epoch = sample_info.num_batches("train", 8, drop_remainder=True)
+    seeds = [seed.numpy() for seed in data.augment_seeds(6, per_epoch).take(4)]
     index = {wnid: i for i, wnid in enumerate(sample_info.wnids)}
     for batch, (images, labels), seed in zip(plain, augmented, seeds, strict=True):
         assert batch["image"].shape == (8, 64, 64, 3) and batch["image"].dtype == tf.float32
@@ -133,21 +134,23 @@ def test_augment_callable_gets_the_per_batch_seeds(sample_info, sample_raw):
         np.testing.assert_array_equal(labels.numpy(), expected_labels.numpy())
 
 
-def test_training_stream_reshuffles_every_pass_and_cache_changes_nothing(sample_info):
-    def names(cache):
+@pytest.mark.parametrize("cache", [False, True])
+def test_training_stream_reshuffles_every_epoch(sample_info, cache):
+    def names(**kwargs):
         dataset = data.make_dataset(
-            sample_info, "train", global_batch_size=20, training=True, seed=3, cache=cache, features="all"
+            sample_info, "train", global_batch_size=20, training=True, seed=3, features="all", **kwargs
         )
-        return [batch["filename"].numpy() for batch in dataset.take(18)]  # Two passes of 9 batches.
+        return [batch["filename"].numpy() for batch in dataset.take(18)]  # Two epochs of 9 batches.
 
-    cached, streamed = names(True), names(False)
-    for a, b in zip(cached, streamed, strict=True):
-        np.testing.assert_array_equal(a, b)
-    first, second = np.concatenate(cached[:9]), np.concatenate(cached[9:])
+    batches = names(cache=cache)
+    first, second = np.concatenate(batches[:9]), np.concatenate(batches[9:])
     assert len(set(first)) == len(set(second)) == sample_info.split_counts["train"]  # Every record once.
     assert not np.array_equal(first, second)
-    labels_of_first_batch = {name.split(b"_")[0] for name in cached[0]}
+    labels_of_first_batch = {name.split(b"_")[0] for name in batches[0]}
     assert len(labels_of_first_batch) > 2  # Shuffled across classes and shards.
+    # A pure function of (seed, epoch, step): started at epoch 1 step 4, the same batches.
+    for a, b in zip(names(cache=cache, initial_epoch=1, initial_step=4)[:5], batches[13:], strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_cache_serves_later_passes_from_memory(records_copy):

@@ -113,7 +113,7 @@ DATAFLOW = [
 
 
 def test_dataflow_dry_run_command(capsys):
-    assert submit.main([*DATAFLOW, "--dry-run", "--", "--num-shards", "16"]) == 0
+    assert submit.main([*DATAFLOW, "--dry-run", "--", "--num-shards-train", "16"]) == 0
     words = shlex.split(capsys.readouterr().out)
     assert words[:3] == ["python", "-m", "preprocessing.task"]
     options = dict(zip(words[3::2], words[4::2], strict=False))
@@ -128,7 +128,7 @@ def test_dataflow_dry_run_command(capsys):
         "--setup_file": "./setup.py",
         "--max_num_workers": "20",
         "--machine_type": "n2-standard-4",
-        "--num-shards": "16",
+        "--num-shards-train": "16",
     }
 
 

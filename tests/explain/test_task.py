@@ -213,3 +213,16 @@ def test_cli_usage_error_has_no_traceback(tmp_path):
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "--data-dir" in lines[0] and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--logdir", "--out-dir"])
+@pytest.mark.parametrize("below", [False, True])
+def test_output_folder_that_is_a_file_is_one_line_and_exit_2(tmp_path, capsys, flag, below):
+    """Checked before the model or the data is read (both are missing here)."""
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("not a folder")
+    target = str(in_the_way / "sub") if below else str(in_the_way)
+    argv = ["--model", str(tmp_path / "job"), "--data-dir", str(tmp_path), "--logdir", str(tmp_path / "logs")]
+    assert task.main([*argv, flag, target]) == 2
+    problem = f"{in_the_way} is a file, not a folder" if below else "is a file, not a folder"
+    assert capsys.readouterr().err.splitlines() == [f"error: {flag} {target}: {problem}"]

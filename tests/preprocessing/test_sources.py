@@ -32,13 +32,48 @@ def test_class_table_sorted_and_named():
 
 
 def test_parsers_and_malformed_rows():
-    assert sources.parse_boxes("a.JPEG\t1\t2\t3\t4\n\n") == {"a.JPEG": (1, 2, 3, 4)}
-    rows = sources.parse_val_annotations("v_0.JPEG\tn1\t0\t1\t2\t3\n")
-    assert rows == {"v_0.JPEG": ("n1", (0, 1, 2, 3))}
-    with pytest.raises(sources.LayoutError, match="line 1"):
-        sources.parse_val_annotations("v_0.JPEG\tn1\t0\t1\n")
-    with pytest.raises(sources.LayoutError, match="not four integers"):
-        sources.parse_boxes("a.JPEG\t1\tx\t3\t4\n")
+    assert sources.parse_boxes("a.JPEG\t1\t2\t3\t4\n\n") == ({"a.JPEG": (1, 2, 3, 4)}, {})
+    rows = sources.parse_val_annotations("v_0.JPEG\tn1\t0\t1\t2\t3\r\n\nv_0.JPEG\tn1\t0\t1\t2\t3\n")
+    assert rows == ({"v_0.JPEG": ("n1", (0, 1, 2, 3))}, {}), "an identical repeat is harmless"
+    with pytest.raises(sources.LayoutError, match=r"val_annotations.txt line 2: expected 6"):
+        sources.parse_val_annotations("\nv_0.JPEG\tn1\t0\t1\n")
+    malformed = {
+        "a.JPEG\t1\tx\t3\t4": "not four non-negative integers",
+        "a.JPEG\t1\t-2\t3\t4": "not four non-negative integers",
+        "a.JPEG\t1\t\u00b2\t3\t4": "not four non-negative integers",
+        "a.JPEG\t1\t2\t3": "not four non-negative integers",
+        "a.JPEG\t1\t2\t3\t99999999999": "larger than",
+        " \t1\t2\t3\t4": "empty file name",
+    }
+    for row, reason in malformed.items():
+        with pytest.raises(sources.LayoutError, match=f"n1_boxes.txt line 3: .*{reason}"):
+            sources.parse_boxes(f"ok.JPEG\t1\t2\t3\t4\n\n{row}\n", "n1_boxes.txt")
+
+
+def test_conflicting_rows_reject_the_image_whatever_their_order():
+    text = "a.JPEG\tn1\t0\t0\t9\t9\nb.JPEG\tn1\t0\t0\t9\t9\na.JPEG\tn2\t0\t0\t9\t9\na.JPEG\tn1\t0\t0\t9\t9\n"
+    rows, conflicts = sources.parse_val_annotations(text)
+    assert rows == {"b.JPEG": ("n1", (0, 0, 9, 9))}
+    assert list(conflicts) == ["a.JPEG"] and "lines 1 and 3 disagree" in conflicts["a.JPEG"]
+    assert "'n1'" in conflicts["a.JPEG"] and "'n2'" in conflicts["a.JPEG"]
+    table = sources.ClassTable(["n1", "n2"], {})
+    items, rejected = sources.val_items(table, ["a.JPEG", "b.JPEG"], (rows, conflicts))
+    assert [i.path for i in items] == ["val/images/b.JPEG"]
+    assert rejected == [sources.Rejected("val/images/a.JPEG", conflicts["a.JPEG"])]
+    boxes = sources.parse_boxes("x.JPEG\t1\t1\t5\t5\nx.JPEG\t2\t2\t5\t5\n", "n1_boxes.txt")
+    assert boxes.rows == {} and "n1_boxes.txt lines 1 and 2 disagree" in boxes.conflicts["x.JPEG"]
+
+
+def test_wnids_and_words_refuse_rows_that_would_misname_a_class():
+    assert sources.parse_wnids("n1\r\n\n  n2  \n") == ["n1", "n2"]
+    for bad in ("../etc", "n1/images", "n 1", ".", "..", "n1\x00", "a\\b"):
+        with pytest.raises(sources.LayoutError, match=r"wnids.txt line 2: .* is not a wnid"):
+            sources.parse_wnids(f"n0\n{bad}\n")
+    with pytest.raises(sources.LayoutError, match=r"words.txt line 2: expected 'wnid<TAB>name' for n1"):
+        sources.parse_words("n0\tzero\nn1\n", ["n1"])
+    with pytest.raises(sources.LayoutError, match=r"words.txt line 3: a second, different name for n1"):
+        sources.parse_words("n1\tone\nn1\tone\nn1\tuno\n", ["n1"])
+    assert sources.parse_words("n9 without a tab\nn1\tone\n", ["n1"]) == {"n1": "one"}, "other rows unread"
 
 
 def test_valid_split_is_stratified_and_stable():
@@ -58,11 +93,14 @@ def test_valid_split_is_stratified_and_stable():
 
 def test_val_items_reject_unknown_missing_and_unannotated():
     table = sources.ClassTable(["n1", "n2"], {})
-    annotations = {
-        "a.JPEG": ("n2", (0, 0, 5, 5)),
-        "b.JPEG": ("n7", (0, 0, 5, 5)),
-        "gone.JPEG": ("n1", (0, 0, 5, 5)),
-    }
+    annotations = sources.Annotations(
+        {
+            "a.JPEG": ("n2", (0, 0, 5, 5)),
+            "b.JPEG": ("n7", (0, 0, 5, 5)),
+            "gone.JPEG": ("n1", (0, 0, 5, 5)),
+        },
+        {},
+    )
     items, rejected = sources.val_items(table, ["a.JPEG", "b.JPEG", "extra.JPEG"], annotations)
     assert items == [sources.Item("val/images/a.JPEG", "val", 1, (0, 0, 5, 5))]
     assert sorted(rejected) == [

@@ -6,8 +6,13 @@ import io
 import json
 import logging
 import os
+import pathlib
 import shutil
+import signal
+import subprocess
+import sys
 import threading
+import time
 import zipfile
 
 import numpy as np
@@ -16,8 +21,10 @@ import tensorflow as tf
 from PIL import Image
 
 from contracts import schema
-from preprocessing import sample, task
+from preprocessing import fetch, sample, task, transforms
 from tests import datasets
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 # metadata.json as docs/design.md section 1 lists it.
 METADATA_KEYS = {
@@ -29,6 +36,7 @@ METADATA_KEYS = {
     "classes",
     "splits",
     "rejected",
+    "inputs",
 }
 SHARDS = [
     "--num-shards-train",
@@ -330,3 +338,146 @@ def test_bad_flags_exit_2(tmp_path, capsys):
     assert task.with_direct_defaults(["--runner", "DataflowRunner"], 10**6) == ["--runner", "DataflowRunner"]
     assert task.with_direct_defaults(["--direct_num_workers", "1"], 10**6) == ["--direct_num_workers", "1"]
     assert task.with_direct_defaults([], 10) == []
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--valid-fracton", "0.5"], "unrecognized flag --valid-fracton (did you mean --valid-fraction?)"),
+        (["--foo", "1"], "unrecognized flag --foo: neither a flag of this job nor a Beam pipeline option"),
+        (["--seed", "abc"], "argument --seed: invalid int value: 'abc'"),
+        (["--direct_num_workers", "abc"], "argument --direct_num_workers: invalid int value: 'abc'"),
+        (["--direct_running_mode=in_memory", "--runer", "x"], "flag --runer (did you mean --runner?)"),
+        (["--direct_running_mode=threads"], "argument --direct_running_mode: invalid choice: 'threads'"),
+        (["stray"], "unexpected argument 'stray'"),
+    ],
+)
+def test_unknown_flags_and_bad_values_are_errors(tmp_path, capsys, flags, message):
+    code, err = _run(capsys, "--raw-dir", tmp_path, "--output-dir", tmp_path / "o", *flags)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    assert message in err and "usage:" not in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "beam",
+    [
+        ["--runner", "DirectRunner", "--direct_num_workers", "2", "--direct_running_mode=multi_processing"],
+        ["--runner=DirectRunner", "--direct_num_workers=1"],
+        ["--project", "p", "--region", "r", "--temp_location", "gs://b/t", "--setup_file", "./setup.py"],
+        ["--experiments", "a", "--experiments=b", "--job_name", "j", "--max_num_workers", "3"],
+    ],
+)
+def test_beam_options_pass_in_both_forms(beam):
+    config, beam_args = task.parse_args(["--raw-dir", "r", "--seed", "3", *beam, "--output-dir", "o"])
+    assert beam_args == beam and (config.raw_dir, config.output_dir, config.seed) == ("r", "o", 3)
+
+
+def _listing(folder):
+    """{relative path: bytes} of every file below ``folder``."""
+    files = [path for path in pathlib.Path(folder).rglob("*") if path.is_file()]
+    return {str(path.relative_to(folder)): path.read_bytes() for path in files}
+
+
+def _no_partial_output(out):
+    names = os.listdir(out) if os.path.isdir(out) else []
+    assert not [n for n in names if n.startswith((".incomplete-", "beam-temp-", ".plan", ".counts"))], names
+    assert not [n for n in names if ".tmp-" in n], names
+
+
+def test_failed_job_publishes_nothing_and_keeps_the_earlier_output(converted, tmp_path, capsys):
+    _bad_corpus(tmp_path / "raw")
+    bad = ["--raw-dir", tmp_path / "raw", *SHARDS, "--max-reject-fraction", 0]
+    fresh = tmp_path / "fresh"
+    code, err = _run(capsys, *bad, "--output-dir", fresh)
+    kept = fresh / fetch.FAILED_REJECTS_FILE
+    assert code == 1 and len(err.strip().splitlines()) == 1 and f"see {kept}" in err, err
+    assert os.listdir(fresh) == [fetch.FAILED_REJECTS_FILE], "no shard, metadata, staging or temp folder"
+    assert len(kept.read_text().splitlines()) == 4
+
+    # A failed --overwrite run leaves a complete earlier output exactly as it was.
+    out = tmp_path / "out"
+    shutil.copytree(converted, out)
+    before = _listing(out)
+    code, err = _run(capsys, *bad, "--output-dir", out, "--overwrite")
+    assert code == 1, err
+    after = _listing(out)
+    assert after.pop(fetch.FAILED_REJECTS_FILE) and after == before
+    _no_partial_output(out)
+
+    # A later successful run replaces all of it, the kept dead letters included.
+    code, err = _run(capsys, *bad[:-1], 0.2, "--output-dir", out, "--overwrite")
+    assert code == 0, err
+    metadata = _metadata(str(out))
+    shards = [s for info in metadata["splits"].values() for s in info["shards"]]
+    assert sorted(os.listdir(out)) == sorted([*shards, schema.METADATA_FILE, schema.REJECTED_FILE])
+
+
+def test_error_inside_the_pipeline_leaves_no_output(sample_raw, tmp_path, monkeypatch):
+    close = transforms._ShardWriter.close
+    closed = []
+
+    def fail_after_three_shards(self):
+        if len(closed) == 3:
+            raise RuntimeError("injected failure while writing a shard")
+        close(self)
+        closed.append(self)
+
+    monkeypatch.setattr(transforms._ShardWriter, "close", fail_after_three_shards)
+    out = tmp_path / "out"
+    with pytest.raises(Exception, match="injected failure"):
+        task.run(["--raw-dir", sample_raw[0], "--output-dir", str(out), *SHARDS])
+    assert len(closed) == 3, "three shards were complete when the job failed"
+    assert not out.exists(), "the staging folder and the --output-dir the job created are removed"
+
+
+# Runs the job, but the process stops for good right after its first shard is complete.
+_STALLED_JOB = """
+import sys, time
+from preprocessing import task, transforms
+close = transforms._ShardWriter.close
+def stall(self):
+    close(self)
+    time.sleep(300)
+transforms._ShardWriter.close = stall
+task.main()
+"""
+
+
+def _start_stalled_job(raw, out):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _STALLED_JOB, "--raw-dir", raw, "--output-dir", str(out), *SHARDS],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 180
+    while not list(out.glob(".incomplete-*/*.tfrecord")):
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "the job did not write its first shard"
+        time.sleep(0.2)
+    return proc
+
+
+@pytest.mark.slow
+def test_killed_job_leaves_no_partial_output(sample_raw, tmp_path, capsys):
+    # SIGTERM unwinds like any failure: nothing is left, not even the folder the job created.
+    out = tmp_path / "terminated"
+    proc = _start_stalled_job(sample_raw[0], out)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert not out.exists()
+
+    # SIGKILL cannot be caught: the staging folder stays, but no shard or metadata.json is published.
+    out = tmp_path / "killed"
+    proc = _start_stalled_job(sample_raw[0], out)
+    proc.kill()
+    proc.wait(timeout=60)
+    names = os.listdir(out)
+    assert len(names) == 1 and names[0].startswith(".incomplete-"), names
+    code, err = _run(capsys, "--raw-dir", sample_raw[0], "--output-dir", out, *SHARDS)
+    assert code == 2 and "--overwrite" in err, "the leftover counts as content"
+    code, err = _run(capsys, "--raw-dir", sample_raw[0], "--output-dir", out, *SHARDS, "--overwrite")
+    assert code == 0, err
+    _no_partial_output(out)
+    assert schema.METADATA_FILE in os.listdir(out)

@@ -134,13 +134,34 @@ def build_like_trainer(job_dir, data_dir):
     return models.build_model(config.arch, info.num_classes, seed=config.seed, **options)
 
 
+def newest_generation(backup_dir):
+    """Returns ``(folder, state)`` of the newest complete generation of a backup/plateau folder.
+
+    Read independently of trainer.backup: the newest ``gen-NNNNNN`` folder holding a
+    ``state.json``; ``(None, None)`` when there is none (yet).
+    """
+    if not os.path.isdir(backup_dir):
+        return None, None
+    for name in sorted((n for n in os.listdir(backup_dir) if n.startswith("gen-")), reverse=True):
+        folder = os.path.join(backup_dir, name)
+        try:
+            return folder, read_job_json(folder, "state.json")
+        except (OSError, ValueError):
+            continue
+    return None, None
+
+
 def read_backup_weights(model, backup_dir):
-    """Loads the model weights of a backup/plateau folder into ``model``; returns its state.json."""
+    """Loads the model weights of a backup/plateau folder's newest generation into ``model``.
+
+    Returns:
+        That generation's state.json.
+    """
     import tensorflow as tf
 
-    state = read_job_json(backup_dir, "state.json")
-    # The folder's own checkpoint, read independently of trainer.state.
-    tf.train.Checkpoint(model=model).read(os.path.join(backup_dir, state["checkpoint"])).expect_partial()
+    folder, state = newest_generation(backup_dir)
+    # The generation's own checkpoint, read independently of trainer.state.
+    tf.train.Checkpoint(model=model).read(os.path.join(folder, state["checkpoint"])).expect_partial()
     return state
 
 

@@ -118,7 +118,8 @@ def test_device_augmentation_matches_host(colour_info):
     def train_step(images, seed):
         return augmenter(images, seed)
 
-    batches = tf.data.Dataset.zip(device, contract.augment_seeds(5)).take(3)
+    seeds = contract.augment_seeds(5, colour_info.num_batches("train", 8, drop_remainder=True))
+    batches = tf.data.Dataset.zip(device, seeds).take(3)
     for (host_images, host_labels), ((images, labels), seed) in zip(host, batches, strict=True):
         assert images.shape == (8, 64, 64, 3)  # Un-augmented, at the source size.
         np.testing.assert_array_equal(_colour_labels(images.numpy()), labels.numpy())

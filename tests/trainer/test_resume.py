@@ -17,15 +17,14 @@ from tests.trainer import helpers
 def test_sigkill_then_rerun_continues_epochs(sample_records, tmp_path):
     data_dir, _ = sample_records
     job = str(tmp_path / "job")
-    state_file = os.path.join(job, "backup", "state.json")
+    backup = os.path.join(job, "backup")
     proc = helpers.start_cli(helpers.quick_args(data_dir, job, 3), str(tmp_path / "first.log"))
-    assert helpers.wait_for(lambda: os.path.exists(state_file), 400, proc), helpers.tail(
+    assert helpers.wait_for(lambda: helpers.newest_generation(backup)[1], 400, proc), helpers.tail(
         tmp_path / "first.log"
     )
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    with open(state_file) as f:
-        saved = json.load(f)
+    _, saved = helpers.newest_generation(backup)
     assert saved["epoch"] >= 1 and saved["step_in_epoch"] == 0
     assert set(saved["callbacks"]) == {"best_model", "early_stopping", "lr_plateau"}
     second = helpers.run_cli(helpers.quick_args(data_dir, job, 3))
@@ -61,7 +60,7 @@ def test_sigterm_saves_current_weights_and_exits_nonzero(sample_records, tmp_pat
     saved = helpers.read_backup_weights(model, backup)
     assert 2 <= saved["epoch"] < 50
     assert saved["callbacks"]["early_stopping"]["best_epoch"] == 0
-    with np.load(os.path.join(backup, saved["arrays"]["early_stopping"])) as data:
+    with np.load(os.path.join(backup, saved["generation"], saved["arrays"]["early_stopping"])) as data:
         best = [data[f"arr_{i}"] for i in range(len(data.files))]
     current = model.get_weights()
     assert [a.shape for a in best] == [a.shape for a in current]
@@ -134,12 +133,11 @@ def test_plateau_checkpoint_early_stopping_and_branch(sample_records, tmp_path):
     # The plateau: the learning rate was cut after epoch index 1; the state after it is kept.
     assert sorted(os.listdir(os.path.join(job, "checkpoints"))) == ["plateau-epoch-0002"]
     plateau = os.path.join(job, "checkpoints", "plateau-epoch-0002")
-    with open(os.path.join(plateau, "state.json")) as f:
-        saved = json.load(f)
+    folder, saved = helpers.newest_generation(plateau)
     assert saved["epoch"] == 2 and saved["step_in_epoch"] == 0
     assert saved["learning_rate"] == pytest.approx(1e-7)
     assert saved["callbacks"]["early_stopping"]["wait"] == 1
-    assert os.path.exists(os.path.join(plateau, saved["checkpoint"] + ".index"))
+    assert os.path.exists(os.path.join(folder, saved["checkpoint"] + ".index"))
     assert f"plateau at epoch 2: learning rate reduced, state saved to {plateau}" in first.stderr
 
     # Branch exactly as docs/trainer.md says: its shell lines, then the first command
