@@ -102,6 +102,15 @@ def file_checksums(path):
     return base64.b64encode(crc.digest()).decode("ascii"), base64.b64encode(md5.digest()).decode("ascii")
 
 
+def file_sha256(path):
+    """Returns the SHA-256 of a local file (lowercase hex)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_READ_SIZE), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def read_bytes(uri):
     """Reads a local file or a ``gs://`` object.
 

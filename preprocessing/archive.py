@@ -283,15 +283,6 @@ def download(url, target, limits=Limits()):
     return digest.hexdigest()
 
 
-def file_sha256(path):
-    """Returns the SHA-256 of a local file (lowercase hex)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _local_copy(src, local, limits):
     """Returns ``(local path, sha256 or None)`` of the archive ``src``."""
     if src.startswith(WEB_SCHEMES):
@@ -299,12 +290,12 @@ def _local_copy(src, local, limits):
     if "://" not in src:
         if not os.path.isfile(src):
             raise SourceError(f"--raw-dir {src} does not exist")
-        return src, file_sha256(src) if limits.sha256 else None
+        return src, storage.file_sha256(src) if limits.sha256 else None
     try:
         storage.download_file(src, local)
     except FileNotFoundError:
         raise SourceError(f"--raw-dir {src} does not exist") from None
-    return local, file_sha256(local) if limits.sha256 else None
+    return local, storage.file_sha256(local) if limits.sha256 else None
 
 
 def fetch_archive(src, work_dir, limits=Limits()):

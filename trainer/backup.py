@@ -19,19 +19,17 @@ upload or flipped bits.
 """
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
 import shutil
 
-from contracts import jobdir
+from contracts import jobdir, storage
 
 STATE_FILE = "state.json"
 CHECKPOINT = "ckpt"
 _PREFIX = "gen-"
 _NAME = re.compile(r"^gen-(\d{6,})$")
-_READ_SIZE = 1 << 20
 # The keys of a generation's state.json that the trainer reads, and their types.
 _FIELDS = {
     "epoch": int,
@@ -103,15 +101,6 @@ def next_name(directory):
     return f"{_PREFIX}{number:06d}"
 
 
-def sha256(path):
-    """Returns the hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_READ_SIZE), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def commit(generation, state):
     """Completes a generation: records every file's checksum in ``state.json``, written last.
 
@@ -124,7 +113,7 @@ def commit(generation, state):
     """
     files = sorted(name for name in os.listdir(generation.path) if not name.startswith(STATE_FILE))
     state = {**state, "generation": generation.name}
-    state["files"] = {name: sha256(generation.file(name)) for name in files}
+    state["files"] = {name: storage.file_sha256(generation.file(name)) for name in files}
     temporary = generation.file(STATE_FILE + ".tmp")
     with open(temporary, "w") as f:
         f.write(jobdir.to_json(state, indent=2))
@@ -197,7 +186,7 @@ def verify(generation):
         path = generation.file(name)
         if not os.path.exists(path):
             problems.append(f"{name}: missing")
-        elif sha256(path) != expected:
+        elif storage.file_sha256(path) != expected:
             problems.append(f"{name}: checksum mismatch")
     if problems:
         generation.problem = f"{generation.name}/" + f"; {generation.name}/".join(problems)
