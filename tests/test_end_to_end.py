@@ -17,6 +17,7 @@ from contracts import schema
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHS = ("minception", "inception_v1", "inception_resnet_v2")
+CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, MINCEPTION_EPOCHS = 4, 60, 6, 5
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +27,10 @@ def demo_run(tmp_path_factory):
         **os.environ,
         "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
         "PYTHONPATH": ROOT,
-        "DEMO_CLASSES": "4",
-        "DEMO_TRAIN_PER_CLASS": "120",
-        "DEMO_VAL_PER_CLASS": "10",
-        "DEMO_MINCEPTION_EPOCHS": "10",
+        "DEMO_CLASSES": str(CLASSES),
+        "DEMO_TRAIN_PER_CLASS": str(TRAIN_PER_CLASS),
+        "DEMO_VAL_PER_CLASS": str(VAL_PER_CLASS),
+        "DEMO_MINCEPTION_EPOCHS": str(MINCEPTION_EPOCHS),
         "DEMO_EXPLAIN_IMAGES": "8",
     }
     proc = subprocess.run(
@@ -62,9 +63,10 @@ def test_raw_dataset_and_records(demo_run):
     assert len((out / "raw" / "wnids.txt").read_text().split()) == 4
     metadata, labels = _test_labels(out)
     counts = {split: metadata["splits"][split]["count"] for split in ("train", "valid", "test")}
-    assert counts["train"] + counts["valid"] == 4 * 120 and counts["test"] == 4 * 10
-    assert metadata["rejected"]["count"] == 0 and len(metadata["classes"]) == 4
-    assert sorted(labels) == sorted(list(range(4)) * 10)
+    assert counts["train"] + counts["valid"] == CLASSES * TRAIN_PER_CLASS
+    assert counts["test"] == CLASSES * VAL_PER_CLASS
+    assert metadata["rejected"]["count"] == 0 and len(metadata["classes"]) == CLASSES
+    assert sorted(labels) == sorted(list(range(CLASSES)) * VAL_PER_CLASS)
 
 
 @pytest.mark.slow
@@ -77,7 +79,12 @@ def test_each_architecture_trained_and_explained(demo_run, arch):
     config = json.loads((job / "config.json").read_text())
     assert metrics["arch"] == config["arch"] == arch and metrics["num_classes"] == 4
     # The final evaluation saw every test record once.
-    assert metrics["test"]["count"] == metadata["splits"]["test"]["count"] == len(labels) == 40
+    assert (
+        metrics["test"]["count"]
+        == metadata["splits"]["test"]["count"]
+        == len(labels)
+        == CLASSES * VAL_PER_CLASS
+    )
     assert metrics["valid"]["count"] == metadata["splits"]["valid"]["count"]
     assert metrics["test"]["top5_accuracy"] == 1.0, "4 classes: the true class is always in the top 4"
 
@@ -92,8 +99,13 @@ def test_each_architecture_trained_and_explained(demo_run, arch):
     assert [int(r["epoch"]) for r in history] == list(range(metrics["epochs_completed"]))
     assert metrics["epochs_completed"] == config["epochs"] or metrics["stopped_early"]
     val_loss = [float(r["val_loss"]) for r in history]
-    # Early stopping's best epoch is the first lowest val_loss (min_delta 0).
-    assert config["min_delta"] == 0 and metrics["best_epoch"] == val_loss.index(min(val_loss))
+    # Early stopping's best epoch is the first lowest val_loss (min_delta 0) from the
+    # first epoch it watches on.
+    start = min(config["monitor_start_epoch"], config["epochs"] - 1)
+    watched = val_loss[start:]
+    assert config["min_delta"] == 0 and metrics["best_epoch"] == start + watched.index(min(watched))
+    assert metrics["chance"]["valid_count"] == metrics["valid"]["count"]
+    assert metrics["chance"]["valid_accuracy"] == pytest.approx(metrics["valid"]["accuracy"])
     if config["validation_steps"] is None:
         # Epoch-end validation covered the whole split: the final evaluation of the
         # restored best weights reproduces the best epoch's val_loss.
@@ -117,8 +129,9 @@ def test_each_architecture_trained_and_explained(demo_run, arch):
 def test_minception_learns_and_summary_table(demo_run):
     out, stdout = demo_run
     metrics = json.loads((out / "jobs" / "minception" / "metrics.json").read_text())
-    assert metrics["epochs_completed"] <= 10
-    assert metrics["test"]["accuracy"] > 0.5, "10 epochs on 4 shape classes clearly beat chance (0.25)"
+    assert metrics["epochs_completed"] <= MINCEPTION_EPOCHS
+    assert metrics["test"]["accuracy"] > 0.5, "5 epochs on 4 shape classes clearly beat chance (0.25)"
+    assert metrics["chance"]["better_than_chance"] is True
     lines = stdout[stdout.index("architecture") :].splitlines()
     cells = [line.split() for line in lines[2:]]
     rows = {row[0]: row[1:] for row in cells if row and row[0] in ARCHS}

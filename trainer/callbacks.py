@@ -72,20 +72,25 @@ class BestModelCheckpoint(state.Resumable, keras.callbacks.Callback):
         main_model: The model to save (shares weights with the training model).
         monitor: Metric to minimize.
         enabled: False on non-chief workers: they track the best value but write nothing.
+        start_from_epoch: Epochs before this one are not considered (as Keras'
+            ``EarlyStopping(start_from_epoch=...)``).
     """
 
-    def __init__(self, path, main_model, monitor="val_loss", enabled=True):
+    def __init__(self, path, main_model, monitor="val_loss", enabled=True, start_from_epoch=0):
         super().__init__()
         self.path = path
         self.main_model = main_model
         self.monitor = monitor
         self.enabled = enabled
+        self.start_from_epoch = start_from_epoch
         self.best = None
         self.best_epoch = -1
 
     def on_epoch_end(self, epoch, logs=None):
         current = (logs or {}).get(self.monitor)
-        if current is None or (self.best is not None and not current < self.best):
+        if epoch < self.start_from_epoch or current is None:
+            return
+        if self.best is not None and not current < self.best:
             return
         self.best, self.best_epoch = float(current), epoch
         if self.enabled:
@@ -272,13 +277,18 @@ def make_callbacks(
     Returns:
         ``(callbacks, early_stopping)``.
     """
-    best_model = BestModelCheckpoint(outputs.local("job", jobdir.MODEL_FILE), main_model, enabled=chief)
+    # The last epoch is always watched, so a run shorter than the warm-up still has a best model.
+    start = min(config.monitor_start_epoch, config.epochs - 1)
+    best_model = BestModelCheckpoint(
+        outputs.local("job", jobdir.MODEL_FILE), main_model, enabled=chief, start_from_epoch=start
+    )
     early_stopping = EarlyStopping(
         monitor="val_loss",
         mode="min",
         patience=config.early_stopping_patience,
         min_delta=config.min_delta,
         restore_best_weights=True,
+        start_from_epoch=start,
     )
     plateau = ReduceLROnPlateau(
         monitor="val_loss", mode="min", factor=config.lr_plateau_factor, patience=config.lr_plateau_patience

@@ -76,6 +76,14 @@ class TrainConfig:
             within an epoch (bounds the work a kill loses); 0: at epoch ends only.
         stop_check_every_steps: Workers of a cluster agree on a stop request
             (SIGTERM) every this many steps: one scalar all-reduce each time.
+        bn_momentum: Momentum of the batch-norm moving statistics (Keras'
+            convention: the weight of the old value).
+        precise_bn: Batches of clean training images from which the batch-norm
+            statistics are recomputed before every validation, the final
+            evaluation and the export; 0: off; ``None``: auto
+            (:func:`trainer.precise_bn.auto_batches`).
+        monitor_start_epoch: First epoch (0-based) early stopping and the
+            best-model checkpoint consider; capped at the last epoch.
     """
 
     data_dir: str
@@ -115,6 +123,9 @@ class TrainConfig:
     debug_dump_weights: str | None = None
     backup_every_steps: int = 0
     stop_check_every_steps: int = 10
+    bn_momentum: float = 0.9
+    precise_bn: int | None = None
+    monitor_start_epoch: int = 0
 
     def __post_init__(self):
         _check_types(self)
@@ -134,14 +145,17 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or unset, got {value}")
-        for name in ("num_cpu_devices", "early_stopping_patience", "lr_plateau_patience", "warmup_epochs"):
+        nonnegative = ("num_cpu_devices", "early_stopping_patience", "lr_plateau_patience", "warmup_epochs")
+        for name in (*nonnegative, "monitor_start_epoch"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.backup_every_steps < 0:
             raise ValueError(f"backup_every_steps must be >= 0, got {self.backup_every_steps}")
         if self.stop_check_every_steps < 1:
             raise ValueError(f"stop_check_every_steps must be >= 1, got {self.stop_check_every_steps}")
-        for name in ("dropout", "aux_dropout"):
+        if self.precise_bn is not None and self.precise_bn < 0:
+            raise ValueError(f"precise_bn must be >= 0 (0: off) or auto, got {self.precise_bn}")
+        for name in ("dropout", "aux_dropout", "bn_momentum"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
@@ -182,8 +196,11 @@ class TrainConfig:
             "early_stopping_patience",
             "min_delta",
             "warmup_epochs",
+            "bn_momentum",
+            "monitor_start_epoch",
         )
         values = {key: getattr(self, key) for key in keys}
+        values["precise_bn"] = -1 if self.precise_bn is None else self.precise_bn
         values["dropout"] = -1.0 if self.dropout is None else self.dropout
         values["aux_dropout"] = -1.0 if self.aux_dropout is None else self.aux_dropout
         return values

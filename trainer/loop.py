@@ -336,6 +336,7 @@ class DistributedLoop:
         initial_step=0,
         stop_requested=None,
         batch_logs_wanted=False,
+        refresh_statistics=None,
     ):
         """Trains until ``epochs``, early stopping, or a stop request.
 
@@ -350,6 +351,8 @@ class DistributedLoop:
             initial_step: Steps of ``initial_epoch`` already done before a preemption.
             stop_requested: Callable ``(at_epoch_end) -> bool`` polled after every step.
             batch_logs_wanted: Pass running means to ``on_train_batch_end`` (costs a sync per step).
+            refresh_statistics: Called after each epoch's steps, before validation and the
+                epoch-end callbacks (precise batch-norm statistics).
 
         Returns:
             A :class:`LoopResult`.
@@ -385,6 +388,8 @@ class DistributedLoop:
                 result.interrupted, result.step_in_epoch = True, steps_done
                 break
             self.check_finite()  # Before any callback sees the epoch's logs or saves its state.
+            if refresh_statistics is not None:
+                refresh_statistics()
             logs = summarize(totals) if totals is not None else {}
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
             if valid_dataset is not None:

@@ -1,6 +1,7 @@
 """Final reports: pure writers of metrics.json, per-class accuracy, confusion matrix, tuning metric."""
 
 import csv
+import math
 import os
 
 import numpy as np
@@ -66,7 +67,72 @@ def report_hypertune(metric_tag, value, step):
     )
 
 
-def final_metrics(*, config, info, strategy, result, best_epoch, stopped_early, steps_per_epoch, evaluations):
+# A best model whose validation accuracy is this likely under chance is not better than chance.
+CHANCE_SIGNIFICANCE = 0.05
+
+
+def binomial_tail(successes, trials, probability):
+    """Returns ``P(X >= successes)`` for ``X ~ Binomial(trials, probability)`` (exact, in log space)."""
+    if successes <= 0:
+        return 1.0
+    if probability <= 0.0:
+        return 0.0
+    if probability >= 1.0:
+        return 1.0
+    log_p, log_q = math.log(probability), math.log1p(-probability)
+    terms = [
+        math.lgamma(trials + 1)
+        - math.lgamma(k + 1)
+        - math.lgamma(trials - k + 1)
+        + k * log_p
+        + (trials - k) * log_q
+        for k in range(successes, trials + 1)
+    ]
+    top = max(terms)
+    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+
+
+def chance_level(confusion):
+    """Compares a validation confusion matrix with chance.
+
+    Chance is the accuracy of always answering the most frequent class, and
+    the model beats it when that accuracy (or better) is unlikely under chance:
+    a one-sided exact binomial test at :data:`CHANCE_SIGNIFICANCE`.
+
+    Args:
+        confusion: ``[C, C]`` counts, rows the true classes.
+
+    Returns:
+        The ``chance`` entry of ``metrics.json``: ``accuracy`` (chance),
+        ``valid_accuracy``, ``valid_count``, ``p_value`` and ``better_than_chance``.
+    """
+    confusion = np.asarray(confusion, dtype=np.int64)
+    count = int(confusion.sum())
+    correct = int(np.trace(confusion))
+    chance = float(confusion.sum(axis=1).max()) / max(count, 1)
+    p_value = binomial_tail(correct, count, chance)
+    return {
+        "accuracy": chance,
+        "valid_accuracy": correct / max(count, 1),
+        "valid_count": count,
+        "p_value": p_value,
+        "better_than_chance": bool(p_value < CHANCE_SIGNIFICANCE),
+    }
+
+
+def chance_warning(chance):
+    """Returns the one-line warning of a run whose best model is not better than chance."""
+    return (
+        f"the best model's validation accuracy {chance['valid_accuracy']:.3f} over {chance['valid_count']} "
+        f"images is not better than chance ({chance['accuracy']:.3f}, always the most frequent class; "
+        f"binomial p={chance['p_value']:.2g}): train longer (--epochs, --monitor-start-epoch), keep "
+        "--precise-bn on, lower --bn-momentum, or add images (docs/trainer.md, small datasets)"
+    )
+
+
+def final_metrics(
+    *, config, info, strategy, result, best_epoch, stopped_early, steps_per_epoch, evaluations, chance
+):
     """Returns the ``metrics.json`` dict of a finished run (plain values in, plain dict out)."""
     return {
         "arch": config.arch,
@@ -80,6 +146,7 @@ def final_metrics(*, config, info, strategy, result, best_epoch, stopped_early, 
         "global_batch_size": config.batch_size,
         "valid": evaluations["valid"],
         "test": evaluations["test"],
+        "chance": chance,
     }
 
 

@@ -33,6 +33,10 @@ def _optional_int(text):
     return None if str(text).lower() in ("none", "") else int(text)
 
 
+def _batches_or_auto(text):
+    return None if str(text).lower() == "auto" else int(text)
+
+
 def build_parser():
     """Returns the argument parser; absent flags are left out of the namespace."""
     parser = cli.ArgumentParser(
@@ -84,6 +88,23 @@ def build_parser():
     add("--lr-plateau-patience", type=int, help="Epochs without improvement before reducing the LR.")
     add("--lr-plateau-factor", type=float, help="Factor applied to the learning rate on a plateau.")
     add("--warmup-epochs", type=int, help="Epochs with a frozen backbone before fine-tuning everything.")
+    add(
+        "--bn-momentum",
+        type=float,
+        help="Momentum of the batch-norm moving statistics (Keras convention; default 0.9, Keras' own 0.99).",
+    )
+    add(
+        "--precise-bn",
+        type=_batches_or_auto,
+        metavar="N|auto",
+        help="Recompute batch-norm statistics from N clean training batches before each validation "
+        "and the export (0: off; auto: up to 8192 images).",
+    )
+    add(
+        "--monitor-start-epoch",
+        type=int,
+        help="First epoch (0-based) early stopping and the best model watch (default: per architecture).",
+    )
     add("--explain", action=cli.BooleanFlag, help="Enable the Grad-CAM callback (default: on).")
     add("--debug-dump-weights", help="For tests: every worker writes its final weights to this folder.")
     add("--backup-every-steps", type=int, help="Also back up every N steps within an epoch (0: off).")
@@ -177,6 +198,8 @@ def resolve(argv=None, environ=None):
         values["job_dir"] = environ["AIP_MODEL_DIR"]
     if isinstance(values.get("weights"), str) and values["weights"].lower() == "none":
         values["weights"] = None
+    if str(values.get("precise_bn")).lower() == "auto":
+        values["precise_bn"] = None
     if values.get("mixed_precision") is None:
         values["mixed_precision"] = "float32"
     values.setdefault("data_dir", "")

@@ -61,7 +61,7 @@ def run(config, stop_flag=None):
     import keras
     import tensorflow as tf
 
-    from trainer import augment, backup, callbacks, export, loop, models, report, state
+    from trainer import augment, backup, callbacks, export, loop, models, precise_bn, report, state
 
     chief = distribute.is_chief()
     outputs = storage.JobOutputs(output_folders(config), chief=chief)
@@ -109,6 +109,7 @@ def run(config, stop_flag=None):
         seed=config.seed,
         jit_compile=config.jit_compile,
     )
+    refresh_statistics = _precise_bn(config, info, strategy, model, steps_per_epoch, precise_bn)
     training_state = state.TrainingState(model, chief=chief, guard=training_loop.check_finite)
     # Restoring builds the optimizer's variables, which a distributed strategy creates only in its scope.
     # A damaged generation is skipped with one warning line: the previous one, or a fresh start.
@@ -140,6 +141,7 @@ def run(config, stop_flag=None):
         "validation_steps": config.validation_steps,
         "stop_requested": distribute.stop_check(strategy, stop_flag, config.stop_check_every_steps),
         "batch_logs_wanted": sys.stdout.isatty(),
+        "refresh_statistics": refresh_statistics,
     }
     with dataset.translate_data_errors(info), _stop_if_diverged(config.backup_dir, outputs.local("backup")):
         phases = [(min(config.warmup_epochs, config.epochs), True)] if frozen else []
@@ -158,6 +160,8 @@ def run(config, stop_flag=None):
                 break
             if backbone_frozen:
                 _unfreeze(config, strategy, model, training_loop, training_state)
+                if refresh_statistics is not None:
+                    refresh_statistics.reset()
             epoch, step = result.epochs_completed, 0
         if result.interrupted:
             training_state.save(
@@ -167,13 +171,15 @@ def run(config, stop_flag=None):
             _log(f"backup saved at epoch {result.epochs_completed} step {result.step_in_epoch}")
             raise Preempted(f"stopped at epoch {result.epochs_completed} step {result.step_in_epoch}")
 
-        # 6. Evaluate the best weights (early stopping restored them) on valid and test.
-        evaluations, confusion = {}, None
+        # 6. Evaluate the best weights (early stopping restored them) on valid and test,
+        # with the batch-norm statistics of those weights.
+        if refresh_statistics is not None:
+            refresh_statistics()
+        evaluations, confusion = {}, {}
         for split in ("valid", "test"):
             split_dataset = _distributed(strategy, config, info, split, training=False)
-            logs, matrix = training_loop.evaluate(split_dataset, confusion=split == "test")
+            logs, confusion[split] = training_loop.evaluate(split_dataset, confusion=True)
             evaluations[split] = {k: logs[k] for k in ("loss", "accuracy", "top5_accuracy", "count")}
-            confusion = matrix if matrix is not None else confusion
     metrics = report.final_metrics(
         config=config,
         info=info,
@@ -183,7 +189,10 @@ def run(config, stop_flag=None):
         stopped_early=model.stop_training,
         steps_per_epoch=steps_per_epoch,
         evaluations=evaluations,
+        chance=report.chance_level(confusion["valid"]),
     )
+    if not metrics["chance"]["better_than_chance"]:
+        _log(f"WARNING: {report.chance_warning(metrics['chance'])}")
     if config.debug_dump_weights:
         report.dump_weights(model, config.debug_dump_weights)
 
@@ -191,8 +200,8 @@ def run(config, stop_flag=None):
     if chief:
         report.write_metrics(outputs.local("job", jobdir.METRICS_FILE), metrics)
         per_class = outputs.local("job", jobdir.PER_CLASS_FILE)
-        report.write_per_class_csv(per_class, confusion, info.wnids, info.class_names)
-        report.write_confusion_summary(outputs.local("logs"), confusion, step=result.epochs_completed)
+        report.write_per_class_csv(per_class, confusion["test"], info.wnids, info.class_names)
+        report.write_confusion_summary(outputs.local("logs"), confusion["test"], step=result.epochs_completed)
         # model.keras holds the weights evaluated above (early stopping restored the
         # best), also when no epoch of this run beat the best it resumed or branched from.
         main_model.save(outputs.local("job", jobdir.MODEL_FILE))
@@ -222,6 +231,7 @@ def model_build_options(config, defaults, image_size):
         "input_size": policy.output_size(config.policy, image_size, config.crop_size),
         "dropout": config.dropout,
         "weights": config.weights,
+        "bn_momentum": config.bn_momentum,
     }
     if defaults.aux_outputs:
         options["aux_dropout"] = config.aux_dropout
@@ -278,6 +288,20 @@ def _unfreeze(config, strategy, model, training_loop, training_state):
         model.optimizer.build(model.trainable_variables)
     training_loop.reset()
     _log("backbone unfrozen: training every layer")
+
+
+def _precise_bn(config, info, strategy, model, steps_per_epoch, precise_bn):
+    """Returns the run's precise batch-norm pass over clean training batches, or ``None`` (off)."""
+    batches = config.precise_bn
+    if batches is None:
+        train_batches = info.num_batches("train", config.batch_size)
+        batches = precise_bn.auto_batches(config.batch_size, train_batches, steps_per_epoch)
+    if not batches:
+        return None
+    images = min(batches * config.batch_size, info.split_counts["train"])
+    _log(f"precise batch norm: statistics from {images} clean training images before each validation")
+    clean_train = _distributed(strategy, config, info, "train", training=False)
+    return precise_bn.PreciseBatchNorm(strategy, model, batches, clean_train)
 
 
 def _distributed(strategy, config, info, split, training, start=None):

@@ -195,9 +195,11 @@ def test_multi_worker_two_processes(sample_records, tmp_path):
     for key in trainable:  # gradients are all-reduced: every worker applies the same update
         np.testing.assert_allclose(chief[key], other[key], rtol=1e-5, atol=1e-6, err_msg=key)
     moving = [k for k in chief.files if k.startswith("moving/")]
-    # Batch-norm statistics are updated from each worker's own batches (not synchronized):
-    # the workers saw different shards, so their statistics differ.
-    assert moving and any(not np.allclose(chief[k], other[k]) for k in moving)
+    # Training updates batch-norm statistics from each worker's own shard; the precise
+    # batch-norm pass before the final evaluation sums over both workers: they agree exactly.
+    assert len(moving) == 2 * 33
+    for key in moving:
+        np.testing.assert_array_equal(chief[key], other[key], err_msg=key)
     # Only the chief wrote outputs; the non-chief's temporary folders are gone.
     assert os.path.exists(os.path.join(job, "model.keras"))
     assert not glob.glob(os.path.join(job, "**", "workertemp-*"), recursive=True)

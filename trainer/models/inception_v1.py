@@ -60,6 +60,9 @@ DEFAULTS = registry.ArchDefaults(
     aux_outputs=tuple(f"{aux}_predictions" for aux in AUX_HEADS),
     early_stopping_patience=5,
     feature_layer="inception_5b_concat",
+    # From random weights the first epochs' validation loss says little: a best
+    # model or an early stop chosen there is a near-chance model (docs/trainer.md).
+    monitor_start_epoch=3,
 )
 
 

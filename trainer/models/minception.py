@@ -34,6 +34,9 @@ DEFAULTS = registry.ArchDefaults(
     dropout=0.5,
     early_stopping_patience=10,
     feature_layer="block_b2_out",
+    # From random weights the first epochs' validation loss says little: a best
+    # model or an early stop chosen there is a near-chance model (docs/trainer.md).
+    monitor_start_epoch=3,
 )
 
 

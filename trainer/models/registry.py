@@ -22,6 +22,8 @@ MIN_INPUT_SIZE = 32
 
 # Build-time options a caller may pass; each builder accepts a subset.
 _OPTIONS = ("input_size", "dropout", "aux_dropout", "weights")
+# Options every family takes, applied to the built model rather than by its builder.
+_MODEL_OPTIONS = ("bn_momentum",)
 
 _BUILDERS: dict[str, Callable[..., keras.Model]] = {}
 _DEFAULTS: dict[str, "ArchDefaults"] = {}
@@ -52,6 +54,12 @@ class ArchDefaults:
         weights: Backbone weights: ``"imagenet"``, ``None`` (random) or a path.
         warmup_epochs: Epochs training the head only before unfreezing the
             backbone (fine-tuning families only).
+        bn_momentum: Momentum of every batch-norm layer's moving statistics
+            (Keras' convention: the weight of the old value). 0.9, PyTorch's
+            and timm's 0.1 in their convention, keeps up with a few hundred
+            steps; Keras' 0.99 needs thousands (see docs/trainer.md).
+        monitor_start_epoch: First epoch (0-based) whose validation loss early
+            stopping and the best-model checkpoint consider.
         feature_layer: Name of the last spatial layer, Grad-CAM's target.
         fine_tunable: Whether the family has a backbone that can be frozen
             for a warm-up (``set_backbone_trainable``).
@@ -74,6 +82,8 @@ class ArchDefaults:
     weights: str | None = None
     warmup_epochs: int = 0
     fine_tunable: bool = False
+    bn_momentum: float = 0.9
+    monitor_start_epoch: int = 0
 
 
 def register_model(name: str, defaults: ArchDefaults) -> Callable:
@@ -131,9 +141,10 @@ def build_model(name: str, num_classes: int, *, seed: int | None = None, **optio
             the initial weights are reproducible.
         **options: ``input_size``, ``dropout``, ``aux_dropout`` (families with
             auxiliary heads), ``weights`` (fine-tuning families: ``"imagenet"``,
-            ``None`` for random init, or a local weights file path). A value of
-            ``None`` (except for ``weights``) or an omitted option falls back to
-            :func:`get_defaults`.
+            ``None`` for random init, or a local weights file path),
+            ``bn_momentum`` (every family: set on every batch-norm layer, a
+            pretrained backbone's included). A value of ``None`` (except for
+            ``weights``) or an omitted option falls back to :func:`get_defaults`.
 
     Returns:
         A functional ``keras.Model`` whose main output layer is ``predictions``.
@@ -148,9 +159,14 @@ def build_model(name: str, num_classes: int, *, seed: int | None = None, **optio
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     builder = _BUILDERS[name]
     accepted = _builder_options(builder)
-    unknown = sorted(set(options) - set(_OPTIONS))
+    unknown = sorted(set(options) - set(_OPTIONS) - set(_MODEL_OPTIONS))
     if unknown:
-        raise ValueError(f"unknown build options {unknown} for {name!r}; known: {list(_OPTIONS)}")
+        known = [*_OPTIONS, *_MODEL_OPTIONS]
+        raise ValueError(f"unknown build options {unknown} for {name!r}; known: {known}")
+    bn_momentum = options.pop("bn_momentum", None)
+    bn_momentum = _DEFAULTS[name].bn_momentum if bn_momentum is None else bn_momentum
+    if not (isinstance(bn_momentum, int | float) and 0.0 <= bn_momentum < 1.0):
+        raise ValueError(f"bn_momentum for {name!r} must be in [0, 1), got {bn_momentum!r}")
     kwargs = {}
     for option in accepted:
         value = options.pop(option, _UNSET)
@@ -165,7 +181,19 @@ def build_model(name: str, num_classes: int, *, seed: int | None = None, **optio
         kwargs["input_size"] = int(kwargs["input_size"])
     if seed is not None:
         keras.utils.set_random_seed(seed)
-    return builder(int(num_classes), **kwargs)
+    model = builder(int(num_classes), **kwargs)
+    set_bn_momentum(model, float(bn_momentum))
+    return model
+
+
+def set_bn_momentum(model: keras.Model, momentum: float) -> None:
+    """Sets the moving-statistics momentum of every ``BatchNormalization`` layer of ``model``.
+
+    Keras reads the momentum when a step is traced, so call this before training.
+    """
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
 
 
 def _builder_options(builder: Callable) -> tuple[str, ...]:
