@@ -96,7 +96,8 @@ class PreciseBatchNorm:
             # An uneven end of the data gives a replica an empty batch (see DistributedLoop.evaluate).
             return tf.cond(tf.shape(images)[0] > 0, lambda: sums(images, shifts), lambda: zeros(shifts))
 
-        @tf.function
+        # The last batch of the split may be smaller: one more trace, not one per size.
+        @tf.function(reduce_retracing=True)
         def step(images, shifts):
             per_replica = self.strategy.run(replica_step, args=(images, shifts))
             return self.strategy.reduce("SUM", per_replica, axis=None)

@@ -101,6 +101,7 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(
     assert code == (143 if kill == "SIGTERM" else -signal.SIGKILL), helpers.tail(log)
     saved = _read_state(backup)
     assert 1 <= saved["epoch"] < 3 and 0 < saved["step_in_epoch"] < STEPS, saved
+    assert set(saved["callbacks"]) == {"best_model", "early_stopping", "lr_plateau"}
 
     second = helpers.run_cli(_args(data_dir, job))
     assert second.returncode == 0, second.stderr[-4000:]
