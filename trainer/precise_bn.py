@@ -10,7 +10,7 @@ number of training batches before every evaluation; so does this module.
 Every trainable ``BatchNormalization`` layer's input is read in one forward
 pass per batch (training mode, as the layers see their inputs while training;
 a frozen layer keeps its statistics and is left out). The per-channel sums of
-``x - c`` and ``(x - c)^2`` (``c``: the layer's current moving mean, which
+``x - c`` and ``(x - c)^2`` (``c``: the mean over all replicas of the layer's moving mean, which
 keeps the float32 sums well conditioned) are summed over the replicas of the
 strategy (and the workers of a cluster) and over the batches in float64, so
 the result is the exact mean and (biased, as Keras computes it) variance of
@@ -62,6 +62,7 @@ class PreciseBatchNorm:
         self.num_batches = num_batches
         self.dataset = dataset
         self._function = None
+        self._shift_function = None
         self._layers = None
 
     def reset(self):
@@ -100,8 +101,22 @@ class PreciseBatchNorm:
         @tf.function(reduce_retracing=True)
         def step(images, shifts):
             per_replica = self.strategy.run(replica_step, args=(images, shifts))
-            return self.strategy.reduce("SUM", per_replica, axis=None)
+            # One reduction per tensor: a cluster's collectives cannot pack tensors of mixed ranks.
+            flat = [self.strategy.reduce("SUM", value, axis=None) for value in tf.nest.flatten(per_replica)]
+            return tf.nest.pack_sequence_as(per_replica, flat)
 
+        layers = self._layers
+
+        # The workers of a cluster each keep their own moving means; the sums of all of them
+        # must be taken about one common shift: their mean over every replica.
+        @tf.function
+        def common_shifts():
+            per_replica = self.strategy.run(
+                lambda: [tf.identity(layer.moving_mean.value) for layer in layers]
+            )
+            return [self.strategy.reduce("MEAN", value, axis=None) for value in per_replica]
+
+        self._shift_function = common_shifts
         return step
 
     def __call__(self, dataset=None):
@@ -124,9 +139,7 @@ class PreciseBatchNorm:
         if self._function is None:
             return 0
         # The pass itself moves the moving means (training mode): the shift is read once, before it.
-        shifts = [
-            tf.constant(keras.ops.convert_to_numpy(layer.moving_mean), tf.float32) for layer in self._layers
-        ]
+        shifts = self._shift_function()
         totals, images_seen = None, 0.0
         for index, (images, _) in enumerate(self.dataset if dataset is None else dataset):
             if index >= self.num_batches:
@@ -140,6 +153,6 @@ class PreciseBatchNorm:
         for layer, shift, (first, second, count) in zip(self._layers, shifts, totals, strict=True):
             mean = first / count
             variance = np.maximum(second / count - mean * mean, 0.0)
-            layer.moving_mean.assign((shift.numpy().astype(np.float64) + mean).astype(np.float32))
+            layer.moving_mean.assign((np.asarray(shift.numpy(), np.float64) + mean).astype(np.float32))
             layer.moving_variance.assign(variance.astype(np.float32))
         return int(images_seen)
