@@ -12,7 +12,7 @@ pass per batch (training mode, as the layers see their inputs while training;
 a frozen layer keeps its statistics and is left out). The per-channel sums of
 ``x - c`` and ``(x - c)^2`` (``c``: the mean over all replicas of the layer's moving mean, which
 keeps the float32 sums well conditioned) are summed over the replicas of the
-strategy (and the workers of a cluster) and over the batches in float64, so
+strategy (and the workers of a cluster), then over the batches in float64, so
 the result is the exact mean and (biased, as Keras computes it) variance of
 everything the pass saw, identical on every replica.
 """
@@ -29,8 +29,9 @@ def auto_batches(batch_size, train_batches, steps_per_epoch):
     """Returns the number of batches ``--precise-bn auto`` reads.
 
     :data:`AUTO_IMAGES`, but never more than one pass over the training split
-    nor more batches than an epoch trains, so the pass (forward only) costs at
-    most about a third of an epoch.
+    nor more batches than an epoch trains: a forward-only pass over at most an
+    epoch's batches (measured: +40% epoch time when it reads them all, a few
+    percent on tiny-imagenet's 781 steps of 128).
     """
     return max(1, min(train_batches, steps_per_epoch, -(-AUTO_IMAGES // batch_size)))
 
@@ -68,6 +69,7 @@ class PreciseBatchNorm:
     def reset(self):
         """Forgets the compiled pass (after layers were frozen or unfrozen)."""
         self._function = None
+        self._shift_function = None
         self._layers = None
 
     def _make_function(self):
