@@ -72,10 +72,11 @@ class PreciseBatchNorm:
         self._shift_function = None
         self._layers = None
 
-    def _make_function(self):
+    def _make_functions(self):
+        """Returns ``(step, common_shifts)`` of the trainable layers; ``(None, None)`` without any."""
         layers = self._layers = trainable_batch_norms(self.model)
         if not layers:
-            return None
+            return None, None
         probe = keras.Model(self.model.inputs, [layer.input for layer in layers])
 
         def sums(images, shifts):
@@ -107,8 +108,6 @@ class PreciseBatchNorm:
             flat = [self.strategy.reduce("SUM", value, axis=None) for value in tf.nest.flatten(per_replica)]
             return tf.nest.pack_sequence_as(per_replica, flat)
 
-        layers = self._layers
-
         # The workers of a cluster each keep their own moving means; the sums of all of them
         # must be taken about one common shift: their mean over every replica.
         @tf.function
@@ -118,8 +117,7 @@ class PreciseBatchNorm:
             )
             return [self.strategy.reduce("MEAN", value, axis=None) for value in per_replica]
 
-        self._shift_function = common_shifts
-        return step
+        return step, common_shifts
 
     def __call__(self, dataset=None):
         """Reads up to ``num_batches`` batches of ``dataset`` and sets the statistics.
@@ -137,7 +135,7 @@ class PreciseBatchNorm:
             ValueError: The dataset gave no image.
         """
         if self._function is None:
-            self._function = self._make_function()
+            self._function, self._shift_function = self._make_functions()
         if self._function is None:
             return 0
         # The pass itself moves the moving means (training mode): the shift is read once, before it.
