@@ -6,11 +6,15 @@ job (``benchmarks/_data.py``) -> ``trainer.data.make_dataset`` ->
 ``model.fit`` on the same architecture fed numpy arrays already in memory (no
 decoding, no augmentation), i.e. an upper bound for the input side. Prints
 images/s per architecture and the ratio ours / baseline (target >= 0.95).
+With ``--mixing-cost`` it also times our path with mixup/CutMix and label
+smoothing in the train step (``trainer.mixing.Mixer``, one of the two per
+batch) and prints the added milliseconds per step and the ratio.
 
 Usage::
 
     python -m benchmarks.train_step --steps 20 --batch-size 32
     python -m benchmarks.train_step --arch inception_resnet_v2 --steps 5 --mixed-precision --jit-compile
+    python -m benchmarks.train_step --arch minception --mixing-cost
 """
 
 import argparse
@@ -47,11 +51,12 @@ def _build(arch, info, precision):
     return model, policy, size
 
 
-def ours(arch, info, args):
-    """Images/s of our loop over our tf.data pipeline (default strategy)."""
+def ours(arch, info, args, mixing=False):
+    """Images/s of our loop over our tf.data pipeline (default strategy), optionally with mixup/CutMix."""
     import tensorflow as tf
 
     from trainer import data, loop, models
+    from trainer import mixing as mixing_lib
 
     model, policy, _ = _build(arch, info, args.precision)
     strategy = tf.distribute.get_strategy()
@@ -63,6 +68,9 @@ def ours(arch, info, args):
         global_batch_size=args.batch_size,
         aux_loss_weight=models.get_defaults(arch).aux_loss_weight,
         jit_compile=args.jit_compile,
+        mixer=mixing_lib.Mixer(info.num_classes, mixup=0.2, cutmix=1.0, label_smoothing=0.1)
+        if mixing
+        else None,
     )
     dataset = data.make_dataset(
         info,
@@ -122,6 +130,7 @@ def main(argv=None):
         "--mixed-precision", dest="precision", nargs="?", const="mixed_float16", default="float32"
     )
     parser.add_argument("--jit-compile", action="store_true", help="XLA for both paths.")
+    parser.add_argument("--mixing-cost", action="store_true", help="Also time mixup/CutMix in the step.")
     args = parser.parse_args(argv)
     if args.warmup < 1:
         # The baseline's timer starts at the end of the last warm-up step.
@@ -136,10 +145,17 @@ def main(argv=None):
         steps = args.steps if arch != "inception_resnet_v2" else max(2, args.steps // 4)
         run_args = argparse.Namespace(**{**vars(args), "steps": steps})
         ours_rate, base_rate = ours(arch, info, run_args), baseline(arch, info, run_args)
-        rows.append((arch, steps, ours_rate, base_rate))
+        mixed_rate = ours(arch, info, run_args, mixing=True) if args.mixing_cost else None
+        rows.append((arch, steps, ours_rate, base_rate, mixed_rate))
     print(f"{'arch':<22}{'steps':>6}{'ours img/s':>12}{'fit img/s':>12}{'ratio':>8}")
-    for arch, steps, ours_rate, base_rate in rows:
+    for arch, steps, ours_rate, base_rate, _ in rows:
         print(f"{arch:<22}{steps:>6}{ours_rate:>12.1f}{base_rate:>12.1f}{ours_rate / base_rate:>8.2f}")
+    for arch, _, ours_rate, _, mixed_rate in rows:
+        if mixed_rate is not None:
+            cost_ms = 1000 * args.batch_size * (1 / mixed_rate - 1 / ours_rate)
+            print(
+                f"{arch} mixing_cost_ms_per_step={cost_ms:.1f} mixed_over_plain={mixed_rate / ours_rate:.2f}"
+            )
     shutil.rmtree(work_dir, ignore_errors=True)
     return 0
 

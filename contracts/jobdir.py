@@ -35,6 +35,8 @@ CLASSES_FILE = "classes.json"
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 PER_CLASS_FILE = "per_class_accuracy.csv"
+# trainer.evaluate's results: evaluation_test.json, evaluation_valid_tta-flip.json, ...
+EVALUATION_FILE = "evaluation_{split}{tta}.json"
 # Output folders: name -> folder below the job dir.
 FOLDERS = {"logs": "logs", "checkpoints": "checkpoints", "backup": "backup", "export": "export"}
 PLATEAU_PREFIX = "plateau-epoch-"

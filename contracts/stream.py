@@ -35,7 +35,7 @@ AUTOTUNE = tf.data.AUTOTUNE
 _ALG = "philox"
 # One independent key per purpose, so the file order, the record order and the
 # augmentation of the same (epoch, pass/batch) never share random numbers.
-_FILE_ORDER, _RECORD_ORDER, _AUGMENT = 1, 2, 3
+_FILE_ORDER, _RECORD_ORDER, _AUGMENT, _MIXING = 1, 2, 3, 4
 _FOREVER = np.iinfo(np.int64).max
 # Graph seed of the record shuffle (any non-zero constant; see ``shuffled``).
 _GRAPH_SEED = 87654321
@@ -52,6 +52,11 @@ def derive_seed(seed, *path):
 def batch_seed(seed, epoch, batch, pipeline=0):
     """Returns the int64 ``[2]`` augmentation seed of batch ``batch`` of ``epoch`` of ``pipeline``."""
     return derive_seed(seed, _AUGMENT, epoch, batch, pipeline)
+
+
+def mixing_seed(seed, step, replica=0):
+    """Returns the int64 ``[2]`` seed of the in-step batch mixing at global ``step`` on ``replica``."""
+    return derive_seed(seed, _MIXING, step, replica)
 
 
 def augment_seeds(seed, batches_per_epoch, initial_epoch=0, initial_batch=0, pipeline=0):

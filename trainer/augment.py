@@ -18,6 +18,14 @@ Policies:
     ``crop``: Minception's (section 7.2.5) random crop and random contrast;
         centre crop at evaluation.
     ``none``: identity.
+
+Options after any policy's transform, in this order, each drawing from a seed
+of its own (:mod:`trainer.randaugment`, timm's recipe):
+    ``flip``: half of the images mirrored left-right (not twice after ``book``).
+    ``randaugment=(N, M)``: RandAugment, N ops per image at magnitude M
+        (timm's ``--aa rand-mM-nN``).
+    ``random_erasing=P``: one noise rectangle per image with probability P
+        (timm's ``--reprob P``).
 """
 
 import dataclasses
@@ -26,13 +34,17 @@ import math
 import tensorflow as tf
 
 from contracts import policy as policy_lib
+from trainer import randaugment as randaugment_lib
 
 POLICIES = policy_lib.POLICIES
+# The seed helpers live once, in randaugment (which cannot import this module).
+split_seed = randaugment_lib.split_seed
+_uniform = randaugment_lib.uniform
+_randint = randaugment_lib.randint
 
-# Philox is named explicitly: "auto_select" may pick another algorithm on
-# another device, which would break host/device equality.
-_ALG = "philox"
 _OCCLUSION_VALUES = (0.0, 128.0, 255.0)
+# Folded into the seed of the options (flip, RandAugment, erasing), away from the policy's draws.
+_OPTIONS_SEED_TAG = 0x6F7074
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,33 +106,6 @@ class BookParams:
             or self.zoom
             or self.horizontal_flip
         )
-
-
-def split_seed(seed, num):
-    """Derives ``num`` independent int64 ``[2]`` seeds from one ``[2]`` seed.
-
-    Returns:
-        int64 ``[num, 2]``.
-    """
-    seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
-    return tf.random.stateless_uniform([num, 2], seed, minval=None, maxval=None, dtype=tf.int64, alg=_ALG)
-
-
-def _uniform(batch, seed, low, high):
-    """Floats uniform in ``[low, high)``, built from 23 random integer bits.
-
-    TF's float ``stateless_uniform`` draws different numbers under XLA than
-    without it; its integer draws agree, so floats are made from those and a
-    jit-compiled training step sees the same parameters as tf.data.
-    """
-    bits = tf.random.stateless_uniform([batch], seed, minval=None, maxval=None, dtype=tf.int32, alg=_ALG)
-    unit = tf.cast(tf.bitwise.bitwise_and(bits, (1 << 23) - 1), tf.float32) * (1.0 / (1 << 23))
-    return low + (high - low) * unit
-
-
-def _randint(batch, seed, high):
-    """Integers uniform in ``[0, high)``."""
-    return tf.random.stateless_uniform([batch], seed, minval=0, maxval=high, dtype=tf.int32, alg=_ALG)
 
 
 def sample_book_parameters(batch, seed, params, height=64, width=64):
@@ -290,17 +275,42 @@ class Augmenter:
         crop_size: Crop side of the ``crop`` policy.
         book_params: :class:`BookParams` of the ``book`` policy.
         contrast: Contrast range of the ``crop`` policy (0 disables it).
+        randaugment: ``(num_ops, magnitude)`` of :func:`trainer.randaugment.rand_augment`
+            (timm's ``rand-m{magnitude}-n{num_ops}``), or None for none.
+        random_erasing: Probability of :func:`trainer.randaugment.random_erasing` (0: off).
+        flip: Flip half of the images left-right (ignored by a ``book`` policy that flips already).
     """
 
-    def __init__(self, policy, image_size=64, crop_size=56, *, book_params=None, contrast=0.3):
+    def __init__(
+        self,
+        policy,
+        image_size=64,
+        crop_size=56,
+        *,
+        book_params=None,
+        contrast=0.3,
+        randaugment=None,
+        random_erasing=0.0,
+        flip=False,
+    ):
         policy_lib.check_policy(policy, image_size, crop_size)
         if not 0 <= contrast < 1:
             raise ValueError(f"contrast must be in [0, 1), got {contrast}")
+        if randaugment is not None:
+            if not isinstance(randaugment, tuple | list) or len(randaugment) != 2:
+                raise ValueError(f"randaugment must be (num_ops, magnitude) or None, got {randaugment!r}")
+            randaugment_lib.check_rand_augment(*randaugment)
+            randaugment = tuple(randaugment)
+        if not 0 <= random_erasing <= 1:
+            raise ValueError(f"random_erasing must be in [0, 1], got {random_erasing!r}")
         self.policy = policy
         self.image_size = image_size
         self.crop_size = crop_size
         self.book_params = book_params or BookParams()
         self.contrast = contrast
+        self.randaugment = randaugment
+        self.random_erasing = random_erasing
+        self.flip = bool(flip)
 
     @property
     def output_size(self):
@@ -311,13 +321,16 @@ class Augmenter:
     def xla_compatible(self):
         """Whether the augmenter can run inside ``tf.function(jit_compile=True)``.
 
-        ``ImageProjectiveTransformV3`` has no XLA kernel, so a jit-compiled
-        training step must call a ``book`` augmenter outside its compiled part.
+        ``ImageProjectiveTransformV3`` (``book``'s geometry, RandAugment's
+        geometric ops) has no XLA kernel, and RandAugment's per-image op
+        selection has data-dependent shapes: a jit-compiled training step must
+        call such an augmenter outside its compiled part.
         """
-        return not (self.policy == "book" and self.book_params.geometric)
+        book_geometry = self.policy == "book" and self.book_params.geometric
+        return not book_geometry and self.randaugment is None
 
     def __call__(self, images, seed):
-        """Augments a batch.
+        """Augments a batch: the policy, then flip, RandAugment and random erasing.
 
         Args:
             images: float32 ``[B, H, W, 3]`` in ``[0, 255]`` (other dtypes are cast).
@@ -326,7 +339,26 @@ class Augmenter:
         Returns:
             float32 ``[B, output_size, output_size, 3]`` in ``[0, 255]``.
         """
-        images = tf.cast(images, tf.float32)
+        images = self._policy(tf.cast(images, tf.float32), seed)
+        flip = self.flip and not (self.policy == "book" and self.book_params.horizontal_flip)
+        if not (flip or self.randaugment or self.random_erasing):
+            return images
+        # The options draw from seeds of their own, folded away from the policy's
+        # (which keeps its draws of before the options existed): turning one on
+        # or off changes the draws of no other.
+        base = tf.random.experimental.stateless_fold_in(
+            tf.cast(seed, tf.int64), _OPTIONS_SEED_TAG, alg="philox"
+        )
+        seeds = split_seed(base, 3)
+        if flip:
+            images = randaugment_lib.random_flip(images, seeds[0])
+        if self.randaugment:
+            images = randaugment_lib.rand_augment(images, seeds[1], *self.randaugment)
+        if self.random_erasing:
+            images = randaugment_lib.random_erasing(images, seeds[2], self.random_erasing)
+        return images
+
+    def _policy(self, images, seed):
         if self.policy == "book":
             return book_augment(images, seed, self.book_params)
         if self.policy == "crop":
@@ -342,4 +374,7 @@ class Augmenter:
         )
 
     def __repr__(self):
-        return f"Augmenter(policy={self.policy!r}, image_size={self.image_size}, crop_size={self.crop_size})"
+        return (
+            f"Augmenter(policy={self.policy!r}, image_size={self.image_size}, crop_size={self.crop_size}, "
+            f"randaugment={self.randaugment!r}, random_erasing={self.random_erasing!r}, flip={self.flip!r})"
+        )

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from contracts import jobdir
 from explain import callback as explain_callback
-from trainer import augment, augment_summary, state
+from trainer import augment, augment_summary, report, state
 
 SCALARS = ("loss", "accuracy", "top5_accuracy")
 
@@ -197,6 +197,8 @@ def write_hparams(writer, hparams, trial_id=None):
         for group in ("train", "validation")
         for name in SCALARS
     ]
+    # The final evaluation's metrics, so book and modern runs compare on test accuracy too.
+    metrics += [hp.Metric(tag, display_name=tag.removeprefix("final/")) for tag in report.FINAL_METRICS]
     domain = [hp.HParam(name) for name in sorted(hparams)]
     with writer.as_default():
         hp.hparams_config(hparams=domain, metrics=metrics)
@@ -287,16 +289,15 @@ def make_callbacks(
         mode="min",
         patience=config.early_stopping_patience,
         min_delta=config.min_delta,
-        restore_best_weights=True,
+        # With --ema the run ends on the weights' moving average, not on the best epoch's raw weights.
+        restore_best_weights=not config.ema,
         start_from_epoch=start,
-    )
-    plateau = ReduceLROnPlateau(
-        monitor="val_loss", mode="min", factor=config.lr_plateau_factor, patience=config.lr_plateau_patience
     )
     listed = [ProgressLogger(config.epochs, steps_per_epoch)]
     if chief:
         if fresh_start:
-            augmenter = augment.Augmenter(config.policy, info.image_size, config.crop_size)
+            options = config.augment_options()
+            augmenter = augment.Augmenter(config.policy, info.image_size, config.crop_size, **options)
             logdir = outputs.local("logs", "train")
             listed.append(augment_summary.AugmentationSummary(info, augmenter, logdir, config.seed))
         listed.append(HistoryCSV(outputs.local("job", jobdir.HISTORY_FILE), initial_epoch))
@@ -304,9 +305,16 @@ def make_callbacks(
     listed += [
         training_state.track("best_model", best_model),
         training_state.track("early_stopping", early_stopping),
-        training_state.track("lr_plateau", plateau),
-        state.PlateauCheckpoint(training_state, outputs.local("checkpoints"), log),
     ]
+    if config.lr_schedule == "plateau":  # A cosine schedule sets the learning rate every step.
+        plateau = ReduceLROnPlateau(
+            monitor="val_loss",
+            mode="min",
+            factor=config.lr_plateau_factor,
+            patience=config.lr_plateau_patience,
+        )
+        listed.append(training_state.track("lr_plateau", plateau))
+        listed.append(state.PlateauCheckpoint(training_state, outputs.local("checkpoints"), log))
     if config.explain and chief:
         listed.append(
             explain_callback.from_dataset(

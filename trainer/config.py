@@ -17,6 +17,8 @@ STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "bfloat16")
 AUGMENT_ON = ("host", "device")
 POLICIES = policy.POLICIES
+RECIPES = ("book", "modern")
+LR_SCHEDULES = ("plateau", "cosine")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "nadam", "adamax", "adagrad", "adadelta", "lion")
 
 # contracts.jobdir.FOLDERS name -> the TrainConfig field that overrides it.
@@ -27,6 +29,8 @@ _FOLDER_FIELDS = {
     "export": "export_dir",
 }
 _TYPE_NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+# Settings that were renamed: an old config file or command line gets one clear error.
+RENAMED = {"warmup_epochs": "frozen_epochs"}
 # A YAML/JSON integer is a valid number; 0/1 are valid switches.
 _ALSO_ACCEPTED = {float: int, bool: int}
 
@@ -63,7 +67,7 @@ class TrainConfig:
         min_delta: Smallest ``val_loss`` decrease that counts as an improvement (early stopping).
         lr_plateau_patience: Epochs without improvement before the learning rate is reduced.
         lr_plateau_factor: Factor applied to the learning rate on a plateau.
-        warmup_epochs: Epochs with a frozen backbone (two-phase fine-tuning); 0: none.
+        frozen_epochs: Epochs with a frozen backbone (two-phase fine-tuning); 0: none.
         log_dir: TensorBoard folder (``AIP_TENSORBOARD_LOG_DIR`` or ``job_dir/logs``).
         checkpoint_dir: Plateau checkpoints (``AIP_CHECKPOINT_DIR`` or ``job_dir/checkpoints``).
         backup_dir: Preemption backup (``checkpoint_dir``'s sibling ``backup``).
@@ -84,6 +88,25 @@ class TrainConfig:
             (:func:`trainer.precise_bn.auto_batches`).
         monitor_start_epoch: First epoch (0-based) early stopping and the
             best-model checkpoint consider; capped at the last epoch.
+        recipe: ``book`` (the chapter's recipe) or ``modern``, whose settings
+            :func:`trainer.recipe.settings` chooses from the budget; the
+            resolved values are the fields below.
+        flip: Flip half of the training images left-right (on top of the policy).
+        randaugment_ops: RandAugment operations per image; 0: off.
+        randaugment_magnitude: RandAugment magnitude on timm's 0..10 scale.
+        random_erasing: Probability of erasing one random rectangle per image.
+        mixup: Mixup's Beta(alpha, alpha) parameter; 0: off.
+        cutmix: CutMix's Beta(alpha, alpha) parameter; 0: off. With mixup on
+            too, each batch uses one of the two (even odds).
+        label_smoothing: Weight of the uniform distribution in every head's targets.
+        weight_decay: Decoupled weight decay (not on biases and normalization parameters).
+        lr_schedule: ``plateau`` (reduce on a plateau) or ``cosine`` (per-step
+            cosine decay to 0 over the run).
+        lr_warmup_epochs: Epochs of linear learning-rate warm-up from 0 (``cosine``).
+        clip_norm: Clip the global gradient norm (over all replicas) to this; 0: off.
+        ema: Decay of the exponential moving average of the weights that is
+            evaluated, saved and exported; 0: off.
+        sync_bn: Batch-norm batch statistics over all replicas and workers.
     """
 
     data_dir: str
@@ -113,7 +136,7 @@ class TrainConfig:
     min_delta: float = 0.0
     lr_plateau_patience: int = 5
     lr_plateau_factor: float = 0.1
-    warmup_epochs: int = 0
+    frozen_epochs: int = 0
     log_dir: str = ""
     checkpoint_dir: str = ""
     backup_dir: str = ""
@@ -126,6 +149,20 @@ class TrainConfig:
     bn_momentum: float = 0.9
     precise_bn: int | None = None
     monitor_start_epoch: int = 0
+    recipe: str = "book"
+    flip: bool = False
+    randaugment_ops: int = 0
+    randaugment_magnitude: int = 9
+    random_erasing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    label_smoothing: float = 0.0
+    weight_decay: float = 0.0
+    lr_schedule: str = "plateau"
+    lr_warmup_epochs: int = 0
+    clip_norm: float = 0.0
+    ema: float = 0.0
+    sync_bn: bool = False
 
     def __post_init__(self):
         _check_types(self)
@@ -138,6 +175,9 @@ class TrainConfig:
         _check_choice("augment_on", self.augment_on, AUGMENT_ON)
         _check_choice("policy", self.policy, POLICIES)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("recipe", self.recipe, RECIPES)
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _check_recipe_values(self)
         for name in ("epochs", "batch_size", "crop_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -145,7 +185,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or unset, got {value}")
-        nonnegative = ("num_cpu_devices", "early_stopping_patience", "lr_plateau_patience", "warmup_epochs")
+        nonnegative = ("num_cpu_devices", "early_stopping_patience", "lr_plateau_patience", "frozen_epochs")
         for name in (*nonnegative, "monitor_start_epoch"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -179,6 +219,12 @@ class TrainConfig:
         """Returns the configuration as indented JSON text."""
         return jobdir.to_json(self.to_dict(), indent=2, sort_keys=True)
 
+    def augment_options(self):
+        """The keyword arguments of :class:`trainer.augment.Augmenter` that are on, beyond the policy."""
+        randaugment = (self.randaugment_ops, self.randaugment_magnitude) if self.randaugment_ops else None
+        options = {"flip": self.flip, "randaugment": randaugment, "random_erasing": self.random_erasing}
+        return {name: value for name, value in options.items() if value}
+
     def hparams(self):
         """Returns the hyperparameters shown in TensorBoard's HParams dashboard."""
         keys = (
@@ -195,9 +241,23 @@ class TrainConfig:
             "lr_plateau_patience",
             "early_stopping_patience",
             "min_delta",
-            "warmup_epochs",
+            "frozen_epochs",
             "bn_momentum",
             "monitor_start_epoch",
+            "recipe",
+            "flip",
+            "randaugment_ops",
+            "randaugment_magnitude",
+            "random_erasing",
+            "mixup",
+            "cutmix",
+            "label_smoothing",
+            "weight_decay",
+            "lr_schedule",
+            "lr_warmup_epochs",
+            "clip_norm",
+            "ema",
+            "sync_bn",
         )
         values = {key: getattr(self, key) for key in keys}
         values["precise_bn"] = -1 if self.precise_bn is None else self.precise_bn
@@ -217,6 +277,12 @@ def from_dict(values):
     Raises:
         ValueError: On an unknown key or an invalid value.
     """
+    for old, new in RENAMED.items():
+        if old in values:
+            flag = new.replace("_", "-")
+            raise ValueError(
+                f"{old} was renamed {new} (--{flag}); --lr-warmup-epochs is the learning-rate warm-up"
+            )
     unknown = sorted(set(values) - set(field_names()))
     if unknown:
         raise ValueError(f"unknown configuration keys: {', '.join(unknown)}")
@@ -242,6 +308,27 @@ def _check_finite(config):
         value = getattr(config, field.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{field.name} must be a finite number, got {value}")
+
+
+def _check_recipe_values(config):
+    """The ranges of the recipe's settings (each is also a flag of its own)."""
+    for name in ("randaugment_ops", "lr_warmup_epochs"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
+    if not 0 <= config.randaugment_magnitude <= 30:
+        raise ValueError(f"randaugment_magnitude must be in [0, 30], got {config.randaugment_magnitude}")
+    for name in ("mixup", "cutmix", "weight_decay", "clip_norm"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name} must be >= 0 (0: off), got {getattr(config, name)}")
+    for name in ("random_erasing", "label_smoothing"):
+        if not 0.0 <= getattr(config, name) <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {getattr(config, name)}")
+    if not 0.0 <= config.ema < 1.0:
+        raise ValueError(f"ema must be in [0, 1) (0: off), got {config.ema}")
+    if config.lr_warmup_epochs and config.lr_schedule != "cosine":
+        raise ValueError("lr_warmup_epochs needs lr_schedule cosine")
+    if config.lr_warmup_epochs >= config.epochs and config.lr_warmup_epochs:
+        raise ValueError(f"lr_warmup_epochs ({config.lr_warmup_epochs}) must be < epochs ({config.epochs})")
 
 
 def _check_choice(name, value, choices):

@@ -13,7 +13,22 @@ from contracts import dataset
 from trainer import augment
 
 
-def make_dataset(info, split, *, training=False, policy="none", augment_on="host", crop_size=56, **kwargs):
+def augments(policy, *, flip=False, randaugment=None, random_erasing=0.0):
+    """Whether training images are augmented at all (a policy, or any option on top of one)."""
+    return policy != "none" or bool(flip or randaugment or random_erasing)
+
+
+def make_dataset(
+    info,
+    split,
+    *,
+    training=False,
+    policy="none",
+    augment_on="host",
+    crop_size=56,
+    augment_options=None,
+    **kwargs,
+):
     """Returns the ``tf.data`` stream of ``split`` as the trainer reads it.
 
     Args:
@@ -23,12 +38,16 @@ def make_dataset(info, split, *, training=False, policy="none", augment_on="host
         policy: Augmentation policy (:data:`contracts.policy.POLICIES`).
         augment_on: ``host`` augments here; ``device`` yields un-augmented training images.
         crop_size: Crop side of the ``crop`` policy.
+        augment_options: Keyword arguments of :class:`trainer.augment.Augmenter` on top of
+            the policy (``flip``, ``randaugment``, ``random_erasing``;
+            :meth:`trainer.config.TrainConfig.augment_options`).
         **kwargs: Passed to :func:`contracts.dataset.make_dataset` (batch size, seed, cache, and
             for a resumed training stream ``steps_per_epoch``, ``initial_epoch``, ``initial_step``).
     """
     augmenter = None
-    if training and augment_on == "host" and policy != "none":
-        augmenter = augment.Augmenter(policy, info.image_size, crop_size)
+    augment_options = augment_options or {}
+    if training and augment_on == "host" and augments(policy, **augment_options):
+        augmenter = augment.Augmenter(policy, info.image_size, crop_size, **augment_options)
     return dataset.make_dataset(
         info, split, training=training, policy=policy, augment=augmenter, crop_size=crop_size, **kwargs
     )

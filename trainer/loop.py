@@ -24,7 +24,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from contracts.model import MAIN_OUTPUT
+from contracts import stream
+from trainer import mixing, optimizers, step_metrics
 
 # Steps between two reads of the kept per-step losses (one device sync each).
 FINITE_CHECK_STEPS = 20
@@ -54,60 +55,6 @@ class LoopResult:
     history: dict = dataclasses.field(default_factory=dict)
 
 
-def _top5_k(num_classes):
-    return min(5, num_classes)
-
-
-def batch_statistics(labels, probabilities, per_example_loss, num_classes, confusion=False):
-    """Returns per-replica sums of one batch: loss, correct top-1/top-5, count.
-
-    Args:
-        labels: int32 ``[B]``.
-        probabilities: ``[B, num_classes]`` softmax outputs.
-        per_example_loss: float32 ``[B]``.
-        num_classes: Number of classes.
-        confusion: Also return the ``[C, C]`` confusion matrix (rows: true labels).
-    """
-    labels = tf.cast(labels, tf.int32)
-    probabilities = tf.cast(probabilities, tf.float32)
-    _, top = tf.math.top_k(probabilities, k=_top5_k(num_classes))
-    hits = tf.cast(tf.equal(top, labels[:, None]), tf.float32)
-    stats = {
-        "loss_sum": tf.reduce_sum(per_example_loss),
-        "top1": tf.reduce_sum(hits[:, 0]),
-        "top5": tf.reduce_sum(hits),
-        "count": tf.cast(tf.size(labels), tf.float32),
-    }
-    if confusion:
-        stats["confusion"] = tf.math.confusion_matrix(
-            labels, top[:, 0], num_classes=num_classes, dtype=tf.float32
-        )
-    return stats
-
-
-def summarize(totals, prefix=""):
-    """Turns reduced sums into ``loss``, ``accuracy`` and ``top5_accuracy`` logs."""
-    count = max(float(totals["count"]), 1.0)
-    logs = {
-        f"{prefix}loss": float(totals["loss_sum"]) / count,
-        f"{prefix}accuracy": float(totals["top1"]) / count,
-        f"{prefix}top5_accuracy": float(totals["top5"]) / count,
-    }
-    if "objective" in totals:
-        logs[f"{prefix}loss"] = float(totals["objective"]) / max(float(totals["steps"]), 1.0)
-    return logs
-
-
-def split_outputs(outputs):
-    """Returns ``(main, {aux_name: aux})`` of a model's outputs (tensor or dict)."""
-    if isinstance(outputs, dict):
-        aux = {name: value for name, value in outputs.items() if name != MAIN_OUTPUT}
-        return outputs[MAIN_OUTPUT], aux
-    if isinstance(outputs, list | tuple):
-        return outputs[0], {f"aux{i}": value for i, value in enumerate(outputs[1:], start=1)}
-    return outputs, {}
-
-
 class DistributedLoop:
     """Trains and evaluates a Keras model with ``strategy.run``.
 
@@ -124,6 +71,10 @@ class DistributedLoop:
         seed: Base seed of the in-step augmentation.
         jit_compile: Compile the per-replica step with XLA.
         check_every_steps: Steps between two checks that the losses are finite.
+        mixer: Optional :class:`trainer.mixing.Mixer`: mixup/CutMix and label
+            smoothing in the train step; every head's loss takes its soft targets
+            while top-1/top-5 are counted against the true labels.
+        clip_norm: Clip the gradients' global norm, summed over all replicas, to this; 0: off.
     """
 
     def __init__(
@@ -139,6 +90,8 @@ class DistributedLoop:
         seed=0,
         jit_compile=False,
         check_every_steps=FINITE_CHECK_STEPS,
+        mixer=None,
+        clip_norm=0.0,
     ):
         self.strategy = strategy
         self.model = model
@@ -150,6 +103,8 @@ class DistributedLoop:
         self.seed = seed
         self.jit_compile = jit_compile
         self.check_every_steps = check_every_steps
+        self.mixer = mixer if mixer is not None and mixer.active else None
+        self.clip_norm = clip_norm
         # (epoch, step, objective tensor) of the steps not checked yet; the last step trained.
         self._unchecked = []
         self._position = None
@@ -169,15 +124,20 @@ class DistributedLoop:
         seed = tf.stack([tf.cast(self.seed + replica, tf.int64), self.step_counter.read_value()])
         return self.augmenter(images, tf.cast(seed, tf.int32))
 
-    def _replica_update(self, images, labels):
+    def _replica_mix(self, images, labels):
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        seed = stream.mixing_seed(self.seed, self.step_counter.read_value(), replica)
+        return self.mixer(images, labels, seed)
+
+    def _replica_update(self, images, labels, targets=None):
         model = self.model
         optimizer = model.optimizer
         with tf.GradientTape() as tape:
-            main, aux = split_outputs(model(images, training=True))
-            per_example = keras.losses.sparse_categorical_crossentropy(labels, tf.cast(main, tf.float32))
+            main, aux = step_metrics.split_outputs(model(images, training=True))
+            per_example = mixing.head_loss(labels, targets, main)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch_size)
             for value in aux.values():
-                aux_loss = keras.losses.sparse_categorical_crossentropy(labels, tf.cast(value, tf.float32))
+                aux_loss = mixing.head_loss(labels, targets, value)
                 loss += self.aux_loss_weight * tf.nn.compute_average_loss(
                     aux_loss, global_batch_size=self.global_batch_size
                 )
@@ -187,8 +147,11 @@ class DistributedLoop:
             scaled = optimizer.scale_loss(loss)
         variables = model.trainable_variables
         gradients = tape.gradient(scaled, variables)
+        if self.clip_norm:
+            replicas = self.strategy.num_replicas_in_sync
+            gradients = optimizers.clip_global_norm(gradients, optimizer, self.clip_norm, replicas)
         optimizer.apply(gradients, variables)
-        stats = batch_statistics(labels, main, per_example, self.num_classes)
+        stats = step_metrics.batch_statistics(labels, main, per_example, self.num_classes)
         stats["objective"] = loss
         return stats
 
@@ -198,11 +161,15 @@ class DistributedLoop:
             update = tf.function(update, jit_compile=True, reduce_retracing=True)
 
         def replica_step(images, labels):
-            # Augmentation stays outside the XLA cluster: the book policy's
-            # ImageProjectiveTransformV3 has no XLA kernel.
+            # Augmentation and mixing stay outside the XLA cluster: the book policy's
+            # ImageProjectiveTransformV3 has no XLA kernel, and the mixing's gamma draws
+            # must not depend on whether the step is compiled.
             if self.augmenter is not None:
                 images = self._replica_augment(images)
-            return update(images, labels)
+            if self.mixer is None:
+                return update(images, labels)
+            images, targets = self._replica_mix(images, labels)
+            return update(images, labels, targets)
 
         @tf.function
         def train_function(iterator):
@@ -270,7 +237,9 @@ class DistributedLoop:
             per_example = keras.losses.sparse_categorical_crossentropy(
                 labels, tf.cast(probabilities, tf.float32)
             )
-            return batch_statistics(labels, probabilities, per_example, self.num_classes, confusion)
+            return step_metrics.batch_statistics(
+                labels, probabilities, per_example, self.num_classes, confusion
+            )
 
         def replica_step(images, labels):
             # A replica gets an empty batch when the data runs out unevenly; some
@@ -317,7 +286,7 @@ class DistributedLoop:
             totals = stats if totals is None else {k: totals[k] + stats[k] for k in totals}
         if totals is None:
             raise ValueError("evaluation dataset is empty")
-        logs = summarize(totals)
+        logs = step_metrics.summarize(totals)
         logs["count"] = int(totals["count"])
         matrix = totals["confusion"].numpy().astype(np.int64) if confusion else None
         return logs, matrix
@@ -380,7 +349,7 @@ class DistributedLoop:
                 # Batch logs force a device sync: only a progress bar on a terminal reads them.
                 batch_logs = None
                 if batch_logs_wanted:
-                    batch_logs = summarize({k: v.numpy() for k, v in totals.items()})
+                    batch_logs = step_metrics.summarize({k: v.numpy() for k, v in totals.items()})
                 callbacks.on_train_batch_end(step, batch_logs)
                 if stop_requested is not None and stop_requested(False):
                     break
@@ -390,7 +359,7 @@ class DistributedLoop:
             self.check_finite()  # Before any callback sees the epoch's logs or saves its state.
             if refresh_statistics is not None:
                 refresh_statistics()
-            logs = summarize(totals) if totals is not None else {}
+            logs = step_metrics.summarize(totals) if totals is not None else {}
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
             if valid_dataset is not None:
                 valid_logs, _ = self.evaluate(valid_dataset, validation_steps)

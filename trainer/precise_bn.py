@@ -17,6 +17,8 @@ the result is the exact mean and (biased, as Keras computes it) variance of
 everything the pass saw, identical on every replica.
 """
 
+import contextlib
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -134,6 +136,10 @@ class PreciseBatchNorm:
         Raises:
             ValueError: The dataset gave no image.
         """
+        with _unsynchronized(self.model):
+            return self._recompute(dataset)
+
+    def _recompute(self, dataset):
         if self._function is None:
             self._function, self._shift_function = self._make_functions()
         if self._function is None:
@@ -156,3 +162,22 @@ class PreciseBatchNorm:
             layer.moving_mean.assign((np.asarray(shift.numpy(), np.float64) + mean).astype(np.float32))
             layer.moving_variance.assign(variance.astype(np.float32))
         return int(images_seen)
+
+
+@contextlib.contextmanager
+def _unsynchronized(model):
+    """Batch norms compute per-replica batch statistics while the pass is traced and run.
+
+    The pass sums every layer's input itself and all-reduces the sums once;
+    ``--sync-bn``'s all-reduce inside each layer would sit in the empty-batch
+    ``tf.cond`` of a replica, where a cross-replica call cannot be made.
+    """
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    saved = [layer.synchronized for layer in layers]
+    for layer in layers:
+        layer.synchronized = False
+    try:
+        yield
+    finally:
+        for layer, value in zip(layers, saved, strict=True):
+            layer.synchronized = value

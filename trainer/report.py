@@ -49,6 +49,23 @@ def confusion_image(confusion, cell=8):
     return np.clip(image, 0, 255).astype(np.uint8)[None]
 
 
+# Scalars of the final evaluation, written where the HParams dashboard reads its metrics.
+FINAL_METRICS = tuple(
+    f"final/{split}_{name}" for split in ("valid", "test") for name in ("accuracy", "top5_accuracy", "loss")
+)
+
+
+def write_final_scalars(log_dir, metrics, step):
+    """Writes the final valid/test metrics as scalars beside the HParams summary (``log_dir`` itself)."""
+    writer = tf.summary.create_file_writer(log_dir)
+    with writer.as_default(step=step):
+        for tag in FINAL_METRICS:
+            split, name = tag.removeprefix("final/").split("_", 1)
+            tf.summary.scalar(tag, float(metrics[split][name]))
+    writer.flush()
+    writer.close()
+
+
 def write_confusion_summary(log_dir, confusion, step, name="confusion_matrix/test"):
     """Writes the confusion matrix image to TensorBoard under ``log_dir/evaluation``."""
     writer = tf.summary.create_file_writer(os.path.join(log_dir, "evaluation"))

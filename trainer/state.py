@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from contracts import jobdir
-from trainer import backup, distribute
+from trainer import backup, distribute, optimizers
 
 STATE_FILE = backup.STATE_FILE
 
@@ -205,7 +205,8 @@ class TrainingState:
         if damaged and log:
             log(f"warning: backup in {found.directory} is damaged ({damaged}): resuming from {restored.name}")
         state = restored.state
-        optimizer.learning_rate = state["learning_rate"]
+        if not optimizers.has_schedule(optimizer):  # A schedule follows the restored step counter.
+            optimizer.learning_rate = state["learning_rate"]
         self._restored = (state, arrays)
         for name in self.callbacks:
             self._hand_over(name, state, arrays)

@@ -37,6 +37,16 @@ def _batches_or_auto(text):
     return None if str(text).lower() == "auto" else int(text)
 
 
+def _randaugment(text):
+    """``N,M`` -> ``(ops, magnitude)``; ``0`` or ``off`` -> ``(0, None)``."""
+    if str(text).strip().lower() in ("0", "off", "none"):
+        return 0, None
+    parts = str(text).split(",")
+    if len(parts) != 2:
+        raise ValueError(f"expected N,M (operations per image, magnitude 0..10), got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
 def build_parser():
     """Returns the argument parser; absent flags are left out of the namespace."""
     parser = cli.ArgumentParser(
@@ -87,7 +97,8 @@ def build_parser():
     add("--min-delta", type=float, help="Smallest val_loss decrease counted as improvement (e.g. 0.01).")
     add("--lr-plateau-patience", type=int, help="Epochs without improvement before reducing the LR.")
     add("--lr-plateau-factor", type=float, help="Factor applied to the learning rate on a plateau.")
-    add("--warmup-epochs", type=int, help="Epochs with a frozen backbone before fine-tuning everything.")
+    add("--frozen-epochs", type=int, help="Epochs with a frozen backbone before fine-tuning everything.")
+    add("--warmup-epochs", type=int, help=argparse.SUPPRESS)  # Renamed: TrainConfig names the new flag.
     add(
         "--bn-momentum",
         type=float,
@@ -105,6 +116,26 @@ def build_parser():
         type=int,
         help="First epoch (0-based) early stopping and the best model watch (default: per architecture).",
     )
+    add(
+        "--recipe",
+        metavar=_one_of(config_lib.RECIPES),
+        help="book: the chapter's recipe; modern: label smoothing, and from 60 epochs on RandAugment, "
+        "mixup, AdamW and a cosine schedule (docs/models.md has the rule).",
+    )
+    add("--flip", action=cli.BooleanFlag, help="Flip half of the training images left-right.")
+    add(
+        "--randaugment", type=_randaugment, metavar="N,M", help="RandAugment: N ops per image at magnitude M."
+    )
+    add("--random-erasing", type=float, metavar="P", help="Erase a random rectangle with probability P.")
+    add("--mixup", type=float, metavar="ALPHA", help="Mixup with Beta(ALPHA, ALPHA) (0: off).")
+    add("--cutmix", type=float, metavar="ALPHA", help="CutMix with Beta(ALPHA, ALPHA) (0: off).")
+    add("--label-smoothing", type=float, metavar="EPS", help="Label smoothing of every head's targets.")
+    add("--weight-decay", type=float, help="Decoupled weight decay (not on biases and batch norm).")
+    add("--lr-schedule", metavar=_one_of(config_lib.LR_SCHEDULES), help="Learning-rate schedule.")
+    add("--lr-warmup-epochs", type=int, help="Linear learning-rate warm-up epochs (cosine schedule).")
+    add("--clip-norm", type=float, help="Clip the global gradient norm to this (0: off).")
+    add("--ema", type=float, metavar="DECAY", help="Evaluate, save and export an EMA of the weights.")
+    add("--sync-bn", action=cli.BooleanFlag, help="Batch-norm statistics over all replicas and workers.")
     add("--explain", action=cli.BooleanFlag, help="Enable the Grad-CAM callback (default: on).")
     add("--debug-dump-weights", help="For tests: every worker writes its final weights to this folder.")
     add("--backup-every-steps", type=int, help="Also back up every N steps within an epoch (0: off).")
@@ -190,10 +221,21 @@ def resolve(argv=None, environ=None):
     arch = flags.get("arch", from_file.get("arch"))
     if not arch:
         raise ValueError("--arch is required")
+    _split_randaugment(from_file)
+    _split_randaugment(flags)
     values = architecture_defaults(arch)
     values.update(from_file)
     values.update(environment_values(environ))
     values.update(flags)
+    # The recipe's settings sit between the architecture's and the ones given explicitly.
+    recipe_values = recipe_settings(values)
+    values = {
+        **architecture_defaults(arch),
+        **recipe_values,
+        **from_file,
+        **environment_values(environ),
+        **flags,
+    }
     if "job_dir" not in values and environ.get("AIP_MODEL_DIR"):
         values["job_dir"] = environ["AIP_MODEL_DIR"]
     if isinstance(values.get("weights"), str) and values["weights"].lower() == "none":
@@ -204,9 +246,38 @@ def resolve(argv=None, environ=None):
         values["mixed_precision"] = "float32"
     values.setdefault("data_dir", "")
     values.setdefault("job_dir", "")
-    if values.get("warmup_epochs") and not _fine_tunable(arch):
-        raise ValueError(f"--warmup-epochs needs an architecture with a pretrained backbone, not {arch!r}")
+    if values.get("frozen_epochs") and not _fine_tunable(arch):
+        raise ValueError(f"--frozen-epochs needs an architecture with a pretrained backbone, not {arch!r}")
     return config_lib.from_dict(values)
+
+
+def _split_randaugment(values):
+    """Turns a ``randaugment`` value (flag tuple, or ``"N,M"`` of a config file) into its two fields."""
+    if "randaugment" not in values:
+        return
+    value = values.pop("randaugment")
+    ops, magnitude = value if isinstance(value, tuple) else _randaugment(value)
+    values["randaugment_ops"] = ops
+    if magnitude is not None:
+        values["randaugment_magnitude"] = magnitude
+
+
+def recipe_settings(values):
+    """Returns what ``values['recipe']`` sets for the run's budget (:func:`trainer.recipe.settings`)."""
+    from trainer import recipe
+
+    name = values.get("recipe", "book")
+    if name == "book":
+        return {}
+    epochs = values.get("epochs", config_lib.TrainConfig.epochs)
+    steps = values.get("steps_per_epoch")
+    train_images = None
+    if steps is not None:
+        from contracts import dataset
+
+        train_images = dataset.load_metadata(values.get("data_dir", "")).split_counts["train"]
+    run_passes = recipe.passes(epochs, steps, values.get("batch_size"), train_images)
+    return recipe.settings(name, epochs=epochs, run_passes=run_passes)
 
 
 def _fine_tunable(arch):

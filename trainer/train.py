@@ -61,7 +61,20 @@ def run(config, stop_flag=None):
     import keras
     import tensorflow as tf
 
-    from trainer import augment, backup, callbacks, export, loop, models, precise_bn, report, state
+    from trainer import (
+        augment,
+        backup,
+        callbacks,
+        data,
+        export,
+        loop,
+        mixing,
+        models,
+        optimizers,
+        precise_bn,
+        report,
+        state,
+    )
 
     chief = distribute.is_chief()
     outputs = storage.JobOutputs(output_folders(config), chief=chief)
@@ -89,15 +102,18 @@ def run(config, stop_flag=None):
     outputs.download("backup")
     backups = backup.scan(outputs.local("backup"))
     newest = backups.usable[0].state if backups.usable else {"epoch": 0}
-    frozen = config.warmup_epochs > 0 and newest["epoch"] < config.warmup_epochs
+    frozen = config.frozen_epochs > 0 and newest["epoch"] < config.frozen_epochs
 
     # 4. Model, loop, callbacks; then the backup restored into them.
     build_options = model_build_options(config, models.get_defaults(config.arch), info.image_size)
-    model, main_model = _build_model(config, info, strategy, build_options, frozen)
     steps_per_epoch = config.steps_per_epoch or max(1, info.num_batches("train", config.batch_size, True))
+    model, main_model = _build_model(config, info, strategy, build_options, frozen, steps_per_epoch)
     device_augmenter = None
-    if config.augment_on == "device" and config.policy != "none":
-        device_augmenter = augment.Augmenter(config.policy, info.image_size, config.crop_size)
+    augment_options = config.augment_options()
+    if config.augment_on == "device" and data.augments(config.policy, **augment_options):
+        device_augmenter = augment.Augmenter(
+            config.policy, info.image_size, config.crop_size, **augment_options
+        )
     training_loop = loop.DistributedLoop(
         strategy,
         model,
@@ -108,6 +124,10 @@ def run(config, stop_flag=None):
         augmenter=device_augmenter,
         seed=config.seed,
         jit_compile=config.jit_compile,
+        mixer=mixing.Mixer(
+            info.num_classes, mixup=config.mixup, cutmix=config.cutmix, label_smoothing=config.label_smoothing
+        ),
+        clip_norm=config.clip_norm,
     )
     refresh_statistics = _precise_bn(config, info, strategy, model, steps_per_epoch, precise_bn)
     training_state = state.TrainingState(model, chief=chief, guard=training_loop.check_finite)
@@ -144,7 +164,7 @@ def run(config, stop_flag=None):
         "refresh_statistics": refresh_statistics,
     }
     with dataset.translate_data_errors(info), _stop_if_diverged(config.backup_dir, outputs.local("backup")):
-        phases = [(min(config.warmup_epochs, config.epochs), True)] if frozen else []
+        phases = [(min(config.frozen_epochs, config.epochs), True)] if frozen else []
         phases.append((config.epochs, False))
         epoch, step = initial_epoch, initial_step
         for end, backbone_frozen in phases:
@@ -159,7 +179,7 @@ def run(config, stop_flag=None):
             if result.interrupted or model.stop_training or end >= config.epochs:
                 break
             if backbone_frozen:
-                _unfreeze(config, strategy, model, training_loop, training_state)
+                _unfreeze(config, strategy, model, training_loop, training_state, steps_per_epoch)
                 if refresh_statistics is not None:
                     refresh_statistics.reset()
             epoch, step = result.epochs_completed, 0
@@ -171,15 +191,19 @@ def run(config, stop_flag=None):
             _log(f"backup saved at epoch {result.epochs_completed} step {result.step_in_epoch}")
             raise Preempted(f"stopped at epoch {result.epochs_completed} step {result.step_in_epoch}")
 
-        # 6. Evaluate the best weights (early stopping restored them) on valid and test,
-        # with the batch-norm statistics of those weights.
+        # 6. Evaluate the best weights (early stopping restored them), or with --ema the
+        # weights' moving average, on valid and test, with the batch-norm statistics of those weights.
+        if optimizers.use_average_weights(model):
+            _log(f"evaluating, saving and exporting the weights' moving average (decay {config.ema})")
         if refresh_statistics is not None:
             refresh_statistics()
+        # The code of `python -m trainer.evaluate` too, so it reproduces these numbers.
+        from trainer import evaluation
+
         evaluations, confusion = {}, {}
         for split in ("valid", "test"):
             split_dataset = _distributed(strategy, config, info, split, training=False)
-            logs, confusion[split] = training_loop.evaluate(split_dataset, confusion=True)
-            evaluations[split] = {k: logs[k] for k in ("loss", "accuracy", "top5_accuracy", "count")}
+            evaluations[split], confusion[split] = evaluation.evaluate_split(training_loop, split_dataset)
     metrics = report.final_metrics(
         config=config,
         info=info,
@@ -202,6 +226,7 @@ def run(config, stop_flag=None):
         per_class = outputs.local("job", jobdir.PER_CLASS_FILE)
         report.write_per_class_csv(per_class, confusion["test"], info.wnids, info.class_names)
         report.write_confusion_summary(outputs.local("logs"), confusion["test"], step=result.epochs_completed)
+        report.write_final_scalars(outputs.local("logs"), metrics, step=result.epochs_completed)
         # model.keras holds the weights evaluated above (early stopping restored the
         # best), also when no epoch of this run beat the best it resumed or branched from.
         main_model.save(outputs.local("job", jobdir.MODEL_FILE))
@@ -232,21 +257,11 @@ def model_build_options(config, defaults, image_size):
         "dropout": config.dropout,
         "weights": config.weights,
         "bn_momentum": config.bn_momentum,
+        "sync_bn": config.sync_bn,
     }
     if defaults.aux_outputs:
         options["aux_dropout"] = config.aux_dropout
     return options
-
-
-def make_optimizer(config, learning_rate):
-    """Returns the configured optimizer, loss-scaled under ``mixed_float16``."""
-    import keras
-
-    identifier = {"class_name": config.optimizer, "config": {"learning_rate": learning_rate}}
-    optimizer = keras.optimizers.get(identifier)
-    if config.mixed_precision == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    return optimizer
 
 
 def _write_job_files(outputs, config, info):
@@ -258,11 +273,11 @@ def _write_job_files(outputs, config, info):
     outputs.sync()
 
 
-def _build_model(config, info, strategy, build_options, frozen):
+def _build_model(config, info, strategy, build_options, frozen, steps_per_epoch):
     """Builds and compiles the model in the strategy's scope; returns ``(model, main_model)``."""
     import keras
 
-    from trainer import models
+    from trainer import models, optimizers
 
     keras.mixed_precision.set_dtype_policy(config.mixed_precision)
     with strategy.scope():
@@ -270,21 +285,41 @@ def _build_model(config, info, strategy, build_options, frozen):
         main_model = models.main_output_model(model)
         if frozen:
             models.set_backbone_trainable(model, False)
-        model.compile(optimizer=make_optimizer(config, config.learning_rate), jit_compile=False)
+        # A run resumed after its frozen phase builds the second phase's optimizer.
+        start_epoch = 0 if frozen else config.frozen_epochs
+        optimizer = optimizers.make_optimizer(
+            config,
+            model,
+            learning_rate=config.learning_rate,
+            steps_per_epoch=steps_per_epoch,
+            start_epoch=start_epoch,
+        )
+        model.compile(optimizer=optimizer, jit_compile=False)
     return model, main_model
 
 
-def _unfreeze(config, strategy, model, training_loop, training_state):
-    """Phase two: train everything with a fresh optimizer at the current learning rate."""
-    import keras
+def _unfreeze(config, strategy, model, training_loop, training_state, steps_per_epoch):
+    """Phase two: train everything with a fresh optimizer.
 
-    from trainer import models
+    A plateau schedule continues at the current learning rate; a cosine
+    schedule continues from the first phase's last step.
+    """
+    from trainer import models, optimizers
 
-    learning_rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    previous = model.optimizer
+    schedule = optimizers.has_schedule(previous)
+    learning_rate = config.learning_rate if schedule else optimizers.current_learning_rate(previous)
     training_state.carry_over()
     with strategy.scope():
         models.set_backbone_trainable(model, True)
-        model.compile(optimizer=make_optimizer(config, learning_rate), jit_compile=False)
+        optimizer = optimizers.make_optimizer(
+            config,
+            model,
+            learning_rate=learning_rate,
+            steps_per_epoch=steps_per_epoch,
+            start_epoch=config.frozen_epochs,
+        )
+        model.compile(optimizer=optimizer, jit_compile=False)
         model.optimizer.build(model.trainable_variables)
     training_loop.reset()
     _log("backbone unfrozen: training every layer")
@@ -328,6 +363,7 @@ def _distributed(strategy, config, info, split, training, start=None):
             crop_size=config.crop_size,
             cache=config.cache,
             seed=config.seed,
+            augment_options=config.augment_options(),
             input_context=input_context,
             **position,
         )

@@ -86,7 +86,7 @@ def _variables_by_part(model):
 
 @pytest.mark.slow
 def test_two_phase_fine_tuning_freezes_then_trains_the_backbone(sample_records, tmp_path):
-    """Inception-ResNet-v2 with --warmup-epochs 2: the weights of a real run after each phase.
+    """Inception-ResNet-v2 with --frozen-epochs 2: the weights of a real run after each phase.
 
     Each phase is stopped with SIGTERM; its backup holds the weights it reached.
     """
@@ -94,7 +94,7 @@ def test_two_phase_fine_tuning_freezes_then_trains_the_backbone(sample_records, 
     job = str(tmp_path / "job")
     args = ["--data-dir", data_dir, "--job-dir", job, "--arch", "inception_resnet_v2", "--weights", "none"]
     args += ["--batch-size", "2", "--steps-per-epoch", "3", "--validation-steps", "1", "--epochs", "4"]
-    args += ["--warmup-epochs", "2", "--explain", "false", "--policy", "none"]
+    args += ["--frozen-epochs", "2", "--explain", "false", "--policy", "none"]
     backup = os.path.join(job, "backup")
 
     # Phase one (frozen backbone), stopped once its first epoch has ended.

@@ -18,6 +18,8 @@ def mirrored_run(sample_records, tmp_path_factory):
     data_dir, _ = sample_records
     job = str(tmp_path_factory.mktemp("mirrored") / "job")
     args = helpers.quick_args(data_dir, job, 2, "--num-cpu-devices", "2")
+    # Options whose all-reduces only a strategy with replicas exercises, and the soft-target loss.
+    args += ["--sync-bn", "--clip-norm", "5", "--label-smoothing", "0.1"]
     proc = helpers.run_cli(args)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return job, data_dir, proc
@@ -172,6 +174,18 @@ def test_tensorboard_hparams_match_the_job(tensorboard, mirrored_run):
         metric = values[("validation", f"epoch_{tag}")]
         assert metric["trainingStep"] == int(last["epoch"])
         assert metric["value"] == pytest.approx(float(last[f"val_{tag}"]), rel=1e-5)
+    # ...and the final evaluation's metrics, so runs of different recipes compare on test accuracy.
+    final = {
+        m["name"]["tag"]: m["value"] for m in group["metricValues"] if m["name"]["tag"].startswith("final/")
+    }
+    metrics = helpers.read_job_json(job, "metrics.json")
+    for split in ("valid", "test"):
+        for name in ("accuracy", "top5_accuracy", "loss"):
+            assert final[f"final/{split}_{name}"] == pytest.approx(metrics[split][name], rel=1e-6), (
+                split,
+                name,
+            )
+    assert hparams["label_smoothing"] == 0.1 and hparams["sync_bn"] is True
 
 
 @pytest.mark.slow

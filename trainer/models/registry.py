@@ -23,7 +23,7 @@ MIN_INPUT_SIZE = 32
 # Build-time options a caller may pass; each builder accepts a subset.
 _OPTIONS = ("input_size", "dropout", "aux_dropout", "weights")
 # Options every family takes, applied to the built model rather than by its builder.
-_MODEL_OPTIONS = ("bn_momentum",)
+_MODEL_OPTIONS = ("bn_momentum", "sync_bn")
 
 _BUILDERS: dict[str, Callable[..., keras.Model]] = {}
 _DEFAULTS: dict[str, "ArchDefaults"] = {}
@@ -52,7 +52,7 @@ class ArchDefaults:
         batch_size: Global batch size.
         epochs: Maximum number of epochs.
         weights: Backbone weights: ``"imagenet"``, ``None`` (random) or a path.
-        warmup_epochs: Epochs training the head only before unfreezing the
+        frozen_epochs: Epochs training the head only before unfreezing the
             backbone (fine-tuning families only).
         bn_momentum: Momentum of every batch-norm layer's moving statistics
             (Keras' convention: the weight of the old value). 0.9, PyTorch's
@@ -80,7 +80,7 @@ class ArchDefaults:
     batch_size: int = 128
     epochs: int = 50
     weights: str | None = None
-    warmup_epochs: int = 0
+    frozen_epochs: int = 0
     fine_tunable: bool = False
     bn_momentum: float = 0.9
     monitor_start_epoch: int = 0
@@ -163,6 +163,7 @@ def build_model(name: str, num_classes: int, *, seed: int | None = None, **optio
     if unknown:
         known = [*_OPTIONS, *_MODEL_OPTIONS]
         raise ValueError(f"unknown build options {unknown} for {name!r}; known: {known}")
+    sync_bn = bool(options.pop("sync_bn", False))
     bn_momentum = options.pop("bn_momentum", None)
     bn_momentum = _DEFAULTS[name].bn_momentum if bn_momentum is None else bn_momentum
     if not (isinstance(bn_momentum, int | float) and 0.0 <= bn_momentum < 1.0):
@@ -182,18 +183,21 @@ def build_model(name: str, num_classes: int, *, seed: int | None = None, **optio
     if seed is not None:
         keras.utils.set_random_seed(seed)
     model = builder(int(num_classes), **kwargs)
-    set_bn_momentum(model, float(bn_momentum))
+    set_bn_momentum(model, float(bn_momentum), synchronized=sync_bn)
     return model
 
 
-def set_bn_momentum(model: keras.Model, momentum: float) -> None:
-    """Sets the moving-statistics momentum of every ``BatchNormalization`` layer of ``model``.
+def set_bn_momentum(model: keras.Model, momentum: float, synchronized: bool = False) -> None:
+    """Sets the momentum (and synchronization) of every ``BatchNormalization`` layer of ``model``.
 
-    Keras reads the momentum when a step is traced, so call this before training.
+    Keras reads both when a step is traced, so call this before training.
+    ``synchronized`` computes the batch statistics over every replica and
+    worker of the strategy (Keras' ``BatchNormalization(synchronized=True)``).
     """
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = momentum
+            layer.synchronized = synchronized
 
 
 def _builder_options(builder: Callable) -> tuple[str, ...]:

@@ -1,0 +1,89 @@
+"""``--recipe``: the rule that sizes the modern recipe to the budget, and what explicit settings override."""
+
+import pytest
+
+from trainer import recipe, task
+
+
+def _resolve(*flags):
+    return task.resolve(["--arch", "minception", "--data-dir", "d", "--job-dir", "j", *flags], environ={})
+
+
+def test_book_sets_nothing_and_is_the_default():
+    assert recipe.settings("book", epochs=300, run_passes=300) == {}
+    assert _resolve().recipe == "book"
+    assert _resolve().label_smoothing == 0.0 and _resolve().lr_schedule == "plateau"
+
+
+def test_a_short_modern_run_keeps_the_book_recipe_and_adds_label_smoothing():
+    config = _resolve("--recipe", "modern", "--epochs", "40")
+    assert config.label_smoothing == 0.1
+    assert (config.optimizer, config.lr_schedule, config.mixup, config.randaugment_ops) == (
+        "adam",
+        "plateau",
+        0,
+        0,
+    )
+
+
+def test_a_long_modern_run_gets_the_light_recipe_with_a_five_percent_warm_up():
+    config = _resolve("--recipe", "modern", "--epochs", "120")
+    assert (config.optimizer, config.weight_decay, config.lr_schedule) == ("adamw", 0.01, "cosine")
+    assert (config.randaugment_ops, config.randaugment_magnitude, config.mixup, config.flip) == (
+        1,
+        2,
+        0.2,
+        True,
+    )
+    assert config.lr_warmup_epochs == 5 and config.early_stopping_patience == 120
+    assert _resolve("--recipe", "modern", "--epochs", "60").lr_warmup_epochs == 3
+    # The heavy settings that lost to the book at 120 epochs are never chosen.
+    assert config.cutmix == 0 and config.random_erasing == 0 and config.ema == 0
+
+
+def test_the_budget_counts_passes_over_the_training_split():
+    assert recipe.passes(100) == 100
+    assert recipe.passes(100, steps_per_epoch=10, batch_size=32, train_images=640) == 50
+    assert recipe.settings("modern", epochs=100, run_passes=50) == recipe.SHORT_RUN
+
+
+def test_explicit_settings_override_the_recipe(tmp_path):
+    config = _resolve("--recipe", "modern", "--epochs", "120", "--mixup", "0", "--randaugment", "2,9")
+    assert (config.mixup, config.randaugment_ops, config.randaugment_magnitude) == (0, 2, 9)
+    settings = tmp_path / "run.yaml"
+    settings.write_text("recipe: modern\nepochs: 120\nweight_decay: 0.05\nrandaugment: '3,5'\n")
+    config = _resolve("--config", str(settings))
+    assert (config.weight_decay, config.randaugment_ops, config.randaugment_magnitude) == (0.05, 3, 5)
+    assert config.lr_schedule == "cosine"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--recipe", "fancy"], "recipe must be one of book, modern"),
+        (["--lr-warmup-epochs", "2"], "lr_warmup_epochs needs lr_schedule cosine"),
+        (["--lr-schedule", "cosine", "--lr-warmup-epochs", "60", "--epochs", "50"], "must be < epochs"),
+        (["--ema", "1.0"], "ema must be in [0, 1)"),
+        (["--label-smoothing", "1.5"], "label_smoothing must be in [0, 1]"),
+        (["--mixup", "-1"], "mixup must be >= 0"),
+        (["--randaugment", "2,40"], "randaugment_magnitude must be in [0, 30]"),
+        (["--warmup-epochs", "2"], "warmup_epochs was renamed frozen_epochs (--frozen-epochs)"),
+    ],
+)
+def test_bad_recipe_values_are_one_clear_error(flags, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        _resolve(*flags)
+
+
+def test_randaugment_flag_syntax():
+    assert task._randaugment("2,9") == (2, 9)
+    assert task._randaugment("off") == (0, None)
+    with pytest.raises(ValueError, match="expected N,M"):
+        task._randaugment("2")
+    assert _resolve("--randaugment", "0").randaugment_ops == 0
+
+
+def test_the_recipe_settings_reach_the_hparams():
+    hparams = _resolve("--recipe", "modern", "--epochs", "120").hparams()
+    assert hparams["recipe"] == "modern" and hparams["mixup"] == 0.2 and hparams["lr_schedule"] == "cosine"
+    assert _resolve("--randaugment", "2,9").augment_options() == {"randaugment": (2, 9)}
