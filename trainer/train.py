@@ -66,6 +66,7 @@ def run(config, stop_flag=None):
         backup,
         callbacks,
         data,
+        evaluation,
         export,
         loop,
         mixing,
@@ -198,8 +199,6 @@ def run(config, stop_flag=None):
         if refresh_statistics is not None:
             refresh_statistics()
         # The code of `python -m trainer.evaluate` too, so it reproduces these numbers.
-        from trainer import evaluation
-
         evaluations, confusion = {}, {}
         for split in ("valid", "test"):
             split_dataset = _distributed(strategy, config, info, split, training=False)
