@@ -177,7 +177,6 @@ class TrainConfig:
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("recipe", self.recipe, RECIPES)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        _check_recipe_values(self)
         for name in ("epochs", "batch_size", "crop_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -186,9 +185,10 @@ class TrainConfig:
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or unset, got {value}")
         nonnegative = ("num_cpu_devices", "early_stopping_patience", "lr_plateau_patience", "frozen_epochs")
-        for name in (*nonnegative, "monitor_start_epoch"):
+        for name in (*nonnegative, "monitor_start_epoch", "randaugment_ops", "lr_warmup_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        _check_recipe_values(self)
         if self.backup_every_steps < 0:
             raise ValueError(f"backup_every_steps must be >= 0, got {self.backup_every_steps}")
         if self.stop_check_every_steps < 1:
@@ -312,9 +312,6 @@ def _check_finite(config):
 
 def _check_recipe_values(config):
     """The ranges of the recipe's settings (each is also a flag of its own)."""
-    for name in ("randaugment_ops", "lr_warmup_epochs"):
-        if getattr(config, name) < 0:
-            raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
     if not 0 <= config.randaugment_magnitude <= 30:
         raise ValueError(f"randaugment_magnitude must be in [0, 30], got {config.randaugment_magnitude}")
     for name in ("mixup", "cutmix", "weight_decay", "clip_norm"):
