@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.request
 
@@ -40,6 +41,19 @@ def run_cli(args, timeout=400, **env):
         capture_output=True,
         text=True,
         env=cli_env(**env),
+        cwd=ROOT,
+        timeout=timeout,
+    )
+
+
+def run_script(source, *args, timeout=300):
+    """Runs a Python ``source`` text in a fresh interpreter (its own TensorFlow runtime, so it can
+    ask for logical devices) with ``args`` as ``sys.argv[1:]``; returns the completed process."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(source), *args],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
         cwd=ROOT,
         timeout=timeout,
     )

@@ -2,14 +2,13 @@
 warm-up (also after a resume and in a second phase), the weights' moving average, and clipping."""
 
 import math
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.trainer import helpers
 from trainer import config as config_lib
 from trainer import loop, optimizers
 
@@ -145,7 +144,6 @@ from trainer import distribute
 distribute.configure_devices(2)
 import keras
 import tensorflow as tf
-sys.path.insert(0, sys.argv[2])
 from tests.trainer import test_optimizers as t
 from trainer import loop, models
 out = {}
@@ -171,13 +169,8 @@ np.savez(sys.argv[1], **ragged)
 
 @pytest.mark.slow
 def test_on_two_replicas_sync_bn_agrees_and_clipping_equals_one_device(tmp_path):
-    import os
-
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     path = str(tmp_path / "out.npz")
-    proc = subprocess.run(
-        [sys.executable, "-c", _MIRRORED, path, root], capture_output=True, text=True, timeout=300, cwd=root
-    )
+    proc = helpers.run_script(_MIRRORED, path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = np.load(path, allow_pickle=True)
     for one, two in zip(out["clip_one"], out["clip_two"], strict=True):

@@ -1,18 +1,12 @@
 """Precise batch-norm statistics: the exact statistics of the data seen, alike on every replica."""
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.trainer import helpers
 from trainer import models, precise_bn
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _images(count, size=56, seed=0):
@@ -115,14 +109,7 @@ np.savez(sys.argv[1], **out)
 @pytest.mark.slow
 def test_mirrored_replicas_hold_identical_statistics_equal_to_one_device(tmp_path):
     path = str(tmp_path / "stats.npz")
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_MIRRORED), path],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = helpers.run_script(_MIRRORED, path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     stats = dict(np.load(path))
     assert int(stats.pop("one_seen")) == int(stats.pop("mirrored_seen")) == 20

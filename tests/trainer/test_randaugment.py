@@ -1,10 +1,6 @@
 """RandAugment, random erasing and flip: each op's values, per-image draws, determinism, host == device."""
 
 import math
-import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -12,10 +8,10 @@ import tensorflow as tf
 from PIL import Image, ImageEnhance, ImageOps
 from scipy import ndimage
 
+from tests.trainer import helpers
 from trainer import augment
 from trainer import randaugment as ra
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SEED = tf.constant([7, 11], tf.int64)
 # Every op but auto_contrast has a neutral argument, which magnitude 0 gives.
 NEUTRAL_AT_ZERO = ("identity", *(name for name in ra.COLOUR_OPS if name != "auto_contrast"))
@@ -393,15 +389,7 @@ np.savez(sys.argv[1], device=device, host=host)
 @pytest.mark.slow
 def test_mirrored_replicas_augment_like_the_host(tmp_path):
     path = str(tmp_path / "out.npz")
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_MIRRORED), path],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    proc = helpers.run_script(_MIRRORED, path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = np.load(path)
     assert out["device"].shape == (2, 8, 56, 56, 3)
