@@ -18,6 +18,7 @@ REQUIRED = [
     "numpy>=1.26,<3",
     "pillow>=10,<14",
     "pyyaml>=6,<7",
+    "scipy>=1.11,<2",
 ]
 
 EXTRAS = {
@@ -27,7 +28,7 @@ EXTRAS = {
         "google-cloud-aiplatform>=1.60,<3",
         "kubernetes>=30,<37",
     ],
-    "bench": ["tf-keras>=2.21,<2.22", "scipy>=1.11,<2"],
+    "bench": ["tf-keras>=2.21,<2.22"],
     "dev": [
         "pytest>=8,<10",
         "pytest-timeout>=2.3,<3",

@@ -9,23 +9,26 @@ and the share of heatmap energy inside the box are scored, overall and per
 class, next to a centre-peaked and a random-peaked baseline; the results go
 to TensorBoard scalars and to ``L/explain.json``.
 
+The same maps are scored for faithfulness (:mod:`explain.faithfulness`:
+deletion, insertion and, unless ``--no-road``, ROAD), again next to a centre
+and a random map; ``--sanity`` adds the cascading randomisation of the model's
+top layers (:mod:`explain.sanity`), whose rank correlations tell whether the
+method depends on the model at all.
+
 Bad input (missing model or data, unknown method or layer, an output folder
 that is a file) ends with one line on stderr and exit code 2. ``explain.json``
 is strict JSON: a score that cannot be computed is ``null``.
 """
 
 import dataclasses
-import heapq
 import sys
-import zlib
 
-import numpy as np
 import tensorflow as tf
 
 from contracts import cli, jobdir, storage
 from contracts import dataset as data
 from contracts import policy as policy_lib
-from explain import gradcam, pointing, render
+from explain import faithfulness, gradcam, pointing, render, sanity, selection
 
 RESULTS_FILE = jobdir.EXPLAIN_RESULTS_FILE
 TARGETS = ("true", "predicted")
@@ -51,6 +54,11 @@ class ExplainConfig:
     max_maps: int = 64
     panels_per_grid: int = 8
     out_dir: str | None = None
+    faithfulness: bool = True
+    road: bool = True
+    sanity: bool = False
+    sanity_layers: int = 4
+    sanity_images: int = 8
 
     def __post_init__(self):
         gradcam.check_method(self.method)
@@ -58,63 +66,18 @@ class ExplainConfig:
             raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         if self.target not in TARGETS:
             raise ValueError(f"--target must be one of {', '.join(TARGETS)}, got {self.target!r}")
-        for name in ("num_images", "batch_size", "max_maps", "panels_per_grid"):
+        for name in (
+            "num_images",
+            "batch_size",
+            "max_maps",
+            "panels_per_grid",
+            "sanity_layers",
+            "sanity_images",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.tolerance < 0:
             raise ValueError(f"--tolerance must be >= 0, got {self.tolerance}")
-
-
-def _rank(seed, filename, index):
-    # A hash of the file name, not the stream position: the choice does not
-    # depend on shard order or on how the split is batched.
-    return zlib.crc32(f"{seed}:{filename}".encode()), index
-
-
-def select_examples(batches, num_images, seed=0, balanced=False, num_classes=None):
-    """Chooses a fixed, seeded subset of a stream of example batches.
-
-    Every example gets a rank from a hash of ``(seed, filename)``; the lowest
-    ranks are kept, holding only ``num_images`` (or, balanced, a per-class
-    quota) in memory. Balanced selection takes the best of every class first,
-    then the second best, and so on.
-
-    Args:
-        batches: Iterable of dicts of numpy arrays with ``image``, ``label``,
-            ``box``, ``has_box`` and ``filename``.
-        num_images: How many examples to keep.
-        seed: Seed of the choice.
-        balanced: Spread the choice evenly over the classes.
-        num_classes: Number of classes (required when ``balanced``).
-
-    Returns:
-        A dict of numpy arrays (same keys), in rank order.
-    """
-    quota = -(-num_images // num_classes) if balanced else num_images
-    heaps = {}
-    index = 0
-    for batch in batches:
-        for i in range(len(batch["label"])):
-            name = batch["filename"][i]
-            name = name.decode() if isinstance(name, bytes) else str(name)
-            key = _rank(seed, name, index)
-            index += 1
-            group = int(batch["label"][i]) if balanced else 0
-            heap = heaps.setdefault(group, [])
-            item = (-key[0], -key[1], {k: v[i] for k, v in batch.items()})
-            if len(heap) < quota:
-                heapq.heappush(heap, item)
-            elif item[:2] > heap[0][:2]:
-                heapq.heapreplace(heap, item)
-    chosen = []
-    for heap in heaps.values():
-        best_first = sorted(heap, key=lambda item: (-item[0], -item[1]))
-        chosen += [(place, -item[0], -item[1], item[2]) for place, item in enumerate(best_first)]
-    chosen = sorted(chosen, key=lambda item: item[:3])[:num_images]
-    chosen = sorted(chosen, key=lambda item: item[1:3])
-    if not chosen:
-        return {}
-    return {key: np.stack([item[3][key] for item in chosen]) for key in chosen[0][3]}
 
 
 def _load_examples(config, predictor):
@@ -134,7 +97,7 @@ def _load_examples(config, predictor):
         features="all",
     )
     with data.translate_data_errors(info, [config.split]):
-        examples = select_examples(
+        examples = selection.select_examples(
             dataset.as_numpy_iterator(), config.num_images, config.seed, config.balanced, info.num_classes
         )
     if not examples:
@@ -155,9 +118,21 @@ def _write_scalars(summary, class_names, step):
     for entry in summary["per_class"]:
         name = render.short_name(class_names[entry["class_index"]]).replace(" ", "_")
         scalars[f"pointing_game_per_class/{entry['class_index']:03d}_{name}"] = entry["hit_rate"]
+    for metric, entry in (summary.get("faithfulness") or {}).items():
+        if isinstance(entry, dict):
+            for name, key in (("", "auc"), ("_random", "random_auc"), ("_center", "center_auc")):
+                scalars[f"faithfulness/{metric}_auc{name}"] = entry[key]
     for tag, value in scalars.items():
         if value is not None:
             tf.summary.scalar(tag, value, step=step)
+
+
+def _write_sanity(result, images):
+    """Writes the sanity check: the correlation per layers randomised (as steps) and the maps."""
+    for step, value in enumerate(result["spearman"]):
+        tf.summary.scalar("sanity/spearman", value, step=step)
+    strip = render.sanity_strip(images, result["maps"], result["layers"], result["spearman"])
+    tf.summary.image(f"sanity/{result['method']}", strip[None], step=0)
 
 
 def run(config, progress=print):
@@ -169,6 +144,11 @@ def run(config, progress=print):
     info, examples = _load_examples(config, predictor)
     names = info.class_names
     game = pointing.PointingGame(tolerance=config.tolerance, seed=config.seed)
+    scorer = (
+        faithfulness.Faithfulness(predictor.predict, seed=config.seed, road=config.road)
+        if config.faithfulness
+        else None
+    )
     count = len(examples["label"])
     progress(f"explain: {count} {config.split} images, method {config.method}, layer {explainer.layer}")
     panels, correct = [], 0
@@ -180,6 +160,8 @@ def run(config, progress=print):
         targets = batch["label"] if config.target == "true" else predicted
         maps = explainer(batch["image"], targets)
         game.add(maps, batch["box"], batch["label"], batch["has_box"])
+        if scorer is not None:
+            scorer.add(batch["image"], maps, targets)
         for i in range(len(maps)):
             box = batch["box"][i] if batch["has_box"][i] else None
             label, guess = int(batch["label"][i]), int(predicted[i])
@@ -195,6 +177,11 @@ def run(config, progress=print):
             f"pointing-game hit rate so far {'n/a' if hits is None else f'{hits:.3f}'}"
         )
     summary = game.summary(class_names=names)
+    if scorer is not None:
+        summary["faithfulness"] = scorer.summary()
+    randomised = _sanity(config, predictor, explainer, examples, progress) if config.sanity else None
+    if randomised is not None:
+        summary["sanity"] = sanity.summary(randomised)
     results = {
         "method": config.method,
         "layer": explainer.layer,
@@ -222,6 +209,11 @@ def run(config, progress=print):
         for k, image in enumerate(grids):
             tf.summary.image(f"{config.method}/grid_{k:03d}", image[None], step=0)
         _write_scalars(summary, names, step=0)
+        if scorer is not None:
+            curves = render.curves(summary["faithfulness"], label=config.method)
+            tf.summary.image(f"faithfulness/{config.method}_curves", curves[None], step=0)
+        if randomised is not None:
+            _write_sanity(randomised, examples["image"][: config.sanity_images])
         tf.summary.text("explain/results", f"```\n{jobdir.to_json(results, indent=2)}\n```", step=0)
     writer.close()
     if config.out_dir:
@@ -234,7 +226,25 @@ def run(config, progress=print):
     return results
 
 
+def _sanity(config, predictor, explainer, examples, progress):
+    """Cascading randomisation of the top ``sanity_layers`` layers on the first ``sanity_images`` images."""
+    images = examples["image"][: config.sanity_images]
+    labels = examples["label"][: len(images)]
+    targets = labels if config.target == "true" else predictor.predict(images).argmax(axis=1)
+    progress(f"explain: sanity check, randomising up to {config.sanity_layers} layers from the top")
+    return sanity.cascading_randomization(
+        predictor.model,
+        images,
+        targets,
+        method=config.method,
+        layer=explainer.layer,
+        steps=config.sanity_layers,
+        seed=config.seed,
+    )
+
+
 def _report(results, progress):
+    _report_faithfulness(results, progress)
     game, energy = results["pointing_game"], results["energy_in_box"]
     if game["hit_rate"] is None:
         progress("explain: no image of the selection has a box; pointing game not scored")
@@ -246,6 +256,27 @@ def _report(results, progress):
         f"random {results['energy_baselines']['random_baseline']:.3f}); "
         f"accuracy {results['accuracy']:.3f} on {results['n']} images"
     )
+
+
+def _report_faithfulness(results, progress):
+    scores = results.get("faithfulness") or {}
+    parts = [
+        f"{metric} {entry['auc']:.3f} (random {entry['random_auc']:.3f}, centre {entry['center_auc']:.3f})"
+        for metric, entry in scores.items()
+        if isinstance(entry, dict)
+    ]
+    if parts:
+        progress("explain: faithfulness areas: " + "; ".join(parts))
+    if "sanity" in results:
+        correlations = ", ".join(
+            f"{layer} {value:.2f}"
+            for layer, value in zip(
+                results["sanity"]["layers"], results["sanity"]["spearman"][1:], strict=True
+            )
+        )
+        progress(
+            f"explain: sanity check, rank correlation with the original maps after randomising {correlations}"
+        )
 
 
 def build_parser():
@@ -267,6 +298,21 @@ def build_parser():
     add("--max-maps", type=int, default=64, help="Score-CAM: feature maps scored at most.")
     add("--panels-per-grid", type=int, default=8, help="Panels per TensorBoard image / PNG grid.")
     add("--out-dir", help="Also write the grids as PNG files here.")
+    add(
+        "--faithfulness",
+        action=cli.BooleanFlag,
+        default=True,
+        help="Score deletion, insertion (and ROAD) areas against centre and random maps (default: on).",
+    )
+    add(
+        "--road",
+        action=cli.BooleanFlag,
+        default=True,
+        help="Include ROAD in the faithfulness scores (default: on).",
+    )
+    add("--sanity", action="store_true", help="Run the cascading-randomisation sanity check.")
+    add("--sanity-layers", type=int, default=4, help="Sanity check: layers randomised, from the top.")
+    add("--sanity-images", type=int, default=8, help="Sanity check: images explained at each step.")
     return parser
 
 

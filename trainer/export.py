@@ -1,23 +1,78 @@
-"""SavedModel export with a serving signature that takes JPEG bytes.
+"""SavedModel export with signatures that take encoded image bytes, and its reader.
 
-The signature ``serving_default`` takes ``images``: a ``tf.string [None]``
-batch of encoded JPEGs; it decodes them (3 channels), resizes them to the
-dataset's image size, applies the augmentation policy's evaluation transform
-and returns the top-5 ``classes`` (indices), ``wnids``, ``names`` and
-``probabilities``.
+Every signature takes ``images``: a ``tf.string [None]`` batch of encoded
+JPEG or PNG files (``tf.io.decode_image``: BMP and the first frame of a GIF
+too). Each image is decoded to 3 channels, resized to the dataset's image size
+and given the augmentation policy's evaluation transform, exactly as in
+evaluation.
+
+* ``serving_default``: the top-5 ``classes`` (int32 indices), ``wnids``,
+  ``names`` and ``probabilities`` (float32), best first.
+* ``explain``: the same four plus the Grad-CAM of the top class on the
+  registry's ``feature_layer``: ``heatmap`` float32 ``[B, S, S]`` at the model
+  input side ``S``, in ``[0, 1]`` with maximum 1 (all zeros when nothing in the
+  layer supports the class), and ``peak`` int32 ``[B, 2]``, the ``(y, x)`` of
+  the heatmap's maximum. Computed by :class:`explain.tfcam.GradCam`, which
+  reproduces tf-keras-vis' Grad-CAM in graph ops.
+* ``preprocess``: ``pixels`` float32 ``[B, S, S, 3]``, the model's input (what
+  the heatmap covers; ``trainer.predict`` draws its panels on it).
 """
 
+import contextlib
+import os
+import tempfile
+
 import keras
+import numpy as np
 import tensorflow as tf
 
 from contracts import policy as policy_lib
+from contracts import storage
+from explain import tfcam
 from trainer import models
 
 SIGNATURE = "serving_default"
+EXPLAIN_SIGNATURE = "explain"
+PREPROCESS_SIGNATURE = "preprocess"
+SAVED_MODEL_FILE = "saved_model.pb"
+_INPUT = [tf.TensorSpec([None], tf.string, name="images")]
+
+
+def preprocess_function(*, image_size, policy, crop_size):
+    """Returns a traceable ``fn(images) -> pixels`` from encoded bytes to the model's input.
+
+    Args:
+        image_size: Side of the dataset's images; every image is resized to it.
+        policy: Augmentation policy whose evaluation transform is applied.
+        crop_size: Crop side of the ``crop`` policy.
+    """
+
+    def decode(data):
+        # decode_image reads JPEG, PNG, BMP and GIF; without expand_animations a
+        # GIF would come back 4-D and every image would need a rank check.
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        image = tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size])
+        return tf.clip_by_value(image, 0.0, 255.0)
+
+    def preprocess(images):
+        pixels = tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec([image_size, image_size, 3]))
+        return policy_lib.eval_transform(policy, pixels, image_size, crop_size)
+
+    return preprocess
+
+
+def _top_k_outputs(probabilities, wnids, class_names, top_k):
+    top, classes = tf.math.top_k(probabilities, k=min(top_k, len(wnids)))
+    return {
+        "classes": classes,
+        "wnids": tf.gather(tf.constant(list(wnids)), classes),
+        "names": tf.gather(tf.constant(list(class_names)), classes),
+        "probabilities": top,
+    }
 
 
 def serving_function(model, *, wnids, class_names, image_size, policy, crop_size, top_k=5):
-    """Returns a ``tf.function`` mapping JPEG bytes to the top-k predictions.
+    """Returns a ``tf.function`` mapping encoded images to the top-k predictions.
 
     Args:
         model: The single-output model (raw pixels in [0, 255] -> softmax).
@@ -28,42 +83,58 @@ def serving_function(model, *, wnids, class_names, image_size, policy, crop_size
         crop_size: Crop side of the ``crop`` policy.
         top_k: Number of classes returned per image.
     """
-    k = min(top_k, len(wnids))
-    wnid_table = tf.constant(list(wnids))
-    name_table = tf.constant(list(class_names))
+    preprocess = preprocess_function(image_size=image_size, policy=policy, crop_size=crop_size)
 
-    def decode(data):
-        image = tf.io.decode_jpeg(data, channels=3)
-        image = tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size])
-        return tf.clip_by_value(image, 0.0, 255.0)
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    @tf.function(input_signature=_INPUT)
     def serve(images):
-        pixels = tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec([image_size, image_size, 3]))
-        pixels = policy_lib.eval_transform(policy, pixels, image_size, crop_size)
-        probabilities = tf.cast(model(pixels, training=False), tf.float32)
-        top, classes = tf.math.top_k(probabilities, k=k)
-        return {
-            "classes": classes,
-            "wnids": tf.gather(wnid_table, classes),
-            "names": tf.gather(name_table, classes),
-            "probabilities": top,
-        }
+        probabilities = tf.cast(model(preprocess(images), training=False), tf.float32)
+        return _top_k_outputs(probabilities, wnids, class_names, top_k)
 
     return serve
 
 
-def export_saved_model(model, directory, **kwargs):
-    """Writes ``model`` as a SavedModel with the JPEG-bytes signature.
+def explain_function(model, *, layer, wnids, class_names, image_size, policy, crop_size, top_k=5):
+    """Returns a ``tf.function`` mapping encoded images to the top-k and the top class's Grad-CAM.
 
     Args:
-        model: A single-output model built outside any distribution strategy.
-        directory: Local target folder.
-        **kwargs: Passed to :func:`serving_function`.
+        model: The single-output float32 model.
+        layer: Name of Grad-CAM's target layer; ``None`` picks the last spatial one.
+        wnids, class_names, image_size, policy, crop_size, top_k: As :func:`serving_function`.
     """
+    preprocess = preprocess_function(image_size=image_size, policy=policy, crop_size=crop_size)
+    gradcam = tfcam.GradCam(model, layer)
+
+    @tf.function(input_signature=_INPUT)
+    def explain(images):
+        # One forward pass gives both: top_k and GradCam break ties alike, so
+        # the heatmap is always that of classes[:, 0].
+        cam = gradcam(preprocess(images))
+        outputs = _top_k_outputs(cam["probabilities"], wnids, class_names, top_k)
+        return {**outputs, "heatmap": cam["heatmap"], "peak": cam["peak"]}
+
+    return explain
+
+
+def export_saved_model(model, directory, *, layer=None, **kwargs):
+    """Writes ``model`` as a SavedModel with the three image-bytes signatures.
+
+    Args:
+        model: A single-output float32 model built outside any distribution strategy.
+        directory: Local target folder.
+        layer: Grad-CAM's target layer of ``explain`` (``None``: the last spatial one).
+        **kwargs: ``wnids``, ``class_names``, ``image_size``, ``policy``,
+            ``crop_size`` (and ``top_k``), as :func:`serving_function` takes them.
+    """
+    transform = {key: kwargs[key] for key in ("image_size", "policy", "crop_size")}
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(SIGNATURE, serving_function(model, **kwargs))
+    archive.add_endpoint(EXPLAIN_SIGNATURE, explain_function(model, layer=layer, **kwargs))
+    preprocess = preprocess_function(**transform)
+    archive.add_endpoint(
+        PREPROCESS_SIGNATURE,
+        tf.function(lambda images: {"pixels": preprocess(images)}, input_signature=_INPUT),
+    )
     archive.write_out(directory, verbose=False)
     return directory
 
@@ -72,12 +143,12 @@ def export_model(main_model, directory, *, arch, build_options, info, policy, cr
     """Exports the trained main model as a SavedModel, rebuilt in float32 outside any strategy.
 
     A plain copy avoids tracing distributed variables into the SavedModel and
-    serves in float32 whatever the training precision was.
+    serves (and explains) in float32 whatever the training precision was.
 
     Args:
         main_model: The trained single-output model.
         directory: Local export folder.
-        arch: Registered architecture name.
+        arch: Registered architecture name; its ``feature_layer`` is Grad-CAM's target.
         build_options: The options the model was built with (``weights`` is ignored).
         info: The dataset's :class:`contracts.dataset.DatasetInfo`.
         policy: Augmentation policy whose evaluation transform serving applies.
@@ -90,9 +161,82 @@ def export_model(main_model, directory, *, arch, build_options, info, policy, cr
     return export_saved_model(
         plain,
         directory,
+        layer=models.get_defaults(arch).feature_layer,
         wnids=info.wnids,
         class_names=info.class_names,
         image_size=info.image_size,
         policy=policy,
         crop_size=crop_size,
     )
+
+
+def is_export(path):
+    """Returns whether ``path`` (local or ``gs://``) is a SavedModel folder."""
+    return storage.exists(storage.join(str(path).rstrip("/"), SAVED_MODEL_FILE))
+
+
+@contextlib.contextmanager
+def _local_folder(uri):
+    if not storage.is_gcs(uri):
+        yield uri
+        return
+    # Copied down with the project's storage client (which honours the GCS
+    # emulator) rather than TensorFlow's own gs:// file system.
+    root = uri.rstrip("/") + "/"
+    with tempfile.TemporaryDirectory(prefix="export-") as folder:
+        for remote in storage.list_files(uri, recursive=True):
+            local = os.path.join(folder, *remote[len(root) :].split("/"))
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            storage.download_file(remote, local)
+        yield folder
+
+
+class ImageDecodeError(ValueError):
+    """An image of the batch is not one the export can decode."""
+
+
+class LoadedExport:
+    """The signatures of an exported SavedModel, called with lists of encoded images.
+
+    Args:
+        path: Export folder, local or ``gs://``.
+
+    Raises:
+        ValueError: When the folder cannot be loaded or has no ``serving_default``.
+    """
+
+    def __init__(self, path):
+        self.path = str(path).rstrip("/")
+        try:
+            with _local_folder(self.path) as local:
+                loaded = tf.saved_model.load(local)
+        except (OSError, ValueError, tf.errors.OpError) as error:
+            raise ValueError(f"{self.path}: cannot load the SavedModel ({error})") from None
+        if SIGNATURE not in loaded.signatures:
+            raise ValueError(f"{self.path}: the SavedModel has no {SIGNATURE!r} signature")
+        self._loaded = loaded  # Holds the variables the signatures use.
+
+    def has(self, name):
+        """Whether the export has signature ``name`` (exports written before ``explain`` lack two)."""
+        return name in self._loaded.signatures
+
+    def __call__(self, name, images):
+        """Calls signature ``name`` on a list of encoded images; returns its outputs as numpy arrays.
+
+        Raises:
+            ValueError: When the export has no such signature.
+            ImageDecodeError: When an image cannot be decoded.
+        """
+        if not self.has(name):
+            raise ValueError(f"{self.path}: the SavedModel has no {name!r} signature; export it again")
+        try:
+            outputs = self._loaded.signatures[name](images=tf.constant(list(images), dtype=tf.string))
+        except tf.errors.InvalidArgumentError as error:
+            # TensorFlow's message ends in a multi-line graph trace; its first line says what failed.
+            raise ImageDecodeError(str(error.message).strip().splitlines()[0]) from None
+        return {key: value.numpy() for key, value in outputs.items()}
+
+
+def decode_names(values):
+    """Returns a ``tf.string`` output (bytes) as a list of ``str``."""
+    return [value.decode("utf-8") for value in np.asarray(values).ravel()]

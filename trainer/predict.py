@@ -1,13 +1,17 @@
 """Top-5 predictions for image files: ``python -m trainer.predict --model J img.jpg gs://b/x.png``.
 
 ``--model`` takes a job dir ``J`` (its ``model.keras`` and ``config.json``
-give the model and its evaluation transform) or a ``.keras`` file (the
-transform is inferred: images larger than the model input are centre-cropped).
-Every image is decoded with PIL (JPEG, PNG, grayscale, ...), resized to the
-dataset's image size when it differs, then given the evaluation transform, so
-the model sees what it saw in evaluation. Class names come from ``--classes``,
-``--data-dir``'s metadata.json, ``J/classes.json`` or the metadata.json of
-the data dir named in ``J/config.json``, in that order.
+give the model and its evaluation transform), a ``.keras`` file (the
+transform is inferred: images larger than the model input are centre-cropped)
+or a SavedModel export folder such as ``J/export`` (it holds ``saved_model.pb``).
+For a job dir or a ``.keras`` file every image is decoded with PIL (JPEG, PNG,
+grayscale, ...), resized to the dataset's image size when it differs, then
+given the evaluation transform, so the model sees what it saw in evaluation.
+Class names come from ``--classes``, ``--data-dir``'s metadata.json,
+``J/classes.json`` or the metadata.json of the data dir named in
+``J/config.json``, in that order. An export does all of that itself: the bytes
+go through its signatures (``serving_default``; ``explain`` for ``--gradcam``,
+Grad-CAM only), which name the classes and return at most 5 of them.
 
 Prints a table per image (``--json``: one JSON document); ``--gradcam DIR``
 saves an original | heatmap | overlay panel per image. An unreadable image is
@@ -56,7 +60,11 @@ def build_parser():
     """Returns the command-line parser."""
     parser = cli.ArgumentParser(prog="python -m trainer.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("images", nargs="+", help="Image files or gs:// URIs.")
-    parser.add_argument("--model", required=True, help="Job dir (with model.keras) or a .keras file.")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="Job dir (with model.keras), a .keras file or a SavedModel export folder.",
+    )
     parser.add_argument("--data-dir", help="Dataset folder whose metadata.json names the classes.")
     parser.add_argument(
         "--classes", help="Classes file: JSON list, metadata-style JSON, or one name per line."
@@ -86,6 +94,20 @@ class PredictConfig:
     def __post_init__(self):
         if self.top_k < 1:
             raise ValueError(f"--top-k must be >= 1, got {self.top_k}")
+
+
+def _read_bytes(paths):
+    """Reads every file, refusing up front a header that announces too many pixels."""
+    data, failures = {}, {}
+    for path in paths:
+        try:
+            content = storage.read_bytes(path)
+            with rgb_images.open_image(content):
+                pass
+            data[path] = content
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            failures[path] = f"cannot read image ({error})"
+    return data, failures
 
 
 def _read_images(paths):
@@ -126,22 +148,14 @@ def _save_gradcam(predictor, config, batch, probabilities, paths):
     return saved
 
 
-def run(config, out=None, err=None):
-    """Predicts every image of ``config``; returns the exit code (1 when an image failed).
-
-    Tables or JSON go to ``out``, one line per unreadable image to ``err``
-    (default: the current ``sys.stdout`` and ``sys.stderr``).
-    """
-    out = out or sys.stdout
-    err = err or sys.stderr
+def _predict_keras(config, err):
     predictor = jobdir.load(config.model, data_dir=config.data_dir, classes=config.classes)
     if config.gradcam:
         from explain import gradcam
 
         gradcam.check_method(config.method)
     images, failures = _read_images(config.images)
-    for path, message in failures.items():
-        print(f"error: {path}: {message}", file=err)
+    _report(failures, err)
     paths = [p for p in config.images if p in images]
     results = []
     if paths:
@@ -154,6 +168,100 @@ def run(config, out=None, err=None):
                 for rank, (i, p) in enumerate(top_k(probs, config.top_k), start=1)
             ]
             results.append({"image": path, "top": top, **({"gradcam": saved[path]} if path in saved else {})})
+    return results, failures
+
+
+def _check_export_options(config, model):
+    from trainer import export
+
+    if config.classes or config.data_dir:
+        raise ValueError(
+            "--classes and --data-dir do not apply to a SavedModel export: its signatures name the classes"
+        )
+    if config.gradcam:
+        if config.method != "gradcam":
+            raise ValueError(
+                f"a SavedModel export explains with gradcam only, not {config.method!r}; "
+                "give the job dir for other methods"
+            )
+        for name in (export.EXPLAIN_SIGNATURE, export.PREPROCESS_SIGNATURE):
+            if not model.has(name):
+                raise ValueError(f"{model.path}: the SavedModel has no {name!r} signature; export it again")
+
+
+def _predict_export(config, err, batch_size=64):
+    from trainer import export
+
+    model = export.LoadedExport(config.model)
+    _check_export_options(config, model)
+    data, failures = _read_bytes(config.images)
+    # One image at a time through the cheapest signature: a file the export
+    # cannot decode then fails alone instead of failing its whole batch.
+    check = export.PREPROCESS_SIGNATURE if model.has(export.PREPROCESS_SIGNATURE) else export.SIGNATURE
+    pixels = {}
+    for path in list(data):
+        try:
+            pixels[path] = model(check, [data[path]]).get("pixels", [None])[0]
+        except export.ImageDecodeError as error:
+            failures[path] = f"cannot read image ({error})"
+            del data[path]
+    _report(failures, err)
+    paths = [p for p in config.images if p in data]
+    signature = export.EXPLAIN_SIGNATURE if config.gradcam else export.SIGNATURE
+    chunks = [
+        model(signature, [data[p] for p in paths[i : i + batch_size]])
+        for i in range(0, len(paths), batch_size)
+    ]
+    outputs = {key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[0]} if chunks else {}
+    names = _panel_names(paths)
+    results = []
+    for row, path in enumerate(paths):
+        top = [
+            {"rank": rank, "index": int(index), "class": name, "probability": float(probability)}
+            for rank, (index, name, probability) in enumerate(
+                zip(
+                    outputs["classes"][row],
+                    export.decode_names(outputs["names"][row]),
+                    outputs["probabilities"][row],
+                    strict=True,
+                ),
+                start=1,
+            )
+        ][: config.top_k]
+        result = {"image": path, "top": top}
+        if config.gradcam:
+            result["gradcam"] = storage.join(config.gradcam, names[path])
+            _save_panel(result["gradcam"], pixels[path], outputs["heatmap"][row], top[0])
+        results.append(result)
+    return results, failures
+
+
+def _save_panel(target, pixels, heatmap, best):
+    from explain import render
+
+    render.save_png(render.panel(pixels, heatmap, None, best["class"], best["probability"]), target)
+
+
+def _report(failures, err):
+    for path, message in failures.items():
+        print(f"error: {path}: {message}", file=err)
+
+
+def run(config, out=None, err=None):
+    """Predicts every image of ``config``; returns the exit code (1 when an image failed).
+
+    Tables or JSON go to ``out``, one line per unreadable image to ``err``
+    (default: the current ``sys.stdout`` and ``sys.stderr``).
+    """
+    out = out or sys.stdout
+    err = err or sys.stderr
+    # Imported here, as Keras is for the other paths: --help needs no TensorFlow.
+    from trainer import export
+
+    if export.is_export(config.model):
+        results, failures = _predict_export(config, err)
+    else:
+        results, failures = _predict_keras(config, err)
     if config.json:
         errors = [{"image": path, "error": message} for path, message in failures.items()]
         out.write(jobdir.to_json({"predictions": results, "errors": errors}, indent=2))

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from contracts import dataset as data
 from contracts import storage
-from explain import task
+from explain import selection, task
 from tests.explain import NUM_CLASSES, tiny_cnn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -66,23 +66,23 @@ def _batches(labels, names, batch_size):
 def test_select_examples_is_seeded_and_order_independent():
     labels = [i % 4 for i in range(60)]
     names = [f"img_{i}.JPEG" for i in range(60)]
-    first = task.select_examples(_batches(labels, names, 7), 10, seed=1)
+    first = selection.select_examples(_batches(labels, names, 7), 10, seed=1)
     order = np.random.default_rng(0).permutation(60)
-    shuffled = task.select_examples(
+    shuffled = selection.select_examples(
         _batches([labels[i] for i in order], [names[i] for i in order], 13), 10, seed=1
     )
     assert len(first["label"]) == 10
     assert first["filename"].tolist() == shuffled["filename"].tolist()
-    other = task.select_examples(_batches(labels, names, 7), 10, seed=2)
+    other = selection.select_examples(_batches(labels, names, 7), 10, seed=2)
     assert set(other["filename"].tolist()) != set(first["filename"].tolist())
 
 
 def test_select_examples_balanced():
     labels = [0] * 40 + [1] * 5 + [2] * 15
     names = [f"img_{i}.JPEG" for i in range(60)]
-    chosen = task.select_examples(_batches(labels, names, 8), 9, seed=0, balanced=True, num_classes=3)
+    chosen = selection.select_examples(_batches(labels, names, 8), 9, seed=0, balanced=True, num_classes=3)
     assert np.bincount(chosen["label"], minlength=3).tolist() == [3, 3, 3]
-    few = task.select_examples(_batches(labels, names, 8), 2, seed=0, balanced=True, num_classes=3)
+    few = selection.select_examples(_batches(labels, names, 8), 2, seed=0, balanced=True, num_classes=3)
     assert len(set(few["label"].tolist())) == 2
 
 
@@ -110,7 +110,7 @@ def test_trained_model_beats_centre_baseline_and_writes_everything(trained_job, 
     assert sum(entry["n"] for entry in results["per_class"]) == 40
 
     events = _events(logdir)
-    grids = sorted(tag for tag, (plugin, _) in events.items() if plugin == "images")
+    grids = sorted(tag for tag, (plugin, _) in events.items() if plugin == "images" and "grid" in tag)
     assert grids == [f"gradcam/grid_{k:03d}" for k in range(5)]  # 40 panels, 8 per grid
     width, height = (int(v) for v in events["gradcam/grid_000"][1][:2])
     assert width > 600 and height > 500
@@ -120,6 +120,44 @@ def test_trained_model_beats_centre_baseline_and_writes_everything(trained_job, 
     assert float(events["energy_in_box/mean"][1]) == pytest.approx(results["energy_in_box"])
     assert sum(tag.startswith("pointing_game_per_class/") for tag in events) == NUM_CLASSES
     assert sorted(os.listdir(out_dir)) == [f"gradcam_grid_{k:03d}.png" for k in range(5)]
+
+    # Faithfulness: removing what Grad-CAM ranks first hurts the class more than removing
+    # what a random map ranks first, and restoring it first helps more.
+    scores = results["faithfulness"]
+    assert scores["n"] == 40 and scores["fractions"][0] == 0.0 and scores["fractions"][-1] == 1.0
+    assert scores["deletion"]["auc"] < scores["deletion"]["random_auc"]
+    assert scores["insertion"]["auc"] > scores["insertion"]["random_auc"]
+    assert scores["road_morf"]["auc"] < scores["road_morf"]["random_auc"]
+    for metric in ("deletion", "insertion", "road_morf", "road_lerf"):
+        for name, key in (("", "auc"), ("_random", "random_auc"), ("_center", "center_auc")):
+            shown = float(events[f"faithfulness/{metric}_auc{name}"][1])
+            assert shown == pytest.approx(scores[metric][key], rel=1e-6)
+    assert events["faithfulness/gradcam_curves"][0] == "images"
+    assert "faithfulness areas: deletion" in printed
+    assert "sanity" not in results
+
+
+@pytest.mark.slow
+def test_sanity_check_randomises_the_top_layers(trained_job, tmp_path, capsys):
+    job, data_dir = trained_job
+    logdir = str(tmp_path / "logs")
+    argv = ["--model", job, "--data-dir", data_dir, "--logdir", logdir, "--num-images", "8"]
+    argv += ["--sanity", "--sanity-layers", "2", "--sanity-images", "6", "--no-faithfulness"]
+    assert task.main(argv) == 0
+    with open(os.path.join(logdir, "explain.json")) as f:
+        results = json.load(f)
+    assert "faithfulness" not in results
+    check = results["sanity"]
+    assert check["method"] == "gradcam" and check["layer"] == "features"
+    assert check["layers"] == ["predictions", "conv2"]  # top first
+    assert check["spearman"][0] == pytest.approx(1.0)
+    # Grad-CAM depends on the weights: with the head and the last block random the maps decorrelate.
+    assert max(check["spearman"][1:]) < 0.8
+    events = _events(logdir)
+    assert events["sanity/gradcam"][0] == "images"
+    width, height = (int(v) for v in events["sanity/gradcam"][1][:2])
+    assert height > 6 * 90 and width > 4 * 90  # 6 image rows; image, original and 2 randomised columns
+    assert "rank correlation with the original maps" in capsys.readouterr().out
 
 
 def test_gcs_logdir_and_out_dir(trained_job, gcs_bucket, tmp_path):
@@ -134,6 +172,7 @@ def test_gcs_logdir_and_out_dir(trained_job, gcs_bucket, tmp_path):
         num_images=10,
         batch_size=4,
         panels_per_grid=4,
+        road=False,
     )
     results = task.run(config, progress=lambda line: None)
 
