@@ -35,6 +35,7 @@ bench: install
 	$(PY) benchmarks/preprocess.py
 	$(PY) benchmarks/input_pipeline.py
 	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/explain.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache

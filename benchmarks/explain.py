@@ -13,9 +13,16 @@ images/s of:
 and prints ``batched_over_book=X`` (target: at least 10). It then times the
 faithfulness metrics ``explain.task`` adds per image (deletion and insertion
 curves, ROAD) and prints their milliseconds per image, each for the
-explained map and its random and centre baselines together. Usage::
+explained map and its random and centre baselines together.
+
+With ``--job J --data-dir D`` it instead runs ``explain.task`` with every
+method on a trained job (``--sanity`` included) and prints one table row per
+method: pointing game, deletion and insertion areas and the sanity check's
+correlation after the first randomised layer, each next to its baselines.
+Usage::
 
     python benchmarks/explain.py --arch minception --images 64
+    python benchmarks/explain.py --job jobs/minception --data-dir data/tiny --images 64
 """
 
 import argparse
@@ -30,7 +37,7 @@ import keras
 import numpy as np
 
 from contracts import policy as policy_lib
-from explain import faithfulness, gradcam
+from explain import faithfulness, gradcam, task
 from trainer import models
 
 
@@ -78,6 +85,35 @@ def batched_way(model, layer, images, classes, batch_size):
     return run
 
 
+def compare_methods(job, data_dir, images, work_dir):
+    """Runs ``explain.task`` with every method on ``job``; prints a markdown table row per method."""
+    print(
+        "| method | pointing game (centre, random) | deletion area (centre, random) | "
+        "insertion area (centre, random) | sanity: correlation after 1 / all layers |"
+    )
+    print("|---|---|---|---|---|")
+    for method in gradcam.METHODS:
+        config = task.ExplainConfig(
+            model=job,
+            data_dir=data_dir,
+            logdir=os.path.join(work_dir, method),
+            num_images=images,
+            method=method,
+            balanced=True,
+            sanity=True,
+            max_maps=16,
+        )
+        start = time.perf_counter()
+        results = task.run(config, progress=lambda line: None)
+        game, scores, check = results["pointing_game"], results["faithfulness"], results["sanity"]
+        cells = [f"{game['hit_rate']:.3f} ({game['center_baseline']:.3f}, {game['random_baseline']:.3f})"]
+        for metric in ("deletion", "insertion"):
+            entry = scores[metric]
+            cells.append(f"{entry['auc']:.3f} ({entry['center_auc']:.3f}, {entry['random_auc']:.3f})")
+        cells.append(f"{check['spearman'][1]:.2f} / {check['spearman'][-1]:.2f}")
+        print(f"| {method} | " + " | ".join(cells) + f" |  ({time.perf_counter() - start:.0f}s)", flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", default="minception", choices=models.list_models())
@@ -85,7 +121,13 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--classes", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--job", help="A trained job dir: compare the methods on it instead.")
+    parser.add_argument("--data-dir", help="The job's dataset (with --job).")
+    parser.add_argument("--work-dir", default="explain-methods", help="explain.task logdirs (with --job).")
     args = parser.parse_args(argv)
+    if args.job:
+        compare_methods(args.job, args.data_dir, args.images, args.work_dir)
+        return
     keras.utils.set_random_seed(0)
     model, size = _model(args.arch, args.classes)
     layer = models.get_defaults(args.arch).feature_layer

@@ -39,6 +39,9 @@ def main(argv=None):
     parser.add_argument("--archs", default="minception,inception_v1")
     parser.add_argument("--budgets", default="40,120", help="Epochs of the short and the long run.")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--first-seed", type=int, default=1, help="Seeds run: first-seed, ..., first-seed + seeds - 1."
+    )
     parser.add_argument("--classes", type=int, default=4)
     parser.add_argument("--per-class", type=int, default=30, help="Training images per class.")
     parser.add_argument("--test-per-class", type=int, default=25)
@@ -57,7 +60,7 @@ def main(argv=None):
     results, seconds = {}, {}
     for budget in [int(b) for b in args.budgets.split(",")]:
         for arch in args.archs.split(","):
-            for seed in range(1, args.seeds + 1):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 for recipe in RECIPES:
                     job = os.path.join(work, "jobs", f"{arch}-{budget}-{recipe}-{seed}")
                     metrics, took = train(
