@@ -135,7 +135,8 @@ def test_help_documents_every_flag(capsys):
     assert flags - {"--help", "--config"} - {f"--no-{f[2:]}" for f in flags} <= expected
     with open(os.path.join(helpers.ROOT, "docs", "trainer.md")) as f:
         page = f.read()
-    # The trainer's own flags; other commands (python -m trainer.evaluate) have their sections.
+    # The trainer's own flags; other commands (trainer.evaluate, trainer.predict with an export) have
+    # their sections between these two headings.
     page = page.split("## Evaluating a saved model")[0] + page.split("## Distribution design")[-1]
     documented = set(re.findall(r"`(--[a-z][a-z0-9-]*)", page))
     assert documented <= flags, sorted(documented - flags)
