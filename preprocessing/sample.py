@@ -7,6 +7,14 @@ noisy background; the recorded bounding box is the box of that shape, so
 explanations can be checked against it. A few images are written as
 single-channel (grayscale) JPEGs, as the real set has.
 
+With ``--shortcut-patch`` the data carries a shortcut, to test that
+explanations catch a model that learns it: every image gets a small square
+marker in a class-specific colour (like a watermark) at a random spot away
+from the object, inside the central area every random training crop keeps,
+while the object is drawn in a random colour. Only the marker then tells every
+class apart by colour, and a model that learns it looks away from the recorded
+box (docs/preprocessing.md, "Sample data").
+
 Usage::
 
     python -m preprocessing.sample --out /tmp/tiny-sample --classes 10 \
@@ -37,6 +45,17 @@ COLOURS = {
 }
 FILLS = ("solid", "outline", "striped")
 MAX_CLASSES = len(SHAPES) * len(COLOURS) * len(FILLS)
+# The shortcut marker: a square of this side (one eighth of the image's; a
+# 6-pixel one took Minception twice the steps to learn), this many background
+# pixels away from the object's box where there is room.
+MARKER_SIZE = 8
+MARKER_GAP = 2
+# The trainer's crop policy takes a random CROP_SIZE square of each 64-pixel
+# image (contracts.policy, trainer.augment.random_crop): the offsets run from 0
+# to IMAGE_SIZE - CROP_SIZE, so only [8, 56) in each axis is in every crop. A
+# marker outside it (a fixed corner) is cut out of most crops and never learned.
+CROP_SIZE = 56
+KEPT_AREA = (IMAGE_SIZE - CROP_SIZE, CROP_SIZE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +69,10 @@ class SampleSpec:
         test_images: Unlabelled images under ``test/``.
         grayscale_every: Every n-th image is written as a grayscale JPEG (0: none).
         seed: Seed of everything random.
+        shortcut_patch: Mark every image with a square of its class's
+            :func:`marker_colour` away from the object, and draw the object in
+            a random colour (:func:`render_image`); at most ``len(COLOURS)``
+            classes, so that every class has a marker colour of its own.
     """
 
     classes: int = 10
@@ -58,10 +81,16 @@ class SampleSpec:
     test_images: int = 20
     grayscale_every: int = 37
     seed: int = 0
+    shortcut_patch: bool = False
 
     def __post_init__(self):
         if not 1 <= self.classes <= MAX_CLASSES:
             raise ValueError(f"classes must be in [1, {MAX_CLASSES}], got {self.classes}")
+        if self.shortcut_patch and self.classes >= len(COLOURS):
+            raise ValueError(
+                f"classes must be < {len(COLOURS)} with shortcut_patch (a marker colour each and one "
+                f"left for the objects), got {self.classes}"
+            )
         for field in ("train_per_class", "val_per_class", "test_images", "grayscale_every"):
             if getattr(self, field) < 0:
                 raise ValueError(f"{field} must be >= 0, got {getattr(self, field)}")
@@ -78,6 +107,11 @@ def class_style(index):
     colour = list(COLOURS)[(index // len(SHAPES) + index) % len(COLOURS)]
     fill = FILLS[(index // (len(SHAPES) * len(COLOURS))) % len(FILLS)]
     return shape, colour, fill
+
+
+def marker_colour(index):
+    """Returns the RGB colour of class ``index``'s shortcut marker: the ``index``-th of :data:`COLOURS`."""
+    return COLOURS[list(COLOURS)[index]]
 
 
 def class_name(index):
@@ -121,12 +155,45 @@ def _draw_shape(draw, shape, box, colour, fill):
             draw.line((x0, y, x1, y), fill=(128, 128, 128), width=1)
 
 
-def render_image(index, rng):
+def marker_spot(box, rng):
+    """Draws the top-left ``(x, y)`` of a shortcut marker inside :data:`KEPT_AREA`, away from ``box``.
+
+    Every spot where the marker lies wholly inside the kept area and at least
+    :data:`MARKER_GAP` pixels from the box is equally likely. A large object
+    in the middle can leave no such spot; the marker then only keeps off the
+    box, which always fits: an object is at most 33 pixels wide, so in each
+    axis the 48-pixel kept area leaves 8 pixels on one side of it.
+    """
+    low, high = KEPT_AREA
+    starts = np.arange(low, high - MARKER_SIZE + 1)
+    xs, ys = np.meshgrid(starts, starts)
+    x0, y0, x1, y1 = box
+    for gap in (MARKER_GAP, 0):
+        apart_x = (xs + MARKER_SIZE - 1 < x0 - gap) | (xs > x1 + gap)
+        apart_y = (ys + MARKER_SIZE - 1 < y0 - gap) | (ys > y1 + gap)
+        spots = np.flatnonzero(apart_x | apart_y)
+        if len(spots):
+            spot = spots[rng.integers(len(spots))]
+            return int(xs.flat[spot]), int(ys.flat[spot])
+    raise ValueError(f"no room for a {MARKER_SIZE}-pixel marker beside the box {box}")
+
+
+def render_image(index, rng, marked_classes=0):
     """Draws one image of class ``index``.
+
+    Args:
+        index: Class index.
+        rng: A numpy ``Generator``; without markers the draws (and so the
+            images) are exactly those of a dataset written before markers existed.
+        marked_classes: 0: no marker. Else the dataset's number of classes,
+            each marked with its own colour (:func:`marker_colour`): the image
+            gets its class's marker (:func:`marker_spot`) and the object a
+            random one of the :data:`COLOURS` no marker uses, so that only the
+            marker's colour follows the class.
 
     Returns:
         ``(image, box)``: a 64x64 RGB PIL image and the object's box
-        ``(xmin, ymin, xmax, ymax)`` in pixels, inclusive.
+        ``(xmin, ymin, xmax, ymax)`` in pixels, inclusive (never the marker's).
     """
     shape, colour_name, fill = class_style(index)
     base = rng.integers(70, 186, size=3)
@@ -137,8 +204,19 @@ def render_image(index, rng):
     x0 = int(rng.integers(0, IMAGE_SIZE - size))
     y0 = int(rng.integers(0, IMAGE_SIZE - size))
     box = (x0, y0, x0 + size - 1, y0 + size - 1)
-    _draw_shape(ImageDraw.Draw(image), shape, box, COLOURS[colour_name], fill)
+    if marked_classes:
+        unmarked = list(COLOURS)[marked_classes:]
+        colour_name = unmarked[int(rng.integers(len(unmarked)))]
+    draw = ImageDraw.Draw(image)
+    _draw_shape(draw, shape, box, COLOURS[colour_name], fill)
+    if marked_classes:
+        x, y = marker_spot(box, rng)
+        draw.rectangle((x, y, x + MARKER_SIZE - 1, y + MARKER_SIZE - 1), fill=marker_colour(index))
     return image, box
+
+
+def _marked(spec):
+    return spec.classes if spec.shortcut_patch else 0
 
 
 def _is_gray(spec, counter):
@@ -194,7 +272,7 @@ def write_sample_dataset(out_dir, spec=None, *, progress=None):
         rows = []
         for i in range(spec.train_per_class):
             name = f"{wnid}_{i}.JPEG"
-            image, box = render_image(index, rng)
+            image, box = render_image(index, rng, _marked(spec))
             counter += 1
             _save(image, os.path.join(image_dir, name), _is_gray(spec, counter))
             rows.append(f"{name}\t{box[0]}\t{box[1]}\t{box[2]}\t{box[3]}\n")
@@ -212,7 +290,7 @@ def write_sample_dataset(out_dir, spec=None, *, progress=None):
     rows = []
     for i, index in enumerate(labels):
         name = f"val_{i}.JPEG"
-        image, box = render_image(int(index), rng)
+        image, box = render_image(int(index), rng, _marked(spec))
         counter += 1
         _save(image, os.path.join(val_dir, name), _is_gray(spec, counter))
         rows.append(f"{name}\t{wnids[index]}\t{box[0]}\t{box[1]}\t{box[2]}\t{box[3]}\n")
@@ -225,7 +303,7 @@ def write_sample_dataset(out_dir, spec=None, *, progress=None):
     test = []
     for i in range(spec.test_images):
         name = f"test_{i}.JPEG"
-        image, _ = render_image(int(rng.integers(spec.classes)), rng)
+        image, _ = render_image(int(rng.integers(spec.classes)), rng, _marked(spec))
         _save(image, os.path.join(test_dir, name), False)
         test.append(name)
     if progress:
@@ -245,6 +323,12 @@ def main(argv=None):
     parser.add_argument("--val-per-class", type=int, default=10, help="val/ images per class.")
     parser.add_argument("--test-images", type=int, default=20, help="Unlabelled test/ images.")
     parser.add_argument("--seed", type=int, default=0, help="Random seed.")
+    parser.add_argument(
+        "--shortcut-patch",
+        action="store_true",
+        help="Mark every image with a class-coloured square away from the object and draw the object "
+        "in a colour no marker uses: a shortcut a model can learn instead of the object (at most 9 classes).",
+    )
     args = parser.parse_args(argv)
     try:
         spec = SampleSpec(
@@ -253,6 +337,7 @@ def main(argv=None):
             val_per_class=args.val_per_class,
             test_images=args.test_images,
             seed=args.seed,
+            shortcut_patch=args.shortcut_patch,
         )
         write_sample_dataset(args.out, spec, progress=lambda m: print(m, flush=True))
     except (ValueError, FileExistsError) as error:

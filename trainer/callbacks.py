@@ -144,6 +144,8 @@ class TensorBoardScalars(keras.callbacks.Callback):
 
     Tags follow Keras' TensorBoard callback: ``epoch_loss``, ``epoch_accuracy``,
     ``epoch_top5_accuracy`` in both runs and ``epoch_learning_rate`` in ``train``.
+    The Grad-CAM probe's scores of the validation images, when the epoch's logs
+    hold them (:data:`explain.callback.SCORES`), go beside the validation accuracy.
     The HParams summary lets runs of different architectures be compared side
     by side when TensorBoard is pointed at their common parent folder.
 
@@ -180,6 +182,9 @@ class TensorBoardScalars(keras.callbacks.Callback):
             for name in SCALARS:
                 if f"val_{name}" in logs:
                     tf.summary.scalar(f"epoch_{name}", logs[f"val_{name}"])
+            for key, tag in explain_callback.SCORES.items():
+                if key in logs:
+                    tf.summary.scalar(tag, logs[key])
         for writer in self._writers.values():
             writer.flush()
 
@@ -257,11 +262,13 @@ def make_callbacks(
     steps_per_epoch,
     log,
 ):
-    """Returns the run's callbacks in order, and its early-stopping callback.
+    """Returns the run's callbacks in order, its early-stopping callback and its shortcut watch.
 
     The stateful ones are tracked by ``training_state`` so a backup holds their
     state; the plateau checkpoint follows the plateau callback, and the backup
-    comes last so it captures every other callback's end-of-epoch state.
+    comes last so it captures every other callback's end-of-epoch state. The
+    Grad-CAM probe comes first: it adds its scores to the epoch's logs, which
+    the progress line, ``history.csv`` and TensorBoard then record.
 
     Args:
         config: The :class:`trainer.config.TrainConfig`.
@@ -277,7 +284,9 @@ def make_callbacks(
         log: Called with one progress line.
 
     Returns:
-        ``(callbacks, early_stopping)``.
+        ``(callbacks, early_stopping, shortcut_watch)``: the watch
+        (:class:`explain.callback.ShortcutWatch`) holds the probes' outcome for
+        ``metrics.json``; it saw no probe when the Grad-CAM callback is off.
     """
     # The last epoch is always watched, so a run shorter than the warm-up still has a best model.
     start = min(config.monitor_start_epoch, config.epochs - 1)
@@ -293,7 +302,22 @@ def make_callbacks(
         restore_best_weights=not config.ema,
         start_from_epoch=start,
     )
-    listed = [ProgressLogger(config.epochs, steps_per_epoch)]
+    watch = explain_callback.ShortcutWatch(config.shortcut_probes, chance=1.0 / info.num_classes)
+    listed = []
+    if config.explain and chief:
+        probe = explain_callback.from_dataset(
+            main_model,
+            info,
+            policy=config.policy,
+            crop_size=config.crop_size,
+            log_dir=outputs.local("logs"),
+            every_n_epochs=config.explain_every,
+            watch=watch,
+            log=lambda line: log(f"WARNING: {line}"),
+        )
+        if isinstance(probe, explain_callback.GradCamCallback):
+            listed.append(training_state.track("gradcam", probe))
+    listed.append(ProgressLogger(config.epochs, steps_per_epoch))
     if chief:
         if fresh_start:
             options = config.augment_options()
@@ -315,16 +339,6 @@ def make_callbacks(
         )
         listed.append(training_state.track("lr_plateau", plateau))
         listed.append(state.PlateauCheckpoint(training_state, outputs.local("checkpoints"), log))
-    if config.explain and chief:
-        listed.append(
-            explain_callback.from_dataset(
-                main_model,
-                info,
-                policy=config.policy,
-                crop_size=config.crop_size,
-                log_dir=outputs.local("logs"),
-            )
-        )
     listed.append(
         state.BackupCallback(
             training_state,
@@ -334,4 +348,4 @@ def make_callbacks(
             steps_per_epoch=steps_per_epoch,
         )
     )
-    return listed, early_stopping
+    return listed, early_stopping, watch

@@ -73,6 +73,11 @@ class TrainConfig:
         backup_dir: Preemption backup (``checkpoint_dir``'s sibling ``backup``).
         export_dir: SavedModel folder (``AIP_MODEL_DIR`` or ``job_dir/export``).
         explain: Enable the Grad-CAM callback when the ``explain`` package provides one.
+        explain_every: The Grad-CAM callback explains and scores its probe set
+            after every this many epochs.
+        shortcut_probes: Consecutive probes (``K``) of rising validation
+            accuracy with the pointing game at or below its centre baseline
+            that raise the shortcut alarm (:class:`explain.callback.ShortcutWatch`).
         hypertune_metric: Tag under which the validation accuracy is reported to
             Vertex AI hyperparameter tuning; ``None`` outside a tuning trial.
         debug_dump_weights: Test-only: folder where every worker dumps its final weights.
@@ -142,6 +147,8 @@ class TrainConfig:
     backup_dir: str = ""
     export_dir: str = ""
     explain: bool = True
+    explain_every: int = 5
+    shortcut_probes: int = 3
     hypertune_metric: str | None = None
     debug_dump_weights: str | None = None
     backup_every_steps: int = 0
@@ -177,7 +184,7 @@ class TrainConfig:
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("recipe", self.recipe, RECIPES)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        for name in ("epochs", "batch_size", "crop_size"):
+        for name in ("epochs", "batch_size", "crop_size", "explain_every", "shortcut_probes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("steps_per_epoch", "validation_steps"):

@@ -148,9 +148,23 @@ def chance_warning(chance):
 
 
 def final_metrics(
-    *, config, info, strategy, result, best_epoch, stopped_early, steps_per_epoch, evaluations, chance
+    *,
+    config,
+    info,
+    strategy,
+    result,
+    best_epoch,
+    stopped_early,
+    steps_per_epoch,
+    evaluations,
+    chance,
+    explanations,
 ):
-    """Returns the ``metrics.json`` dict of a finished run (plain values in, plain dict out)."""
+    """Returns the ``metrics.json`` dict of a finished run (plain values in, plain dict out).
+
+    ``explanations`` is the Grad-CAM probes' outcome, the shortcut alarm
+    included (:meth:`explain.callback.ShortcutWatch.summary`).
+    """
     return {
         "arch": config.arch,
         "num_classes": info.num_classes,
@@ -164,6 +178,7 @@ def final_metrics(
         "valid": evaluations["valid"],
         "test": evaluations["test"],
         "chance": chance,
+        "explanations": explanations,
     }
 
 

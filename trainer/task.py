@@ -137,6 +137,14 @@ def build_parser():
     add("--ema", type=float, metavar="DECAY", help="Evaluate, save and export an EMA of the weights.")
     add("--sync-bn", action=cli.BooleanFlag, help="Batch-norm statistics over all replicas and workers.")
     add("--explain", action=cli.BooleanFlag, help="Enable the Grad-CAM callback (default: on).")
+    add("--explain-every", type=int, metavar="N", help="Grad-CAM probes after every N epochs (default 5).")
+    add(
+        "--shortcut-probes",
+        type=int,
+        metavar="K",
+        help="Shortcut alarm after K probes of rising accuracy with the pointing game at or below "
+        "the centre baseline (default 3).",
+    )
     add("--debug-dump-weights", help="For tests: every worker writes its final weights to this folder.")
     add("--backup-every-steps", type=int, help="Also back up every N steps within an epoch (0: off).")
     add(

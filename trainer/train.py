@@ -137,7 +137,7 @@ def run(config, stop_flag=None):
     with strategy.scope():
         resume = training_state.restore(backups, log=_log)
     initial_epoch, initial_step = (resume["epoch"], resume["step_in_epoch"]) if resume else (0, 0)
-    run_callbacks, early_stopping = callbacks.make_callbacks(
+    run_callbacks, early_stopping, shortcut_watch = callbacks.make_callbacks(
         config,
         info=info,
         main_model=main_model,
@@ -213,6 +213,7 @@ def run(config, stop_flag=None):
         steps_per_epoch=steps_per_epoch,
         evaluations=evaluations,
         chance=report.chance_level(confusion["valid"]),
+        explanations=shortcut_watch.summary(),
     )
     if not metrics["chance"]["better_than_chance"]:
         _log(f"WARNING: {report.chance_warning(metrics['chance'])}")

@@ -1,7 +1,9 @@
-"""explain.callback: GradCamCallback during a real model.fit, probe_batch and from_dataset."""
+"""explain.callback: GradCamCallback during a real model.fit, its scores and shortcut alarm,
+ShortcutWatch, probe_batch and from_dataset."""
 
 import dataclasses
 import glob
+import json
 import logging
 import os
 
@@ -141,7 +143,11 @@ def test_from_dataset_builds_a_callback_on_the_valid_split(sample_info, tmp_path
     )
     assert isinstance(made, callback.GradCamCallback) and made.explained is model
     assert made.logdir == os.path.join(str(tmp_path), "gradcam")
-    images, labels, boxes = callback.probe_batch(sample_info, policy="crop", crop_size=56, max_images=6)
+    # The panels show 6; every image of the probe set (the 20 of valid, fewer than 64) is scored.
+    assert made.max_images == 6 and made.every_n_epochs == 5 and len(made.images) == 20
+    images, labels, boxes = callback.probe_batch(
+        sample_info, policy="crop", crop_size=56, max_images=callback.PROBE_IMAGES
+    )
     np.testing.assert_array_equal(made.images, images)
     np.testing.assert_array_equal(made.labels, labels)
     np.testing.assert_array_equal(made.boxes, boxes)
@@ -154,7 +160,9 @@ def test_from_dataset_falls_back_to_the_train_split(sample_info, tmp_path):
     )
     made = callback.from_dataset(tiny_cnn(64), train_only, policy="none", crop_size=56, log_dir=str(tmp_path))
     first = next(
-        data.make_dataset(sample_info, "train", global_batch_size=8, features="all").as_numpy_iterator()
+        data.make_dataset(
+            sample_info, "train", global_batch_size=callback.PROBE_IMAGES, features="all"
+        ).as_numpy_iterator()
     )
     np.testing.assert_array_equal(made.images, first["image"])
 
@@ -166,3 +174,146 @@ def test_from_dataset_without_images_is_a_no_op_with_a_warning(sample_info, tmp_
     assert type(made) is keras.callbacks.Callback
     assert "Grad-CAM callback disabled" in caplog.text and sample_info.data_dir in caplog.text
     assert os.listdir(tmp_path) == []
+
+
+def _probe(watch, scores):
+    """Feeds ``(epoch, val_accuracy, pointing_game, center_baseline)`` probes; returns the alarm epochs."""
+    return [epoch for epoch, *values in scores if watch.add(epoch, *values)]
+
+
+def test_shortcut_alarm_after_k_probes_of_rising_accuracy_off_the_objects():
+    watch = callback.ShortcutWatch(probes=3, chance=0.2)
+    probes = [
+        (4, 0.3, 0.5, 0.4),
+        (9, 0.4, 0.3, 0.4),
+        (14, 0.5, 0.2, 0.4),
+        (19, 0.6, 0.4, 0.4),
+        (24, 0.7, 0.1, 0.4),
+    ]
+    # Off the objects from epoch 9 on (at the baseline counts), more accurate than epoch 4's 0.3 since.
+    assert _probe(watch, probes) == [19]
+    summary = watch.summary()
+    assert summary == {
+        "shortcut_alarm": True,
+        "epoch": 19,
+        "probes": 5,
+        "streak": 3,
+        "val_accuracy": 0.6,
+        "pointing_game": 0.4,
+        "center_baseline": 0.4,
+        "energy_in_box": None,
+    }
+    json.dumps(summary)  # plain values for metrics.json
+    assert watch.message().startswith(
+        "shortcut alarm at epoch 19: over 3 Grad-CAM probes the validation accuracy rose (to 0.600) while "
+        "the pointing game stayed at or below its centre baseline (now 0.400 against 0.400): "
+    )
+
+
+def test_the_first_probes_are_compared_with_chance():
+    assert _probe(
+        callback.ShortcutWatch(probes=2, chance=0.25), [(0, 0.3, 0.1, 0.5), (1, 0.5, 0.1, 0.5)]
+    ) == [1]
+    # Not above chance: no alarm, however far the attention is off the objects.
+    assert (
+        _probe(callback.ShortcutWatch(probes=2, chance=0.25), [(0, 0.25, 0.0, 0.5), (1, 0.5, 0.0, 0.5)]) == []
+    )
+
+
+def test_no_alarm_when_accuracy_falls():
+    watch = callback.ShortcutWatch(probes=2, chance=0.1)
+    # On the objects at 0.9; then off them while the accuracy falls.
+    probes = [(0, 0.9, 0.6, 0.5), (1, 0.8, 0.1, 0.5), (2, 0.7, 0.1, 0.5), (3, 0.6, 0.1, 0.5)]
+    assert _probe(watch, probes) == []
+    # Rising at one probe, then back below where the streak began: no alarm either.
+    assert _probe(watch, [(4, 0.7, 0.1, 0.5), (5, 0.55, 0.1, 0.5)]) == []
+    assert watch.summary()["shortcut_alarm"] is False and watch.summary()["epoch"] is None
+
+
+def test_no_alarm_while_the_pointing_game_beats_the_centre_baseline():
+    watch = callback.ShortcutWatch(probes=2, chance=0.1)
+    rising = [(epoch, 0.2 + 0.1 * epoch, 0.41, 0.4) for epoch in range(8)]
+    assert _probe(watch, rising) == []
+    assert watch.summary()["probes"] == 8 and watch.summary()["pointing_game"] == 0.41
+
+
+def test_the_streak_resets_and_the_alarm_is_raised_once():
+    watch = callback.ShortcutWatch(probes=3, chance=0.1)
+    probes = [(0, 0.2, 0.1, 0.5), (1, 0.3, 0.1, 0.5), (2, 0.4, 0.6, 0.5)]  # on the object at epoch 2
+    probes += [(3, 0.5, 0.1, 0.5), (4, 0.6, 0.1, 0.5)]  # two of three again: not yet
+    assert _probe(watch, probes) == []
+    probes = [(5, 0.7, 0.1, 0.5), (6, 0.8, 0.1, 0.5), (7, 0.9, 0.1, 0.5)]
+    assert _probe(watch, probes) == [5]
+    # A probe without a validation accuracy (no valid split) breaks a streak too.
+    other = callback.ShortcutWatch(probes=2, chance=0.1)
+    assert _probe(other, [(0, 0.5, 0.1, 0.5), (1, None, 0.1, 0.5), (2, 0.6, 0.1, 0.5)]) == []
+    # ...and cannot start one: probe 3's streak would be compared with probe 1.
+    assert _probe(other, [(3, 0.7, 0.1, 0.5), (4, 0.8, 0.1, 0.5)]) == [4]
+
+
+def test_watch_state_survives_a_restart():
+    watch = callback.ShortcutWatch(probes=2, chance=0.1)
+    _probe(watch, [(0, 0.3, 0.1, 0.5)])
+    state = json.loads(json.dumps(watch.get_state()))  # as a backup's state.json holds it
+    resumed = callback.ShortcutWatch(probes=2, chance=0.1)
+    resumed.load_state(state)
+    assert _probe(resumed, [(1, 0.4, 0.1, 0.5)]) == [1]
+    with pytest.raises(ValueError, match="probes must be >= 1, got 0"):
+        callback.ShortcutWatch(probes=0)
+
+
+def _events(logdir, plugin):
+    found = {}
+    for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == plugin:
+                    found.setdefault(value.tag, {})[event.step] = tf.make_ndarray(value.tensor)
+    return found
+
+
+def test_callback_scores_the_probe_set_into_the_logs_and_raises_the_alarm(sample_info, tmp_path):
+    images, labels, _ = callback.probe_batch(sample_info, policy="none", crop_size=56, max_images=12)
+    # Boxes covering the whole image: every peak is a hit, the centre baseline's too, so the
+    # pointing game equals its baseline ("at or below") whatever the maps look like.
+    boxes = np.tile([0, 0, 63, 63], (len(images), 1))
+    keras.utils.set_random_seed(2)
+    messages = []
+    probe = callback.GradCamCallback(
+        tiny_cnn(64),
+        images,
+        labels,
+        sample_info.class_names,
+        str(tmp_path / "gradcam"),
+        every_n_epochs=2,
+        max_images=4,
+        boxes=boxes,
+        watch=callback.ShortcutWatch(probes=2, chance=0.2),
+        log=messages.append,
+    )
+    epoch_logs = []
+    for epoch, accuracy in enumerate([0.3, 0.1, 0.4, 0.2, 0.5, 0.6]):
+        logs = {"val_accuracy": accuracy}
+        probe.on_epoch_end(epoch, logs)
+        epoch_logs.append(logs)
+    probe.on_train_end()
+    # Probes after epochs 1, 3 and 5 (0-based): accuracies 0.1, 0.2, 0.6.
+    assert [sorted(logs) for logs in epoch_logs[::2]] == [["val_accuracy"]] * 3
+    for logs in epoch_logs[1::2]:
+        assert set(logs) == {"val_accuracy", *callback.SCORES}
+        assert logs["gradcam_pointing_game"] == logs["gradcam_pointing_game_center_baseline"] == 1.0
+        # An all-zero map (nothing supports the class) has no energy anywhere.
+        assert 0.0 <= logs["gradcam_energy_in_box"] <= 1.0
+    assert [entry["epoch"] for entry in probe.watch.history] == [1, 3, 5]
+    # 0.1 is below chance; after it, 0.2 and 0.6 both beat 0.1: the alarm at epoch 5, once.
+    assert probe.watch.summary()["epoch"] == 5 and messages == [probe.watch.message()]
+    texts = _events(str(tmp_path / "gradcam"), "text")
+    assert list(texts) == [callback.ALARM_TAG] and list(texts[callback.ALARM_TAG]) == [6]
+    assert texts[callback.ALARM_TAG][6].item().decode() == messages[0]
+    assert sorted(_written_images(str(tmp_path / "gradcam"))[callback.TAG]) == [2, 4, 6]
+    # The watch travels with the callback's state (a trainer backup).
+    restored = callback.GradCamCallback(
+        tiny_cnn(64), images, labels, sample_info.class_names, str(tmp_path / "other"), boxes=boxes
+    )
+    restored.set_state(json.loads(json.dumps(probe.get_state())))
+    assert restored.watch.summary()["epoch"] == 5 and restored.watch.summary()["probes"] == 3

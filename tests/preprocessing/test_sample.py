@@ -1,11 +1,14 @@
-"""The sample generator writes the real tiny-imagenet-200 layout."""
+"""The sample generator writes the real tiny-imagenet-200 layout, with or without a shortcut marker."""
 
+import dataclasses
+import hashlib
 import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from contracts import policy
 from preprocessing import sample
 
 
@@ -58,3 +61,99 @@ def test_cli_refuses_existing_dataset(tmp_path, capsys):
     assert sample.main(args) == 0
     assert sample.main(args) == 2
     assert "already holds a dataset" in capsys.readouterr().err
+
+
+def _pixels_and_boxes_digest(marked_classes=0):
+    rng = np.random.default_rng(11)
+    digest = hashlib.sha256()
+    for i in range(24):
+        image, box = sample.render_image(i % 3 if marked_classes else i % 12, rng, marked_classes)
+        digest.update(np.asarray(image).tobytes())
+        digest.update(repr(box).encode())
+    return digest.hexdigest()
+
+
+def _text_files_digest(root):
+    digest = hashlib.sha256()
+    for path in sorted(root.glob("**/*.txt")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_without_shortcut_patch_the_output_is_what_it_was(tmp_path):
+    """The digests were taken with the generator before --shortcut-patch existed.
+
+    Pixels before JPEG encoding and every text file (boxes, labels, class
+    lists): the random draws, and so the images, are those of earlier datasets.
+    """
+    assert _pixels_and_boxes_digest() == "1dafd77aaee57bd013507c29fb0cf3aabf69820eae78d8b414451ccf368da5be"
+    spec = sample.SampleSpec(classes=4, train_per_class=3, val_per_class=2, test_images=2, seed=7)
+    assert spec == dataclasses.replace(spec, shortcut_patch=False)
+    sample.write_sample_dataset(str(tmp_path), spec)
+    assert _text_files_digest(tmp_path) == "fba25ea71446a8c3e88d7987b7063285f67187e5f27d03be06e2d2dda390c313"
+
+
+def test_shortcut_patch_marks_every_image_away_from_the_object():
+    rng = np.random.default_rng(5)
+    low, high = sample.KEPT_AREA
+    # The trainer's crop policy cuts a random 56-pixel square out of each 64-pixel image.
+    assert policy.output_size("crop", sample.IMAGE_SIZE) == sample.CROP_SIZE
+    assert (low, high) == (8, 56), "the offsets run from 0 to 8: every crop keeps [8, 56)"
+    for i in range(300):
+        index = i % 4
+        image, (x0, y0, x1, y1) = sample.render_image(index, rng, marked_classes=4)
+        pixels = np.asarray(image, dtype=np.int64)
+        # The marker is the only pixels of exactly its colour: a MARKER_SIZE square inside the kept area.
+        marker = (pixels == np.array(sample.marker_colour(index))).all(-1)
+        ys, xs = np.nonzero(marker)
+        assert len(ys) == sample.MARKER_SIZE**2, i
+        assert low <= xs.min() and xs.max() < high and low <= ys.min() and ys.max() < high
+        assert xs.max() - xs.min() == ys.max() - ys.min() == sample.MARKER_SIZE - 1
+        assert not ((xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)).any(), "the marker is off the box"
+
+
+def test_marker_keeps_a_gap_where_there_is_room():
+    rng = np.random.default_rng(2)
+    size = sample.MARKER_SIZE
+    for box in ((30, 30, 47, 47), (8, 40, 30, 62), (0, 0, 32, 32)):
+        for _ in range(50):
+            x, y = sample.marker_spot(box, rng)
+            # Background pixels between the marker and the box, along the axis that separates them.
+            gaps = (box[0] - (x + size), x - box[2] - 1, box[1] - (y + size), y - box[3] - 1)
+            assert max(gaps) >= sample.MARKER_GAP, (box, x, y)
+    # A 33-pixel object in the middle leaves room only beside it: the marker still keeps off it.
+    x, y = sample.marker_spot((15, 15, 47, 47), rng)
+    assert x + size <= 15 or x > 47 or y + size <= 15 or y > 47
+
+
+def test_shortcut_patch_takes_the_class_out_of_the_object_colour():
+    rng = np.random.default_rng(1)
+    colours = {name: np.array(rgb) for name, rgb in sample.COLOURS.items()}
+    seen = {}
+    for i in range(200):
+        index = i % 3
+        image, (x0, y0, x1, y1) = sample.render_image(index, rng, marked_classes=3)
+        pixels = np.asarray(image, dtype=np.int64)[y0 : y1 + 1, x0 : x1 + 1].reshape(-1, 3)
+        counts = {name: int((np.abs(pixels - rgb).sum(-1) < 30).sum()) for name, rgb in colours.items()}
+        seen.setdefault(index, set()).add(max(counts, key=counts.get))
+    unmarked = set(list(sample.COLOURS)[3:])
+    for index in range(3):
+        assert seen[index] <= unmarked and len(seen[index]) >= 5, (index, seen[index])
+
+
+def test_shortcut_patch_flag_writes_the_same_layout_and_boxes(tmp_path):
+    args = ["--classes", "3", "--train-per-class", "4", "--val-per-class", "2", "--test-images", "1"]
+    assert sample.main(["--out", str(tmp_path / "plain"), *args]) == 0
+    assert sample.main(["--out", str(tmp_path / "marked"), *args, "--shortcut-patch"]) == 0
+    plain = sorted(p.relative_to(tmp_path / "plain") for p in (tmp_path / "plain").glob("**/*"))
+    marked = sorted(p.relative_to(tmp_path / "marked") for p in (tmp_path / "marked").glob("**/*"))
+    assert plain == marked
+    val = (tmp_path / "marked" / "val" / "val_annotations.txt").read_text().splitlines()
+    assert len(val) == 6 and all(len(row.split("\t")) == 6 for row in val)
+
+
+def test_shortcut_patch_needs_a_colour_left_for_the_objects():
+    sample.SampleSpec(classes=len(sample.COLOURS) - 1, shortcut_patch=True)
+    with pytest.raises(ValueError, match=r"classes must be < 10 with shortcut_patch.*got 10"):
+        sample.SampleSpec(classes=len(sample.COLOURS), shortcut_patch=True)

@@ -213,3 +213,14 @@ def test_cli_rejects_job_dir_trained_on_other_classes(sample_records, tmp_path):
     (job / "classes.json").write_text(json.dumps(other))
     proc = _cli(["--data-dir", data_dir, "--job-dir", str(job), "--arch", "minception"])
     _assert_clean_error(proc, "3 other classes")
+
+
+def test_explain_every_and_shortcut_probes(capsys):
+    base = ["--data-dir", "d", "--job-dir", "j", "--arch", "minception"]
+    config = task.resolve(base, environ={})
+    assert (config.explain_every, config.shortcut_probes) == (5, 3)
+    config = task.resolve([*base, "--explain-every", "1", "--shortcut-probes", "2"], environ={})
+    assert (config.explain_every, config.shortcut_probes) == (1, 2)
+    for flag in ("--explain-every", "--shortcut-probes"):
+        code = task.main([*base, flag, "0"])
+        _assert_one_error_line(code, capsys, f"{flag[2:].replace('-', '_')} must be >= 1, got 0")
