@@ -233,6 +233,27 @@ def local_file(uri, suffix=""):
         yield local
 
 
+@contextlib.contextmanager
+def local_folder(uri):
+    """Yields a local folder holding every file under ``uri`` (the folder counterpart of :func:`local_file`).
+
+    A local path is yielded as it is; the objects under a ``gs://`` prefix are
+    copied into a temporary folder, keeping their relative paths, that is
+    removed on exit. The project's client is used (it honours the GCS emulator)
+    rather than TensorFlow's own ``gs://`` file system.
+    """
+    if not is_gcs(uri):
+        yield uri
+        return
+    root = uri.rstrip("/") + "/"
+    with tempfile.TemporaryDirectory(prefix="storage-") as folder:
+        for remote in list_files(uri, recursive=True):
+            local = os.path.join(folder, *remote[len(root) :].split("/"))
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            download_file(remote, local)
+        yield folder
+
+
 class Mirror:
     """A local working folder mirrored to an output URI.
 

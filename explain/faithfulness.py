@@ -76,6 +76,15 @@ _MAPS = ("method", "random", "center")
 _HIGHER_IS_BETTER = {"deletion": False, "insertion": True, "road_morf": False, "road_lerf": True}
 
 
+def scored_metrics(summary):
+    """Returns ``[(metric, entry)]`` of the metrics a :meth:`Faithfulness.summary` scored.
+
+    Metrics not scored (ROAD when it was off, every metric before any image)
+    are left out; ``summary`` may be ``None`` (faithfulness was off).
+    """
+    return [(metric, summary[metric]) for metric in _HIGHER_IS_BETTER if summary and summary.get(metric)]
+
+
 def area(curve, fractions):
     """Returns the trapezoid area under ``curve`` divided by the span of ``fractions``.
 

@@ -118,10 +118,9 @@ def _write_scalars(summary, class_names, step):
     for entry in summary["per_class"]:
         name = render.short_name(class_names[entry["class_index"]]).replace(" ", "_")
         scalars[f"pointing_game_per_class/{entry['class_index']:03d}_{name}"] = entry["hit_rate"]
-    for metric, entry in (summary.get("faithfulness") or {}).items():
-        if isinstance(entry, dict):
-            for name, key in (("", "auc"), ("_random", "random_auc"), ("_center", "center_auc")):
-                scalars[f"faithfulness/{metric}_auc{name}"] = entry[key]
+    for metric, entry in faithfulness.scored_metrics(summary.get("faithfulness")):
+        for name, key in (("", "auc"), ("_random", "random_auc"), ("_center", "center_auc")):
+            scalars[f"faithfulness/{metric}_auc{name}"] = entry[key]
     for tag, value in scalars.items():
         if value is not None:
             tf.summary.scalar(tag, value, step=step)
@@ -259,11 +258,9 @@ def _report(results, progress):
 
 
 def _report_faithfulness(results, progress):
-    scores = results.get("faithfulness") or {}
     parts = [
         f"{metric} {entry['auc']:.3f} (random {entry['random_auc']:.3f}, centre {entry['center_auc']:.3f})"
-        for metric, entry in scores.items()
-        if isinstance(entry, dict)
+        for metric, entry in faithfulness.scored_metrics(results.get("faithfulness"))
     ]
     if parts:
         progress("explain: faithfulness areas: " + "; ".join(parts))

@@ -121,6 +121,13 @@ def test_each_architecture_trained_and_explained(demo_run, arch):
     hits = explain["pointing_game"]["hit_rate"] * requested
     assert hits == pytest.approx(round(hits)), "a hit rate is a count of hits over the images"
     assert explain["accuracy"] * requested == pytest.approx(round(explain["accuracy"] * requested))
+    # The demo scores faithfulness of the trained Minception only (demo.sh, step 6).
+    if arch == "minception":
+        scores = explain["faithfulness"]
+        assert scores["n"] == requested and set(scores["deletion"]) >= {"auc", "random_auc", "center_auc"}
+        assert scores["road_morf"] is not None
+    else:
+        assert "faithfulness" not in explain
     pngs = sorted((out / "gradcam" / arch).glob("*.png"))
     assert len(pngs) == -(-requested // 8), "one grid of up to 8 panels per PNG"
 

@@ -18,10 +18,6 @@ evaluation.
   the heatmap covers; ``trainer.predict`` draws its panels on it).
 """
 
-import contextlib
-import os
-import tempfile
-
 import keras
 import numpy as np
 import tensorflow as tf
@@ -175,22 +171,6 @@ def is_export(path):
     return storage.exists(storage.join(str(path).rstrip("/"), SAVED_MODEL_FILE))
 
 
-@contextlib.contextmanager
-def _local_folder(uri):
-    if not storage.is_gcs(uri):
-        yield uri
-        return
-    # Copied down with the project's storage client (which honours the GCS
-    # emulator) rather than TensorFlow's own gs:// file system.
-    root = uri.rstrip("/") + "/"
-    with tempfile.TemporaryDirectory(prefix="export-") as folder:
-        for remote in storage.list_files(uri, recursive=True):
-            local = os.path.join(folder, *remote[len(root) :].split("/"))
-            os.makedirs(os.path.dirname(local), exist_ok=True)
-            storage.download_file(remote, local)
-        yield folder
-
-
 class ImageDecodeError(ValueError):
     """An image of the batch is not one the export can decode."""
 
@@ -208,7 +188,7 @@ class LoadedExport:
     def __init__(self, path):
         self.path = str(path).rstrip("/")
         try:
-            with _local_folder(self.path) as local:
+            with storage.local_folder(self.path) as local:
                 loaded = tf.saved_model.load(local)
         except (OSError, ValueError, tf.errors.OpError) as error:
             raise ValueError(f"{self.path}: cannot load the SavedModel ({error})") from None

@@ -96,28 +96,31 @@ class PredictConfig:
             raise ValueError(f"--top-k must be >= 1, got {self.top_k}")
 
 
-def _read_bytes(paths):
-    """Reads every file, refusing up front a header that announces too many pixels."""
-    data, failures = {}, {}
+def _read_files(paths, convert):
+    """Reads every file through ``convert``; returns ``({path: value}, {path: message})``."""
+    values, failures = {}, {}
     for path in paths:
         try:
-            content = storage.read_bytes(path)
-            with rgb_images.open_image(content):
-                pass
-            data[path] = content
+            values[path] = convert(storage.read_bytes(path))
         except (OSError, ValueError, Image.DecompressionBombError) as error:
             failures[path] = f"cannot read image ({error})"
-    return data, failures
+    return values, failures
 
 
-def _read_images(paths):
-    images, failures = {}, {}
-    for path in paths:
-        try:
-            images[path] = decode_image(storage.read_bytes(path))
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
-            failures[path] = f"cannot read image ({error})"
-    return images, failures
+def _checked_bytes(content):
+    """Returns ``content`` after refusing a header that announces too many pixels."""
+    with rgb_images.open_image(content):
+        pass
+    return content
+
+
+def _top_entries(indices, names, probabilities, k):
+    """The ``top`` list of one result: rank, index, class and probability, best first."""
+    rows = zip(indices, names, probabilities, strict=True)
+    return [
+        {"rank": rank, "index": int(index), "class": name, "probability": float(probability)}
+        for rank, (index, name, probability) in enumerate(rows, start=1)
+    ][:k]
 
 
 def _panel_names(paths):
@@ -134,7 +137,7 @@ def _panel_names(paths):
 
 
 def _save_gradcam(predictor, config, batch, probabilities, paths):
-    from explain import gradcam, render
+    from explain import gradcam
 
     explainer = gradcam.Explainer(predictor.model, method=config.method)
     predicted = probabilities.argmax(axis=1)
@@ -142,9 +145,8 @@ def _save_gradcam(predictor, config, batch, probabilities, paths):
     names = _panel_names(paths)
     saved = {}
     for path, image, heatmap, index, probs in zip(paths, batch, maps, predicted, probabilities, strict=True):
-        target = storage.join(config.gradcam, names[path])
-        render.save_png(render.panel(image, heatmap, None, predictor.class_name(index), probs[index]), target)
-        saved[path] = target
+        saved[path] = storage.join(config.gradcam, names[path])
+        _save_panel(saved[path], image, heatmap, predictor.class_name(index), probs[index])
     return saved
 
 
@@ -154,7 +156,7 @@ def _predict_keras(config, err):
         from explain import gradcam
 
         gradcam.check_method(config.method)
-    images, failures = _read_images(config.images)
+    images, failures = _read_files(config.images, decode_image)
     _report(failures, err)
     paths = [p for p in config.images if p in images]
     results = []
@@ -163,10 +165,9 @@ def _predict_keras(config, err):
         probabilities = predictor.predict(batch)
         saved = _save_gradcam(predictor, config, batch, probabilities, paths) if config.gradcam else {}
         for path, probs in zip(paths, probabilities, strict=True):
-            top = [
-                {"rank": rank, "index": i, "class": predictor.class_name(i), "probability": p}
-                for rank, (i, p) in enumerate(top_k(probs, config.top_k), start=1)
-            ]
+            indices = [i for i, _ in top_k(probs, config.top_k)]
+            names = [predictor.class_name(i) for i in indices]
+            top = _top_entries(indices, names, probs[indices], config.top_k)
             results.append({"image": path, "top": top, **({"gradcam": saved[path]} if path in saved else {})})
     return results, failures
 
@@ -194,7 +195,7 @@ def _predict_export(config, err, batch_size=64):
 
     model = export.LoadedExport(config.model)
     _check_export_options(config, model)
-    data, failures = _read_bytes(config.images)
+    data, failures = _read_files(config.images, _checked_bytes)
     # One image at a time through the cheapest signature: a file the export
     # cannot decode then fails alone instead of failing its whole batch.
     check = export.PREPROCESS_SIGNATURE if model.has(export.PREPROCESS_SIGNATURE) else export.SIGNATURE
@@ -216,30 +217,23 @@ def _predict_export(config, err, batch_size=64):
     names = _panel_names(paths)
     results = []
     for row, path in enumerate(paths):
-        top = [
-            {"rank": rank, "index": int(index), "class": name, "probability": float(probability)}
-            for rank, (index, name, probability) in enumerate(
-                zip(
-                    outputs["classes"][row],
-                    export.decode_names(outputs["names"][row]),
-                    outputs["probabilities"][row],
-                    strict=True,
-                ),
-                start=1,
-            )
-        ][: config.top_k]
+        classes = export.decode_names(outputs["names"][row])
+        top = _top_entries(outputs["classes"][row], classes, outputs["probabilities"][row], config.top_k)
         result = {"image": path, "top": top}
         if config.gradcam:
             result["gradcam"] = storage.join(config.gradcam, names[path])
-            _save_panel(result["gradcam"], pixels[path], outputs["heatmap"][row], top[0])
+            best = top[0]
+            _save_panel(
+                result["gradcam"], pixels[path], outputs["heatmap"][row], best["class"], best["probability"]
+            )
         results.append(result)
     return results, failures
 
 
-def _save_panel(target, pixels, heatmap, best):
+def _save_panel(target, pixels, heatmap, name, probability):
     from explain import render
 
-    render.save_png(render.panel(pixels, heatmap, None, best["class"], best["probability"]), target)
+    render.save_png(render.panel(pixels, heatmap, None, name, probability), target)
 
 
 def _report(failures, err):
