@@ -22,6 +22,7 @@ def sample_records(
     num_shards=2,
     valid_fraction=0.0,
     seed=0,
+    shortcut_patch=False,
 ):
     """Generates ``work_dir/raw`` and converts it into ``work_dir/records`` (each only when missing).
 
@@ -34,6 +35,7 @@ def sample_records(
         num_shards: TFRecord shards of every split.
         valid_fraction: The job's ``--valid-fraction`` (0 keeps every ``train/`` image in ``train``).
         seed: Seed of the generator and of the job.
+        shortcut_patch: Mark every image with its class's colour (``preprocessing.sample --shortcut-patch``).
 
     Returns:
         ``(raw_dir, records_dir)``.
@@ -52,6 +54,7 @@ def sample_records(
             val_per_class=val_per_class,
             test_images=test_images,
             seed=seed,
+            shortcut_patch=shortcut_patch,
         )
         sample.write_sample_dataset(raw_dir, spec)
     if not os.path.exists(os.path.join(records_dir, schema.METADATA_FILE)):

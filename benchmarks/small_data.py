@@ -38,10 +38,10 @@ SETTINGS = {
 }
 
 
-def train(records, job, arch, *, epochs, batch_size, seed, extra):
-    """Runs the trainer once; returns its metrics.json and the wall time."""
+def train(records, job, arch, *, epochs, batch_size, seed, extra, explain=False):
+    """Runs the trainer once (Grad-CAM callback on with ``explain``); returns metrics.json, wall time."""
     args = ["--data-dir", records, "--job-dir", job, "--arch", arch, "--epochs", str(epochs)]
-    args += ["--batch-size", str(batch_size), "--seed", str(seed), "--explain", "false", *extra]
+    args += ["--batch-size", str(batch_size), "--seed", str(seed), "--explain", str(explain).lower(), *extra]
     start = time.time()
     proc = subprocess.run(
         [sys.executable, "-m", "trainer.task", *args],
