@@ -5,6 +5,7 @@ the CLI prints as is.
 """
 
 import contextlib
+import difflib
 import importlib
 import os
 import re
@@ -36,6 +37,9 @@ TF_PORT = 2222
 # Flags the launcher sets itself from its own options; passing them after
 # `--` would silently contradict the job layout.
 RESERVED_TRAINER_FLAGS = ("--arch", "--data-dir", "--job-dir", "--strategy")
+# The flags hptune's study sets in every trial (its parameter ids with "--"):
+# a value given after `--` would be replaced by each trial's own.
+TUNED_TRAINER_FLAGS = ("--learning-rate", "--dropout", "--batch-size")
 
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -53,7 +57,8 @@ class ConfigError(ValueError):
 
 
 @contextlib.contextmanager
-def _native_stderr_silenced():
+def native_stderr_silenced():
+    """Sends file descriptor 2 to /dev/null while importing a TensorFlow-backed module."""
     # TensorFlow's C++ runtime logs to file descriptor 2 while it loads, which
     # would bury the CLI's one-line error; Python-level exceptions still surface.
     sys.stderr.flush()
@@ -74,7 +79,7 @@ def known_architectures():
     TensorFlow) is importable, else returns :data:`FALLBACK_ARCHITECTURES`.
     """
     try:
-        with _native_stderr_silenced():
+        with native_stderr_silenced():
             models = importlib.import_module("trainer.models")
     except ImportError:
         return FALLBACK_ARCHITECTURES
@@ -137,3 +142,90 @@ def require(condition, message):
 def check_pattern(pattern, value, flag):
     """Raises :class:`ConfigError` naming ``flag`` unless ``pattern`` matches ``value``."""
     require(pattern.match(value or "") is not None, f"bad {flag} {value!r}")
+
+
+def check_trainer_flags(argv):
+    """Parses and checks ``python -m trainer.task`` arguments as the trainer will, reading nothing.
+
+    The trainer's own parser (``trainer.task.build_parser``) reads ``argv``
+    and its configuration checks (``TrainConfig.__post_init__``) judge the
+    values, merged as ``trainer.task.resolve`` merges them, except for what
+    only the cluster can supply: the architecture's defaults table (it needs
+    TensorFlow; ``TrainConfig``'s defaults stand in, which today agree where
+    a check reads them), a ``--config`` file (it is in the image), the
+    training-image count some ``--recipe modern`` budgets need (read from the
+    data: what either budget accepts passes) and the output folders.
+
+    Args:
+        argv: The trainer's whole argument list (``TrainJob.trainer_argv()``).
+
+    Raises:
+        ConfigError: ``trainer flags after --: <message>`` naming the flag.
+    """
+    # Function-level: the trainer's modules load numpy, which the other commands do not need.
+    from trainer import config as trainer_config
+    from trainer import task as trainer_task
+
+    parser = trainer_task.build_parser()
+    try:
+        namespace, unknown = parse_known(parser, argv)
+        if unknown:
+            raise ValueError(_unrecognized(unknown, parser))
+        # A --config file names a path inside the image; the trainer reads it there.
+        flags, _ = trainer_task.split_flags(namespace)
+        errors = []
+        for recipe_values in _recipe_candidates(flags):
+            try:
+                trainer_config.from_dict({**recipe_values, **flags})
+                return
+            except ValueError as error:
+                errors.append(error)
+        raise errors[0]
+    except ValueError as error:
+        message = _name_the_flag(" ".join(str(error).split()), parser, trainer_config.field_names())
+        raise ConfigError(f"trainer flags after --: {message}") from None
+
+
+def parse_known(parser, argv):
+    """Returns ``parser.parse_known_args(argv)``, raising ``ValueError`` where argparse would exit.
+
+    argparse prints a usage error and exits; a check needs the message instead.
+    """
+
+    def error(message):
+        raise ValueError(message)
+
+    parser.error = error  # This instance only: argparse reports every usage error through it.
+    return parser.parse_known_args(list(argv))
+
+
+def _unrecognized(unknown, parser):
+    flags = [arg.split("=", 1)[0] for arg in unknown if arg.startswith("-")]
+    known = [flag for action in parser._actions for flag in action.option_strings]
+    close = difflib.get_close_matches(flags[0], known, n=1) if flags else []
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"unrecognized arguments: {' '.join(unknown)}{hint}"
+
+
+def _recipe_candidates(flags):
+    # With --steps-per-epoch a modern recipe's budget counts the training images, which
+    # only the data knows: offer both budgets' settings rather than read gs:// here.
+    from trainer import config as trainer_config
+    from trainer import recipe
+    from trainer import task as trainer_task
+
+    name = flags.get("recipe", "book")
+    if name == "book" or flags.get("steps_per_epoch") is None:
+        return [trainer_task.recipe_settings(flags)]
+    epochs = flags.get("epochs", trainer_config.TrainConfig.epochs)
+    return [recipe.settings(name, epochs=epochs, run_passes=p) for p in (0, recipe.LONG_RUN_PASSES)]
+
+
+def _name_the_flag(message, parser, fields):
+    # TrainConfig names its fields ("epochs must be >= 1"); a user of the command line wrote "--epochs".
+    name = message.split(" ", 1)[0]
+    flag = "--" + name.replace("_", "-")
+    known = {option for action in parser._actions for option in action.option_strings}
+    if name in fields and flag in known:
+        return flag + message[len(name) :]
+    return message

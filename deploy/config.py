@@ -72,7 +72,9 @@ class TrainJob:
             Kubernetes service account bound to one via Workload Identity.
         restart_on_worker_restart: restart the whole job when a worker restarts.
         timeout_seconds: maximum run time, or None for the target's default.
-        trainer_args: extra flags passed to ``trainer.task`` verbatim.
+        trainer_args: extra flags passed to ``trainer.task`` verbatim; checked
+            with the trainer's parser and value checks
+            (:func:`deploy.checks.check_trainer_flags`).
     """
 
     name: str
@@ -110,6 +112,8 @@ class TrainJob:
             flag = arg.split("=", 1)[0]
             reserved = flag in checks.RESERVED_TRAINER_FLAGS
             checks.require(not reserved, f"{flag} is set by the launcher; drop it after '--'")
+        # The trainer's own parser and value checks, so a typo fails here, not minutes into the job.
+        checks.check_trainer_flags(self.trainer_argv())
 
     def trainer_argv(self):
         """Returns the argument list of ``python -m trainer.task``."""
@@ -225,6 +229,13 @@ class TuneJob:
             self.max_failed_trials >= 0,
             f"--max-failed-trials must be 0 or more, got {self.max_failed_trials}",
         )
+        # The fixed flags were checked with the TrainJob; the tuned ones have no value until a trial.
+        for arg in self.vertex.job.trainer_args:
+            flag = arg.split("=", 1)[0]
+            checks.require(
+                flag not in checks.TUNED_TRAINER_FLAGS,
+                f"{flag} is tuned: every trial passes its own value; drop it after '--'",
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 import shlex
 
+from deploy import checks
+
 MODULE = "preprocessing.task"
 
 
@@ -36,6 +38,28 @@ def build_argv(spec):
     if spec.service_account:
         argv += ["--service_account_email", spec.service_account]
     return argv + list(spec.beam_args)
+
+
+def check_argv(argv):
+    """Parses ``argv`` as ``preprocessing.task`` does before it runs, reading and launching nothing.
+
+    The job's parser, its Beam-option check and ``JobConfig``'s value checks
+    (``preprocessing.task.parse_args``) judge the whole argument list, so a
+    misspelt or bad flag after ``--`` fails here rather than on Dataflow.
+
+    Raises:
+        deploy.checks.ConfigError: ``preprocessing flags after --: <message>``.
+    """
+    # Beam and TensorFlow come with the job's module; their native start-up logs would bury the error.
+    with checks.native_stderr_silenced():
+        from preprocessing import task
+    try:
+        # Usage errors as a message first: parse_args' own parser prints them and exits.
+        checks.parse_known(task.build_parser(), argv)
+        task.parse_args(argv)
+    except ValueError as error:
+        message = " ".join(str(error).split())
+        raise checks.ConfigError(f"preprocessing flags after --: {message}") from None
 
 
 def command_line(argv):

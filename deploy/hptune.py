@@ -1,10 +1,13 @@
 """Vertex AI hyperparameter tuning over the trainer's CustomJob.
 
 Vertex AI passes each trial's values as ``--<parameter_id>=<value>``, so the
-parameter ids below are the trainer's own flag names. It also sets
-``CLOUD_ML_HP_METRIC_TAG`` to the study's metric id; the trainer then reports
-the validation accuracy after every epoch through cloudml-hypertune under that
-tag (its default is the same :data:`METRIC_TAG`), and the study maximizes it.
+parameter ids below are the trainer's own flag names (the submit command
+refuses them after ``--``: :data:`deploy.checks.TUNED_TRAINER_FLAGS`). It also
+sets ``CLOUD_ML_HP_METRIC_TAG`` to the study's metric id; the trainer then
+reports through cloudml-hypertune under that tag (its default is the same
+:data:`METRIC_TAG`) each epoch's validation accuracy at steps 1..N and, last,
+the final evaluation's at step N + 1 (``trainer.callbacks.HypertuneReport``).
+The study maximizes the last one: the accuracy of the weights the trial keeps.
 """
 
 from google.cloud import aiplatform_v1
@@ -47,7 +50,9 @@ def build_tuning_job(spec):
         parameters=parameter_specs(),
         # Bayesian optimization over the space (the service default).
         algorithm=Spec.Algorithm.ALGORITHM_UNSPECIFIED,
-        measurement_selection_type=Spec.MeasurementSelectionType.BEST_MEASUREMENT,
+        # The final report, not the best epoch's: the trainer already ends on its best (or
+        # averaged) weights, and a maximum over noisy per-epoch values is over-optimistic.
+        measurement_selection_type=Spec.MeasurementSelectionType.LAST_MEASUREMENT,
     )
     return aiplatform_v1.HyperparameterTuningJob(
         display_name=spec.vertex.job.name,

@@ -7,7 +7,10 @@
     python -m deploy.submit stage    --src LOCAL_DIR --dest gs://bucket/prefix
 
 ``--dry-run`` prints the job (Vertex AI JSON, Kubernetes YAML, the Dataflow
-command) and calls nothing. A bad flag prints one line on stderr and exits 2.
+command) and calls nothing. A bad flag prints one line on stderr and exits 2;
+that includes the flags after ``--``, which the launched program's own parser
+and value checks judge first (:func:`deploy.checks.check_trainer_flags`,
+:func:`deploy.dataflow.check_argv`).
 """
 
 import datetime
@@ -173,6 +176,7 @@ def _run_dataflow(args, extra):
     from deploy import dataflow
 
     argv = dataflow.build_argv(spec)
+    dataflow.check_argv(argv)
     if args.dry_run:
         print(dataflow.command_line(argv))
         return 0

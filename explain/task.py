@@ -23,6 +23,12 @@ is strict JSON: a score that cannot be computed is ``null``.
 import dataclasses
 import sys
 
+# First, before anything imports TensorFlow: it reads its log settings once, when it loads.
+from contracts import quiet
+
+if __name__ == "__main__":
+    quiet.quiet_tensorflow()
+
 import tensorflow as tf
 
 from contracts import cli, jobdir, storage
@@ -310,6 +316,7 @@ def build_parser():
     add("--sanity", action="store_true", help="Run the cascading-randomisation sanity check.")
     add("--sanity-layers", type=int, default=4, help="Sanity check: layers randomised, from the top.")
     add("--sanity-images", type=int, default=8, help="Sanity check: images explained at each step.")
+    quiet.add_verbose_flag(parser)
     return parser
 
 

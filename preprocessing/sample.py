@@ -29,6 +29,12 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw
 
+# First, as in every command: this one imports no TensorFlow today, and stays quiet if it ever does.
+from contracts import quiet
+
+if __name__ == "__main__":
+    quiet.quiet_tensorflow()
+
 IMAGE_SIZE = 64
 SHAPES = ("square", "circle", "triangle", "cross", "diamond", "ring", "hbar", "vbar")
 COLOURS = {
@@ -329,6 +335,7 @@ def main(argv=None):
         help="Mark every image with a class-coloured square away from the object and draw the object "
         "in a colour no marker uses: a shortcut a model can learn instead of the object (at most 9 classes).",
     )
+    quiet.add_verbose_flag(parser)
     args = parser.parse_args(argv)
     try:
         spec = SampleSpec(

@@ -23,6 +23,12 @@ import sys
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+# First, before anything imports TensorFlow: it reads its log settings once, when it loads.
+from contracts import quiet
+
+if __name__ == "__main__":
+    quiet.quiet_tensorflow()
+
 from contracts import cli, schema
 from preprocessing import archive, beam_options, fetch, plan, publish, sources, transforms
 
@@ -100,6 +106,7 @@ def build_parser():
         "--max-reject-fraction", type=float, default=0.01, help="Fail above this share of rejected inputs."
     )
     parser.add_argument("--image-size", type=int, default=64, help="Height and width every image must have.")
+    quiet.add_verbose_flag(parser)
     limits = parser.add_argument_group("archives and downloads (a .zip or http(s):// --raw-dir)")
     limits.add_argument("--raw-sha256", metavar="HEX", help="Refuse the archive unless its SHA-256 is HEX.")
     size = {"type": _byte_count, "metavar": "SIZE"}

@@ -211,6 +211,33 @@ def write_hparams(writer, hparams, trial_id=None):
     writer.flush()
 
 
+class HypertuneReport(keras.callbacks.Callback):
+    """Reports each epoch's validation accuracy to Vertex AI hyperparameter tuning.
+
+    Epoch ``e`` (0-based, as Keras counts) is reported at ``global_step``
+    ``e + 1``, so a run of N epochs reports steps 1..N (a resumed run goes on
+    from the epoch it resumes at). The trainer then reports the final
+    evaluation through the same reporter at step N + 1: Vertex AI takes a
+    trial's last measurement as its final one, and the final evaluation is of
+    the weights the run keeps (the best epoch's, or their moving average),
+    not of the last epoch's.
+
+    Args:
+        reporter: The run's :class:`trainer.report.HypertuneReporter`.
+        monitor: The epoch log reported.
+    """
+
+    def __init__(self, reporter, monitor="val_accuracy"):
+        super().__init__()
+        self.reporter = reporter
+        self.monitor = monitor
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is not None:
+            self.reporter.report(value, step=epoch + 1)
+
+
 class ProgressLogger(keras.callbacks.Callback):
     """A progress bar on a terminal, else one line per epoch.
 
@@ -252,6 +279,7 @@ class ProgressLogger(keras.callbacks.Callback):
 def make_callbacks(
     config,
     *,
+    tuning,
     info,
     main_model,
     outputs,
@@ -272,6 +300,8 @@ def make_callbacks(
 
     Args:
         config: The :class:`trainer.config.TrainConfig`.
+        tuning: The run's :class:`trainer.report.HypertuneReporter` (a tuning
+            trial's chief), which then gets every epoch's validation accuracy; else ``None``.
         info: The dataset's :class:`contracts.dataset.DatasetInfo`.
         main_model: The single-output model (saved, explained).
         outputs: The run's :class:`contracts.storage.JobOutputs`.
@@ -326,6 +356,8 @@ def make_callbacks(
             listed.append(augment_summary.AugmentationSummary(info, augmenter, logdir, config.seed))
         listed.append(HistoryCSV(outputs.local("job", jobdir.HISTORY_FILE), initial_epoch))
         listed.append(TensorBoardScalars(outputs.local("logs"), config.hparams(), trial_id=config.job_dir))
+        if tuning is not None:
+            listed.append(HypertuneReport(tuning))
     listed += [
         training_state.track("best_model", best_model),
         training_state.track("early_stopping", early_stopping),

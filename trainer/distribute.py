@@ -131,10 +131,44 @@ def make_strategy(name, num_cpu_devices=0):
     return tf.distribute.get_strategy()
 
 
+# The words of ``--strategy`` (and of deploy/'s job specs) by tf.distribute
+# class name, so logs and metrics.json never show a private class such as
+# ``_DefaultDistributionStrategy``. MultiWorkerMirroredStrategy's class is
+# ``CollectiveAllReduceStrategy``; both names map.
+STRATEGY_NAMES = {
+    "_DefaultDistributionStrategy": "default",
+    "OneDeviceStrategy": "one_device",
+    "MirroredStrategy": "mirrored",
+    "MultiWorkerMirroredStrategy": "multi_worker",
+    "CollectiveAllReduceStrategy": "multi_worker",
+}
+
+
+def public_name(class_name):
+    """Returns the public word for a ``tf.distribute`` strategy class name.
+
+    Args:
+        class_name: A strategy's class name, e.g. ``"MirroredStrategy"``.
+
+    Returns:
+        ``"default"``, ``"one_device"``, ``"mirrored"`` or ``"multi_worker"``;
+        ``None`` for a class the trainer never creates.
+    """
+    return STRATEGY_NAMES.get(class_name)
+
+
 def strategy_name(strategy):
-    """Returns a short name of ``strategy`` for logs and metrics (its public class name)."""
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return "MultiWorkerMirroredStrategy"
+    """Returns the public name of ``strategy`` for logs and ``metrics.json``.
+
+    The words are those of ``--strategy`` and deploy/: ``default`` (one device,
+    no distribution), ``one_device``, ``mirrored`` or ``multi_worker``.
+    """
+    # The nearest known class along the MRO, so a subclass keeps its family's name.
+    for cls in type(strategy).__mro__:
+        name = public_name(cls.__name__)
+        if name is not None:
+            return name
+    # A strategy the trainer never makes (e.g. TPUStrategy): its class name says what it is.
     return type(strategy).__name__
 
 

@@ -30,6 +30,12 @@ import dataclasses
 import os
 import sys
 
+# First, before anything imports TensorFlow: it reads its log settings once, when it loads.
+from contracts import quiet
+
+if __name__ == "__main__":
+    quiet.quiet_tensorflow()
+
 from contracts import cli, jobdir, storage
 
 SPLITS = ("valid", "test")
@@ -55,6 +61,7 @@ def build_parser():
         help=f"Batch size (default: the job's, or {DEFAULT_BATCH_SIZE} for a .keras file).",
     )
     parser.add_argument("--output", help="JSON file to write (default: in the job dir / beside the file).")
+    quiet.add_verbose_flag(parser)
     return parser
 
 

@@ -27,6 +27,12 @@ import sys
 import numpy as np
 from PIL import Image
 
+# First, before anything imports TensorFlow: it reads its log settings once, when it loads.
+from contracts import quiet
+
+if __name__ == "__main__":
+    quiet.quiet_tensorflow()
+
 from contracts import cli, jobdir, storage
 from contracts import images as rgb_images
 
@@ -75,6 +81,7 @@ def build_parser():
         "--gradcam", metavar="DIR", help="Save an original|heatmap|overlay panel per image here."
     )
     parser.add_argument("--method", default="gradcam", help="Explanation method for --gradcam.")
+    quiet.add_verbose_flag(parser)
     return parser
 
 

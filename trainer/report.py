@@ -75,13 +75,28 @@ def write_confusion_summary(log_dir, confusion, step, name="confusion_matrix/tes
     writer.close()
 
 
-def report_hypertune(metric_tag, value, step):
-    """Reports ``value`` to Vertex AI hyperparameter tuning (needs the ``hypertune`` extra)."""
-    import hypertune
+class HypertuneReporter:
+    """Reports the tuning metric to Vertex AI hyperparameter tuning (needs the ``hypertune`` extra).
 
-    hypertune.HyperTune().report_hyperparameter_tuning_metric(
-        hyperparameter_metric_tag=metric_tag, metric_value=float(value), global_step=int(step)
-    )
+    One reporter serves the whole run: a ``hypertune.HyperTune`` rewrites its
+    metrics file (``CLOUD_ML_HP_METRIC_FILE``) with the entries it reported
+    itself, so a second instance would erase the lines of the first.
+
+    Args:
+        metric_tag: The study's metric id (``CLOUD_ML_HP_METRIC_TAG``).
+    """
+
+    def __init__(self, metric_tag):
+        import hypertune
+
+        self.metric_tag = metric_tag
+        self._client = hypertune.HyperTune()
+
+    def report(self, value, step):
+        """Appends ``value`` at ``global_step`` ``step`` to the metrics file."""
+        self._client.report_hyperparameter_tuning_metric(
+            hyperparameter_metric_tag=self.metric_tag, metric_value=float(value), global_step=int(step)
+        )
 
 
 # A best model whose validation accuracy is this likely under chance is not better than chance.

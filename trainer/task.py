@@ -16,6 +16,12 @@ import json
 import os
 import sys
 
+# First, before anything imports TensorFlow: it reads its log settings once, when it loads.
+from contracts import quiet
+
+if __name__ == "__main__":
+    quiet.quiet_tensorflow()
+
 from contracts import cli
 from trainer import config as config_lib
 
@@ -152,6 +158,7 @@ def build_parser():
         type=int,
         help="Cluster workers agree on a SIGTERM every N steps (one scalar all-reduce; default 10).",
     )
+    quiet.add_verbose_flag(parser)
     return parser
 
 
@@ -223,14 +230,12 @@ def resolve(argv=None, environ=None):
         ValueError: Unknown architecture, unknown keys, invalid values.
     """
     environ = os.environ if environ is None else environ
-    flags = vars(build_parser().parse_args(argv))
-    config_file = flags.pop("config_file", None)
+    flags, config_file = split_flags(build_parser().parse_args(argv))
     from_file = read_config_file(config_file) if config_file else {}
     arch = flags.get("arch", from_file.get("arch"))
     if not arch:
         raise ValueError("--arch is required")
     _split_randaugment(from_file)
-    _split_randaugment(flags)
     values = architecture_defaults(arch)
     values.update(from_file)
     values.update(environment_values(environ))
@@ -257,6 +262,16 @@ def resolve(argv=None, environ=None):
     if values.get("frozen_epochs") and not _fine_tunable(arch):
         raise ValueError(f"--frozen-epochs needs an architecture with a pretrained backbone, not {arch!r}")
     return config_lib.from_dict(values)
+
+
+def split_flags(namespace):
+    """Returns ``(settings, config_file)`` of parsed flags: the settings given and the ``--config`` file."""
+    flags = vars(namespace)
+    # -v acted before TensorFlow loaded (quiet.quiet_tensorflow); it is no setting of the run.
+    flags.pop("verbose", None)
+    config_file = flags.pop("config_file", None)
+    _split_randaugment(flags)
+    return flags, config_file
 
 
 def _split_randaugment(values):

@@ -137,8 +137,11 @@ def run(config, stop_flag=None):
     with strategy.scope():
         resume = training_state.restore(backups, log=_log)
     initial_epoch, initial_step = (resume["epoch"], resume["step_in_epoch"]) if resume else (0, 0)
+    # A tuning trial: only the chief's metrics file is read, one reporter for every epoch and the end.
+    tuning = report.HypertuneReporter(config.hypertune_metric) if chief and config.hypertune_metric else None
     run_callbacks, early_stopping, shortcut_watch = callbacks.make_callbacks(
         config,
+        tuning=tuning,
         info=info,
         main_model=main_model,
         outputs=outputs,
@@ -239,10 +242,8 @@ def run(config, stop_flag=None):
             policy=config.policy,
             crop_size=config.crop_size,
         )
-        if config.hypertune_metric:
-            report.report_hypertune(
-                config.hypertune_metric, evaluations["valid"]["accuracy"], result.epochs_completed
-            )
+        if tuning is not None:  # After the per-epoch reports (steps 1..N): the trial's final measurement.
+            tuning.report(evaluations["valid"]["accuracy"], step=result.epochs_completed + 1)
         outputs.delete("backup")
         outputs.sync()
     valid, test = metrics["valid"]["accuracy"], metrics["test"]["accuracy"]

@@ -29,7 +29,7 @@ def test_mirrored_outputs(mirrored_run):
     job, _, _ = mirrored_run
     with open(os.path.join(job, "metrics.json")) as f:
         metrics = json.load(f)
-    assert metrics["replicas"] == 2 and metrics["strategy"] == "MirroredStrategy"
+    assert metrics["replicas"] == 2 and metrics["strategy"] == "mirrored"
     assert metrics["arch"] == "minception" and metrics["num_classes"] == 5
     assert metrics["epochs_completed"] == 2 and metrics["best_epoch"] in (0, 1)
     for split in ("valid", "test"):
@@ -203,7 +203,7 @@ def test_multi_worker_two_processes(sample_records, tmp_path):
     assert codes == [0, 0], helpers.tail(tmp_path / "w0.log") + helpers.tail(tmp_path / "w1.log")
     with open(os.path.join(job, "metrics.json")) as f:
         metrics = json.load(f)
-    assert metrics["replicas"] == 2 and metrics["strategy"] == "MultiWorkerMirroredStrategy"
+    assert metrics["replicas"] == 2 and metrics["strategy"] == "multi_worker"
     chief = np.load(os.path.join(dump, "worker-worker-0.npz"))
     other = np.load(os.path.join(dump, "worker-worker-1.npz"))
     trainable = [k for k in chief.files if k.startswith("trainable/")]
@@ -228,7 +228,7 @@ def test_gcs_job_dir_and_vertex_environment(sample_records, gcs_bucket, tmp_path
     data_dir, _ = sample_records
     job = f"gs://{gcs_bucket}/runs/a"
     logs = f"gs://{gcs_bucket}/tensorboard/a"
-    args = helpers.quick_args(data_dir, job, 1)
+    args = helpers.quick_args(data_dir, job, 2)
     metric_file = str(tmp_path / "hypertune" / "output.metrics")
     proc = helpers.run_cli(
         args,
@@ -243,7 +243,13 @@ def test_gcs_job_dir_and_vertex_environment(sample_records, gcs_bucket, tmp_path
         assert f"runs/a/{name}" in names, sorted(names)
     assert any(n.startswith("tensorboard/a/validation/events.out") for n in names)
     assert not any(n.startswith("runs/a/backup/") for n in names)
-    metrics = json.loads(client.bucket(gcs_bucket).blob("runs/a/metrics.json").download_as_text())
+    bucket = client.bucket(gcs_bucket)
+    metrics = json.loads(bucket.blob("runs/a/metrics.json").download_as_text())
+    history = list(csv.DictReader(bucket.blob("runs/a/history.csv").download_as_text().splitlines()))
     with open(metric_file) as f:
-        reported = json.loads(f.read().splitlines()[-1])
-    assert float(reported["val_acc"]) == pytest.approx(metrics["valid"]["accuracy"])
+        reported = [json.loads(line) for line in f.read().splitlines()]
+    # Each epoch's validation accuracy at steps 1..N, then the final evaluation's at N + 1.
+    assert [line["global_step"] for line in reported] == ["1", "2", "3"]
+    per_epoch = [float(line["val_acc"]) for line in reported[:-1]]
+    assert per_epoch == pytest.approx([float(row["val_accuracy"]) for row in history], rel=1e-5)
+    assert float(reported[-1]["val_acc"]) == pytest.approx(metrics["valid"]["accuracy"])

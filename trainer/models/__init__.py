@@ -13,6 +13,7 @@ from trainer.models import inception_resnet_v2, inception_v1, minception
 from trainer.models.inception_resnet_v2 import backbone_layers, backbone_model, set_backbone_trainable
 from trainer.models.registry import (
     ArchDefaults,
+    WeightsUnavailableError,
     build_model,
     get_defaults,
     list_models,
@@ -22,6 +23,7 @@ from trainer.models.registry import (
 __all__ = [
     "MAIN_OUTPUT",
     "ArchDefaults",
+    "WeightsUnavailableError",
     "backbone_layers",
     "backbone_model",
     "build_model",

@@ -11,7 +11,11 @@ Two-phase fine-tuning: :func:`set_backbone_trainable` freezes everything but
 the ``head_*``/``predictions`` layers for the warm-up epochs, then unfreezes.
 """
 
+import contextlib
 import os
+import socket
+import tempfile
+import urllib.error
 
 import keras
 
@@ -23,6 +27,21 @@ NAME = "inception_resnet_v2"
 
 # Input side the ImageNet weights were trained around (the book uses 224).
 BACKBONE_SIZE = 224
+
+# Keras' ImageNet weights of the no-top network: the file name it caches under
+# <Keras home>/models/, where it downloads it from, and its md5 (the values of
+# keras.applications.InceptionResNetV2(include_top=False, weights="imagenet"),
+# pinned against Keras' source by a test). Downloading it here rather than
+# inside Keras lets a failure say which file is missing and how to provide it.
+WEIGHTS_FILE = "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
+WEIGHTS_URL = (
+    f"https://storage.googleapis.com/tensorflow/keras-applications/inception_resnet_v2/{WEIGHTS_FILE}"
+)
+WEIGHTS_MD5 = "d19885ff4a710c122648d3b5c3b684e4"
+
+# Seconds one socket operation of the download may wait: urllib has no timeout
+# by default, so a firewall that drops packets would otherwise stall the run.
+DOWNLOAD_TIMEOUT_S = 60
 
 # Our name for the backbone's global average pooling. Keras' pooling="avg"
 # would add the same layer under a session-dependent automatic name.
@@ -51,7 +70,8 @@ def build(num_classes, *, input_size, dropout, weights):
         num_classes: Number of classes.
         input_size: Side of the raw input, resized to 224 inside the model.
         dropout: Dropout before the new head.
-        weights: ``"imagenet"`` (downloaded by Keras), ``None`` or ``"none"``
+        weights: ``"imagenet"`` (Keras' file, downloaded once into Keras'
+            cache folder: :func:`imagenet_weights_path`), ``None`` or ``"none"``
             (random initialization), or the path of a weights file of the
             no-top backbone: a Keras ``.weights.h5`` (e.g. written by
             ``backbone_model(model).save_weights(path)``) or a legacy ``.h5``
@@ -61,9 +81,12 @@ def build(num_classes, *, input_size, dropout, weights):
         A single-output model ending in the ``predictions`` layer.
 
     Raises:
+        registry.WeightsUnavailableError: If the ImageNet weights cannot be downloaded.
         ValueError: If ``weights`` is neither of the above nor an existing file.
     """
     weights = _check_weights(weights)
+    # Fetched before the 55M-parameter graph is built, so an offline machine fails fast.
+    pretrained = imagenet_weights_path() if weights == "imagenet" else None
     inputs = blocks.image_input(input_size)
     x = keras.layers.Resizing(BACKBONE_SIZE, BACKBONE_SIZE, interpolation="bilinear", name="input_resize")(
         inputs
@@ -71,7 +94,7 @@ def build(num_classes, *, input_size, dropout, weights):
     x = blocks.scale_to_unit_range(x)
     backbone = keras.applications.InceptionResNetV2(
         include_top=False,
-        weights="imagenet" if weights == "imagenet" else None,
+        weights=pretrained,
         input_tensor=x,
         pooling=None,
     )
@@ -82,6 +105,50 @@ def build(num_classes, *, input_size, dropout, weights):
         x, num_classes, dropout, prefix=blocks.HEAD_PREFIX, output_name=model_contract.MAIN_OUTPUT
     )
     return keras.Model(inputs, outputs, name=NAME)
+
+
+def imagenet_weights_path():
+    """Returns the local path of the ImageNet no-top weights, downloading them if needed.
+
+    The file is Keras' own (:data:`WEIGHTS_FILE`, checked against its md5) in
+    Keras' cache folder (:func:`weights_cache_dir`), so a copy Keras already
+    downloaded, or one put there by hand on an offline machine, is used as is.
+
+    Raises:
+        registry.WeightsUnavailableError: With a one-line message naming the URL,
+            the cache path and the ways to provide the weights without a download.
+    """
+    cache_dir = weights_cache_dir()
+    try:
+        with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+            return keras.utils.get_file(
+                WEIGHTS_FILE, WEIGHTS_URL, cache_subdir="models", file_hash=WEIGHTS_MD5, cache_dir=cache_dir
+            )
+    # get_file turns URL errors into a bare Exception; a timeout mid-file is an
+    # OSError and a corrupt download a ValueError: each means "no weights".
+    except Exception as error:
+        cached = os.path.join(cache_dir, "models", WEIGHTS_FILE)
+        raise registry.WeightsUnavailableError(
+            f"cannot download the ImageNet weights of {NAME} from {WEIGHTS_URL} ({_reason(error)}); "
+            f"without internet access, pass --weights PATH with a local or gs:// copy of that file "
+            f"(or a .weights.h5 of the no-top backbone), put the file at {cached} (Keras' cache: "
+            f"$KERAS_HOME/models, default ~/.keras/models), or stage its folder with "
+            f"'python -m deploy.submit stage --src LOCAL_DIR --dest gs://BUCKET/PREFIX' and pass "
+            f"--weights gs://BUCKET/PREFIX/{WEIGHTS_FILE}; --weights none trains from random weights"
+        ) from error
+
+
+def weights_cache_dir():
+    """Keras' cache folder, resolved as ``keras.utils.get_file`` does.
+
+    ``$KERAS_HOME`` when set, else ``~/.keras``; a folder that cannot be written
+    falls back to ``<tmp>/.keras``. Read at call time, so a test or a job can
+    point it elsewhere after Keras was imported.
+    """
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    if not os.access(home, os.W_OK):
+        home = os.path.join("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir(), ".keras")
+    return home
 
 
 def is_head_layer(layer):
@@ -135,3 +202,27 @@ def _load_backbone_weights(backbone, path):
     # order and any mismatch is an error rather than a silently random layer.
     with storage.local_file(path) as local:
         backbone.load_weights(local)
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds):
+    # urlretrieve (inside get_file) takes no timeout; the default one is global,
+    # so it is set only for the download and restored afterwards.
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _reason(error):
+    # get_file re-raises a URLError as a bare Exception: the URLError it replaced says why.
+    cause = error.__context__ if isinstance(error.__context__, urllib.error.URLError) else error
+    if isinstance(cause, urllib.error.HTTPError):
+        text = f"HTTP {cause.code} {cause.reason}"
+    elif isinstance(cause, urllib.error.URLError):
+        text = str(cause.reason)
+    else:
+        text = str(cause) or type(cause).__name__
+    return " ".join(text.split())  # one line, whatever the library wrote

@@ -32,6 +32,14 @@ _DEFAULTS: dict[str, "ArchDefaults"] = {}
 _UNSET = object()
 
 
+class WeightsUnavailableError(ValueError):
+    """Pretrained weights a builder needs cannot be fetched (e.g. no internet access).
+
+    A ``ValueError``, so the trainer's CLI reports its one-line message as an
+    ``error:`` line with exit code 2 rather than a traceback.
+    """
+
+
 @dataclasses.dataclass(frozen=True)
 class ArchDefaults:
     """Per-architecture defaults: the single table the trainer reads.
@@ -152,6 +160,7 @@ def build_model(name: str, num_classes: int, *, seed: int | None = None, **optio
         name; the others return the ``predictions`` tensor.
 
     Raises:
+        WeightsUnavailableError: If pretrained weights cannot be downloaded.
         ValueError: On an unknown name, option, or an invalid option value.
     """
     _check_name(name)
