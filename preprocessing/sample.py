@@ -21,7 +21,6 @@ Usage::
         --train-per-class 100 --val-per-class 20
 """
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -30,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 # First, as in every command: this one imports no TensorFlow today, and stays quiet if it ever does.
-from contracts import quiet
+from contracts import cli, quiet
 
 if __name__ == "__main__":
     quiet.quiet_tensorflow()
@@ -322,7 +321,7 @@ def write_sample_dataset(out_dir, spec=None, *, progress=None):
 
 def main(argv=None):
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="python -m preprocessing.sample", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="Folder to write the dataset into.")
     parser.add_argument("--classes", type=int, default=10, help="Number of classes.")
     parser.add_argument("--train-per-class", type=int, default=50, help="train/ images per class.")

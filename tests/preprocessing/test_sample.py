@@ -56,6 +56,14 @@ def test_classes_are_distinct():
         sample.SampleSpec(classes=0)
 
 
+def test_cli_type_error_is_one_line_and_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        sample.main(["--out", str(tmp_path / "raw"), "--classes", "abc"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and err == "error: argument --classes: invalid int value: 'abc'\n"
+    assert not (tmp_path / "raw").exists()
+
+
 def test_cli_refuses_existing_dataset(tmp_path, capsys):
     args = ["--out", str(tmp_path), "--classes", "2", "--train-per-class", "1", "--val-per-class", "1"]
     assert sample.main(args) == 0
