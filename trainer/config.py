@@ -73,6 +73,8 @@ class TrainConfig:
         backup_dir: Preemption backup (``checkpoint_dir``'s sibling ``backup``).
         export_dir: SavedModel folder (``AIP_MODEL_DIR`` or ``job_dir/export``).
         explain: Enable the Grad-CAM callback when the ``explain`` package provides one.
+        export: Write the SavedModel export at the end (off: a tuning trial or
+            a test run that only needs ``metrics.json`` and ``model.keras``).
         explain_every: The Grad-CAM callback explains and scores its probe set
             after every this many epochs.
         shortcut_probes: Consecutive probes (``K``) of rising validation
@@ -147,6 +149,7 @@ class TrainConfig:
     backup_dir: str = ""
     export_dir: str = ""
     explain: bool = True
+    export: bool = True
     explain_every: int = 5
     shortcut_probes: int = 3
     hypertune_metric: str | None = None

@@ -143,6 +143,7 @@ def build_parser():
     add("--ema", type=float, metavar="DECAY", help="Evaluate, save and export an EMA of the weights.")
     add("--sync-bn", action=cli.BooleanFlag, help="Batch-norm statistics over all replicas and workers.")
     add("--explain", action=cli.BooleanFlag, help="Enable the Grad-CAM callback (default: on).")
+    add("--export", action=cli.BooleanFlag, help="Write the SavedModel export at the end (default: on).")
     add("--explain-every", type=int, metavar="N", help="Grad-CAM probes after every N epochs (default 5).")
     add(
         "--shortcut-probes",

@@ -233,15 +233,16 @@ def run(config, stop_flag=None):
         # model.keras holds the weights evaluated above (early stopping restored the
         # best), also when no epoch of this run beat the best it resumed or branched from.
         main_model.save(outputs.local("job", jobdir.MODEL_FILE))
-        export.export_model(
-            main_model,
-            outputs.local("export"),
-            arch=config.arch,
-            build_options=build_options,
-            info=info,
-            policy=config.policy,
-            crop_size=config.crop_size,
-        )
+        if config.export:
+            export.export_model(
+                main_model,
+                outputs.local("export"),
+                arch=config.arch,
+                build_options=build_options,
+                info=info,
+                policy=config.policy,
+                crop_size=config.crop_size,
+            )
         if tuning is not None:  # After the per-epoch reports (steps 1..N): the trial's final measurement.
             tuning.report(evaluations["valid"]["accuracy"], step=result.epochs_completed + 1)
         outputs.delete("backup")

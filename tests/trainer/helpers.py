@@ -19,6 +19,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # model watch every epoch (minception's default warm-up is longer than these runs).
 QUICK = ["--arch", "minception", "--batch-size", "8", "--steps-per-epoch", "2", "--validation-steps", "1"]
 QUICK += ["--monitor-start-epoch", "0"]
+# Most tests read metrics.json and model.keras; the export (three traced signatures, about a
+# quarter of a quick run) only where a test checks it: they pass "--export", "true".
+QUICK += ["--export", "false"]
 
 
 def quick_args(data_dir, job_dir, epochs, *extra):

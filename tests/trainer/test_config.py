@@ -225,3 +225,10 @@ def test_explain_every_and_shortcut_probes(capsys):
     for flag in ("--explain-every", "--shortcut-probes"):
         code = task.main([*base, flag, "0"])
         _assert_one_error_line(code, capsys, f"{flag[2:].replace('-', '_')} must be >= 1, got 0")
+
+
+def test_export_is_on_unless_turned_off():
+    base = ["--data-dir", "d", "--job-dir", "j", "--arch", "minception"]
+    assert task.resolve(base, environ={}).export is True
+    assert task.resolve([*base, "--export", "false"], environ={}).export is False
+    assert task.resolve([*base, "--no-export"], environ={}).export is False

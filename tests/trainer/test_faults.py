@@ -323,6 +323,7 @@ def test_diverging_run_stops_keeps_the_last_good_backup_and_exports_nothing(samp
     # with a backup every 2 steps before that.
     args = helpers.quick_args(data_dir, job, 2, "--steps-per-epoch", "16", "--learning-rate", "20")
     args += ["--optimizer", "sgd", "--backup-every-steps", "2", "--explain", "false", "--deterministic"]
+    args += ["--export", "true"]  # asked for, and still nothing exported
     done = helpers.run_cli(args)
     assert done.returncode == 3, done.stderr[-4000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]

@@ -17,7 +17,7 @@ def mirrored_run(sample_records, tmp_path_factory):
     """One mirrored run over 2 logical CPU devices; returns ``(job_dir, data_dir, proc)``."""
     data_dir, _ = sample_records
     job = str(tmp_path_factory.mktemp("mirrored") / "job")
-    args = helpers.quick_args(data_dir, job, 2, "--num-cpu-devices", "2")
+    args = helpers.quick_args(data_dir, job, 2, "--num-cpu-devices", "2", "--export", "true")
     # Options whose all-reduces only a strategy with replicas exercises, and the soft-target loss.
     args += ["--sync-bn", "--clip-norm", "5", "--label-smoothing", "0.1"]
     proc = helpers.run_cli(args)
@@ -228,7 +228,7 @@ def test_gcs_job_dir_and_vertex_environment(sample_records, gcs_bucket, tmp_path
     data_dir, _ = sample_records
     job = f"gs://{gcs_bucket}/runs/a"
     logs = f"gs://{gcs_bucket}/tensorboard/a"
-    args = helpers.quick_args(data_dir, job, 2)
+    args = helpers.quick_args(data_dir, job, 2, "--export", "true")
     metric_file = str(tmp_path / "hypertune" / "output.metrics")
     proc = helpers.run_cli(
         args,

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -56,6 +57,9 @@ def test_chance_level_best_model_warns_and_says_so_in_metrics(sample_records, tm
     assert chance["better_than_chance"] is False and chance["p_value"] >= 0.05
     assert chance["valid_count"] == 20 and chance["accuracy"] >= 0.2  # 5 classes, 20 images
     assert f"{chance['valid_accuracy']:.3f} over 20 images" in warnings[0]
+    # The quick flags' --export false: the model is saved, no SavedModel is written.
+    assert os.path.isfile(os.path.join(job, "model.keras"))
+    assert not os.path.exists(os.path.join(job, "export", "saved_model.pb"))
 
 
 def test_binomial_tail_is_exact():
