@@ -2,7 +2,6 @@
 ShortcutWatch, probe_batch and from_dataset."""
 
 import dataclasses
-import glob
 import json
 import logging
 import os
@@ -15,6 +14,7 @@ import tensorflow as tf
 from contracts import dataset as data
 from contracts import model as model_contract
 from explain import callback, gradcam, render
+from tests import events
 from tests.explain import NUM_CLASSES, tiny_cnn
 
 
@@ -36,15 +36,12 @@ def _two_output_model():
 
 def _written_images(logdir):
     """Returns ``{tag: {step: uint8 image}}`` of the image summaries in ``logdir``."""
-    found = {}
-    for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                if value.metadata.plugin_data.plugin_name == "images":
-                    # An image summary's tensor is [width, height, png...].
-                    png = tf.make_ndarray(value.tensor)[2]
-                    found.setdefault(value.tag, {})[event.step] = tf.io.decode_png(png).numpy()
-    return found
+    # An image summary's tensor is [width, height, png...].
+    found = events.read_events(logdir, "images")
+    return {
+        tag: {step: tf.io.decode_png(t[2]).numpy() for step, t in steps.items()}
+        for tag, steps in found.items()
+    }
 
 
 def _expected_grid(model, images, labels, boxes, names):
@@ -262,16 +259,6 @@ def test_watch_state_survives_a_restart():
         callback.ShortcutWatch(probes=0)
 
 
-def _events(logdir, plugin):
-    found = {}
-    for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                if value.metadata.plugin_data.plugin_name == plugin:
-                    found.setdefault(value.tag, {})[event.step] = tf.make_ndarray(value.tensor)
-    return found
-
-
 def test_callback_scores_the_probe_set_into_the_logs_and_raises_the_alarm(sample_info, tmp_path):
     images, labels, _ = callback.probe_batch(sample_info, policy="none", crop_size=56, max_images=12)
     # Boxes covering the whole image: every peak is a hit, the centre baseline's too, so the
@@ -307,7 +294,7 @@ def test_callback_scores_the_probe_set_into_the_logs_and_raises_the_alarm(sample
     assert [entry["epoch"] for entry in probe.watch.history] == [1, 3, 5]
     # 0.1 is below chance; after it, 0.2 and 0.6 both beat 0.1: the alarm at epoch 5, once.
     assert probe.watch.summary()["epoch"] == 5 and messages == [probe.watch.message()]
-    texts = _events(str(tmp_path / "gradcam"), "text")
+    texts = events.read_events(str(tmp_path / "gradcam"), "text")
     assert list(texts) == [callback.ALARM_TAG] and list(texts[callback.ALARM_TAG]) == [6]
     assert texts[callback.ALARM_TAG][6].item().decode() == messages[0]
     assert sorted(_written_images(str(tmp_path / "gradcam"))[callback.TAG]) == [2, 4, 6]

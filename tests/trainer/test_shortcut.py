@@ -8,16 +8,14 @@ export), and two runs with TensorFlow's default thread pools (a thread per
 core each) fight over the two cores (the pair took 145 s instead of 106 s).
 """
 
-import glob
 import os
 import time
 
 import pytest
-import tensorflow as tf
 
 from explain import callback
 from preprocessing import sample
-from tests import datasets
+from tests import datasets, events
 from tests.trainer import helpers
 
 CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 3, 60, 4
@@ -33,17 +31,6 @@ FLAGS += ["--precise-bn", "0", "--monitor-start-epoch", "0"]
 FLAGS += ["--explain-every", "1", "--shortcut-probes", str(STREAK)]
 ALARM_LINE = "trainer: WARNING: shortcut alarm at epoch"
 ONE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
-
-
-def _events(logdir, plugin):
-    """Returns ``{tag: {step: tensor}}`` of the ``plugin`` summaries in ``logdir``."""
-    found = {}
-    for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                if value.metadata.plugin_data.plugin_name == plugin:
-                    found.setdefault(value.tag, {})[event.step] = tf.make_ndarray(value.tensor)
-    return found
 
 
 def train_pair(root, data_seed=3, seed=1):
@@ -112,11 +99,11 @@ def test_marked_data_raises_the_shortcut_alarm(runs):
     warnings = [line for line in log.splitlines() if line.startswith(ALARM_LINE)]
     assert len(warnings) == 1 and warnings[0].startswith(f"{ALARM_LINE} {epoch}:"), log[-3000:]
     # One text summary in the Grad-CAM run, at that run's step (epochs completed).
-    texts = _events(os.path.join(job, "logs", "gradcam"), "text")
+    texts = events.read_events(os.path.join(job, "logs", "gradcam"), "text")
     assert list(texts) == [callback.ALARM_TAG] and list(texts[callback.ALARM_TAG]) == [epoch + 1]
     assert texts[callback.ALARM_TAG][epoch + 1].item().decode() in warnings[0]
     # The scores of every probe sit beside the validation accuracy, at the same steps.
-    scalars = _events(os.path.join(job, "logs", "validation"), "scalars")
+    scalars = events.read_events(os.path.join(job, "logs", "validation"), "scalars")
     for tag in (*callback.SCORES.values(), "epoch_accuracy"):
         assert sorted(scalars[tag]) == list(range(EPOCHS)), tag
     # history.csv keeps 6 significant digits, TensorBoard float32.
@@ -134,4 +121,4 @@ def test_clean_data_raises_no_alarm(runs):
     # The model looks at the objects: the pointing game beats the centre baseline at the end.
     assert explanations["pointing_game"] > explanations["center_baseline"]
     assert "shortcut alarm" not in log
-    assert callback.ALARM_TAG not in _events(os.path.join(job, "logs", "gradcam"), "text")
+    assert callback.ALARM_TAG not in events.read_events(os.path.join(job, "logs", "gradcam"), "text")
