@@ -8,6 +8,9 @@ EXTRAS ?= dev,deploy,hypertune
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-run
 PYTEST_ARGS ?=
+# Test files run in parallel worker processes (pytest-xdist), each file's tests
+# in one worker so its module fixtures (a trained job, a demo run) are built once.
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test lint bench clean
 
@@ -23,7 +26,7 @@ demo: install
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh $(DEMO_DIR)
 
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check .

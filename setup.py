@@ -32,6 +32,7 @@ EXTRAS = {
     "dev": [
         "pytest>=8,<10",
         "pytest-timeout>=2.3,<3",
+        "pytest-xdist>=3.5,<4",
         "hypothesis>=6.100,<7",
         "ruff>=0.6,<1",
         "import-linter>=2.1,<3",

@@ -5,18 +5,21 @@ imports TensorFlow: TensorFlow reads its logging settings once, while it loads.
 Measured with TensorFlow 2.21 on Linux without a GPU:
 
 * ``TF_CPP_MIN_LOG_LEVEL=2`` hides TensorFlow's C++ INFO and WARNING lines
-  (``cpu_feature_guard``'s "This TensorFlow binary is optimized ...", the
-  oneDNN note); ERROR and FATAL lines still show. oneDNN itself stays on:
-  ``TF_ENABLE_ONEDNN_OPTS`` would change numerics and is left alone.
+  (``cpu_feature_guard``'s "This TensorFlow binary is optimized ..."); ERROR
+  and FATAL lines still show.
 * absl's "WARNING: All log messages before absl::InitializeLog() is called
-  ..." and ``cudart_stub``'s "Could not find cuda drivers ..." come from static
-  initialisers of two shared libraries, while ``import tensorflow`` loads
+  ...", ``cudart_stub``'s "Could not find cuda drivers ..." and, on CPUs where
+  TensorFlow turns oneDNN's custom operations on by default (AVX-512 ones;
+  measured on an AMD EPYC), ``port.cc``'s "oneDNN custom operations are on
+  ..." come from static initialisers of shared libraries, while ``import tensorflow`` loads
   them and before any setting is read: no variable reaches them
   (``TF_CPP_MIN_LOG_LEVEL=3``, ``GLOG_minloglevel``, ``CUDA_VISIBLE_DEVICES``
   change nothing; the libraries read no ``GLOG_``/``ABSL_`` variable). So
   while the first ``import tensorflow`` runs, and only then, file descriptor 2
   goes through a filter process that drops exactly these lines
   (:data:`STARTUP_NOISE`) and passes every other line on, even after a crash.
+  oneDNN itself stays on: ``TF_ENABLE_ONEDNN_OPTS`` would change numerics and
+  is left alone.
 * "E... failed call to cuInit: ... UNKNOWN ERROR (303)" is an ERROR line
   written when the devices are first listed, after the import, on a machine
   without the NVIDIA driver library: a healthy CPU-only machine. Only
@@ -46,6 +49,9 @@ STARTUP_NOISE = (
     r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
     r"I\d{4} [\d:.]+ +\d+ cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine, "
     r"GPU will not be used\.",
+    r"I\d{4} [\d:.]+ +\d+ port\.cc:\d+\] oneDNN custom operations are on\. You may see slightly "
+    r"different numerical results due to floating-point round-off errors from different computation "
+    r"orders\. To turn them off, set the environment variable `TF_ENABLE_ONEDNN_OPTS=0`\.",
     r"E\d{4} [\d:.]+ +\d+ cuda_platform\.cc:\d+\] failed call to cuInit: INTERNAL: CUDA error: "
     r"Failed call to cuInit: UNKNOWN ERROR \(303\)",
 )

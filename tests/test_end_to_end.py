@@ -18,6 +18,10 @@ from contracts import schema
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHS = ("minception", "inception_v1", "inception_resnet_v2")
 CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, MINCEPTION_EPOCHS = 4, 60, 6, 5
+# The demo takes 9 to 10 minutes beside another test worker on 2 cores (make test runs two), and
+# the first test of this module also pays for the demo_run fixture: room for a slower machine.
+DEMO_TIMEOUT = 2000
+pytestmark = pytest.mark.timeout(DEMO_TIMEOUT + 300)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +43,7 @@ def demo_run(tmp_path_factory):
         text=True,
         env=env,
         cwd=ROOT,
-        timeout=1200,
+        timeout=DEMO_TIMEOUT,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc.stdout

@@ -22,6 +22,11 @@ NO_DRIVER_LINE = (
     "error: Failed call to cuInit: UNKNOWN ERROR (303)"
 )
 ABSL_LINE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+ONEDNN_LINE = (
+    "I0000 00:00:1796154838.382731   18638 port.cc:153] oneDNN custom operations are on. You may see "
+    "slightly different numerical results due to floating-point round-off errors from different "
+    "computation orders. To turn them off, set the environment variable `TF_ENABLE_ONEDNN_OPTS=0`."
+)
 CUDART_LINE = (
     "I0000 00:00:1796135023.895707   25441 cudart_stub.cc:31] Could not find cuda drivers on your "
     "machine, GPU will not be used."
@@ -63,6 +68,7 @@ def test_filter_drops_only_the_lines_no_setting_reaches():
     assert quiet.is_startup_noise(ABSL_LINE + "\n")
     assert quiet.is_startup_noise(CUDART_LINE.encode())
     assert quiet.is_startup_noise(NO_DRIVER_LINE)
+    assert quiet.is_startup_noise(ONEDNN_LINE + "\r\n")
     kept = [
         "error: /x/model.keras: model not found",
         # A driver that is there but fails is a real error.
@@ -71,6 +77,7 @@ def test_filter_drops_only_the_lines_no_setting_reaches():
         # Hidden by TF_CPP_MIN_LOG_LEVEL instead, so -v and a user's level keep working.
         "I0000 00:00:1796135024.049258   25441 cpu_feature_guard.cc:227] This TensorFlow binary is",
         "some text " + ABSL_LINE,
+        ONEDNN_LINE.replace("are on", "are off"),
     ]
     assert not any(quiet.is_startup_noise(line) for line in kept)
 

@@ -134,9 +134,15 @@ def contrast(images, factor):
 
 def sharpness(images, factor):
     """Blends each image with its smoothed version (PIL's ``Sharpness``; the border row is kept)."""
-    kernel = tf.constant([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
-    kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
-    smooth = tf.nn.depthwise_conv2d(images, kernel, [1, 1, 1, 1], "VALID")
+    # PIL's SMOOTH kernel (1 around a centre of 5, over 13) as nine shifted slices, not a depthwise
+    # convolution: with oneDNN on (TensorFlow's default on AVX-512 CPUs) that returns an empty
+    # batch, which _by_group hands over whenever no image drew this op, with its input's shape.
+    height, width = tf.shape(images)[1], tf.shape(images)[2]
+    smooth = 4.0 * images[:, 1:-1, 1:-1]
+    for dy in range(3):
+        for dx in range(3):
+            smooth += images[:, dy : height - 2 + dy, dx : width - 2 + dx]
+    smooth /= 13.0
     # PIL keeps the border pixels unsmoothed: image - degenerate is 0 there.
     detail = tf.pad(images[:, 1:-1, 1:-1] - smooth, [[0, 0], [1, 1], [1, 1], [0, 0]])
     return tf.clip_by_value(images + (_per_image(factor) - 1.0) * detail, 0.0, 255.0)

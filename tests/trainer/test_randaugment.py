@@ -60,6 +60,15 @@ def test_op_arguments_are_timms_ranges():
             )
 
 
+@pytest.mark.parametrize("op", [ra.color, ra.contrast, ra.brightness, ra.sharpness, ra.auto_contrast])
+def test_colour_ops_keep_an_empty_batch_empty(op):
+    """_by_group hands an op no image when none drew it; oneDNN's depthwise convolution (on by default
+    on AVX-512 CPUs) once gave sharpness a wrong shape there."""
+    images = _random_images(batch=0)
+    out = op(images, tf.ones([0])) if op is not ra.auto_contrast else op(images)
+    assert out.shape == (0, 32, 32, 3)
+
+
 def test_neutral_arguments_and_magnitude_zero_return_the_image_exactly():
     images = _random_images()
     ones = tf.ones([6])
