@@ -26,6 +26,7 @@ Usage::
 """
 
 import argparse
+import io
 import os
 import sys
 import time
@@ -37,6 +38,7 @@ import keras
 import numpy as np
 
 from contracts import policy as policy_lib
+from contracts import voice
 from explain import faithfulness, gradcam, task
 from trainer import models
 
@@ -104,7 +106,7 @@ def compare_methods(job, data_dir, images, work_dir):
             max_maps=16,
         )
         start = time.perf_counter()
-        results = task.run(config, progress=lambda line: None)
+        results = task.run(config, speaker=voice.Voice("explain", io.StringIO()))
         game, scores, check = results["pointing_game"], results["faithfulness"], results["sanity"]
         cells = [f"{game['hit_rate']:.3f} ({game['center_baseline']:.3f}, {game['random_baseline']:.3f})"]
         for metric in ("deletion", "insertion"):

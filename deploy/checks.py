@@ -4,12 +4,9 @@ Every failed check raises :class:`ConfigError` with a one-line message that
 the CLI prints as is.
 """
 
-import contextlib
 import difflib
 import importlib
-import os
 import re
-import sys
 
 # The trainer's registry is the source of truth; this copy lets specs render
 # on a machine without TensorFlow (tests compare it with list_models()).
@@ -56,22 +53,6 @@ class ConfigError(ValueError):
     """An invalid job setting; the message is one line meant for the user."""
 
 
-@contextlib.contextmanager
-def native_stderr_silenced():
-    """Sends file descriptor 2 to /dev/null while importing a TensorFlow-backed module."""
-    # TensorFlow's C++ runtime logs to file descriptor 2 while it loads, which
-    # would bury the CLI's one-line error; Python-level exceptions still surface.
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def known_architectures():
     """Returns the sorted architecture names the trainer can build.
 
@@ -79,8 +60,7 @@ def known_architectures():
     TensorFlow) is importable, else returns :data:`FALLBACK_ARCHITECTURES`.
     """
     try:
-        with native_stderr_silenced():
-            models = importlib.import_module("trainer.models")
+        models = importlib.import_module("trainer.models")
     except ImportError:
         return FALLBACK_ARCHITECTURES
     return tuple(sorted(models.list_models()))

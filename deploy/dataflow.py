@@ -50,9 +50,9 @@ def check_argv(argv):
     Raises:
         deploy.checks.ConfigError: ``preprocessing flags after --: <message>``.
     """
-    # Beam and TensorFlow come with the job's module; their native start-up logs would bury the error.
-    with checks.native_stderr_silenced():
-        from preprocessing import task
+    # Beam and TensorFlow come with the job's module; deploy.submit quiets their start-up lines.
+    from preprocessing import task
+
     try:
         # Usage errors as a message first: parse_args' own parser prints them and exits.
         checks.parse_known(task.build_parser(), argv)

@@ -11,7 +11,7 @@ import dataclasses
 import os
 import shutil
 
-from contracts import storage
+from contracts import storage, voice
 
 
 @dataclasses.dataclass
@@ -57,17 +57,19 @@ def _upload(blob, path, size, spec):
         shutil.copyfileobj(source, sink, spec.chunk_size)
 
 
-def stage(spec, client=None, log=print):
+def stage(spec, client=None, log=None):
     """Uploads ``spec.src`` to ``spec.dest``, skipping unchanged files.
 
     Args:
         spec: a :class:`deploy.config.StageJob`.
         client: a ``google.cloud.storage.Client``; made by :func:`contracts.storage.gcs_client` when None.
-        log: called with one progress line per file and a summary.
+        log: called with one progress line per file and a summary (default: the
+            ``submit`` command's voice, :mod:`contracts.voice`).
 
     Returns:
         A :class:`StageReport`.
     """
+    log = log or voice.Voice("submit").say
     client = client or storage.gcs_client(spec.project)
     bucket_name, prefix = storage.split_gcs(spec.dest)
     bucket = client.bucket(bucket_name)

@@ -16,8 +16,17 @@ and value checks judge first (:func:`deploy.checks.check_trainer_flags`,
 import datetime
 import sys
 
-from contracts import cli
+# First, before anything imports TensorFlow (the flag checks import the trainer): it reads
+# its log settings once, when it loads.
+from contracts import quiet
+
+if __name__ == "__main__":
+    quiet.quiet_tensorflow()
+
+from contracts import cli, voice
 from deploy import checks, config
+
+VOICE = voice.Voice("submit")
 
 
 def _default_name(prefix):
@@ -128,7 +137,7 @@ def _run_vertex(args, extra):
     if args.dry_run:
         print(vertex.to_json(job))
     else:
-        print(f"created {vertex.submit(spec, job)}")
+        VOICE.say(f"created {vertex.submit(spec, job)}")
 
 
 def _run_hptune(args, extra):
@@ -144,7 +153,7 @@ def _run_hptune(args, extra):
     if args.dry_run:
         print(vertex.to_json(job))
     else:
-        print(f"created {hptune.submit(spec, job)}")
+        VOICE.say(f"created {hptune.submit(spec, job)}")
 
 
 def _run_gke(args, extra):
@@ -156,7 +165,7 @@ def _run_gke(args, extra):
         print(gke.to_yaml(manifests), end="")
     else:
         for created in gke.apply(spec, manifests):
-            print(f"created {created}")
+            VOICE.say(f"created {created}")
 
 
 def _run_dataflow(args, extra):

@@ -204,7 +204,7 @@ class GradCamCallback(keras.callbacks.Callback):
             the panels and scored against; a row with a negative ``xmin`` means "no box".
         watch: The :class:`ShortcutWatch` fed with each probe's scores; a new
             one (streak of 3) when ``None``.
-        log: Called with the alarm's warning line; default: this module's logger.
+        log: Called with each warning line (the alarm, a failed probe); default: this module's logger.
     """
 
     def __init__(
@@ -277,7 +277,7 @@ class GradCamCallback(keras.callbacks.Callback):
         try:
             return self.write(step)
         except Exception as error:  # Never let a visualisation stop training.
-            LOGGER.warning("Grad-CAM callback failed at step %d: %s: %s", step, type(error).__name__, error)
+            self.log(f"Grad-CAM callback failed at step {step}: {type(error).__name__}: {error}")
             return {}
 
     def on_epoch_end(self, epoch, logs=None):
@@ -364,7 +364,7 @@ def from_dataset(
         probe_images: Size of the probe set that is scored.
         every_n_epochs: Explain after every this many epochs.
         watch: The :class:`ShortcutWatch` to feed (see :class:`GradCamCallback`).
-        log: Called with the alarm's warning line.
+        log: Called with each warning line (the alarm, a failed or disabled probe).
 
     Returns:
         The callback; a callback that does nothing when no probe set can be
@@ -375,7 +375,7 @@ def from_dataset(
             info, policy=policy, crop_size=crop_size, max_images=max(max_images, probe_images)
         )
     except Exception as error:  # An optional visualisation must not stop the trainer.
-        LOGGER.warning("Grad-CAM callback disabled: %s", error)
+        (log or LOGGER.warning)(f"Grad-CAM callback disabled: {error}")
         return keras.callbacks.Callback()
     return GradCamCallback(
         model,

@@ -31,7 +31,7 @@ if __name__ == "__main__":
 
 import tensorflow as tf
 
-from contracts import cli, jobdir, storage
+from contracts import cli, jobdir, mirror, storage, voice
 from contracts import dataset as data
 from contracts import policy as policy_lib
 from explain import faithfulness, gradcam, pointing, render, sanity, selection
@@ -140,8 +140,13 @@ def _write_sanity(result, images):
     tf.summary.image(f"sanity/{result['method']}", strip[None], step=0)
 
 
-def run(config, progress=print):
-    """Explains the chosen images, writes summaries and ``explain.json``; returns the results dict."""
+def run(config, speaker=None):
+    """Explains the chosen images, writes summaries and ``explain.json``; returns the results dict.
+
+    Progress and result lines go to ``speaker`` (a :class:`contracts.voice.Voice`;
+    by default the ``explain`` voice on stderr).
+    """
+    speaker = speaker or voice.Voice("explain")
     predictor = jobdir.load(config.model, data_dir=config.data_dir)
     explainer = gradcam.Explainer(
         predictor.model, config.method, config.layer, config.max_maps, config.batch_size
@@ -155,8 +160,9 @@ def run(config, progress=print):
         else None
     )
     count = len(examples["label"])
-    progress(f"explain: {count} {config.split} images, method {config.method}, layer {explainer.layer}")
+    speaker.say(f"{count} {config.split} images, method {config.method}, layer {explainer.layer}")
     panels, correct = [], 0
+    steps = speaker.progress(count, "images")
     for start in range(0, count, config.batch_size):
         batch = {key: value[start : start + config.batch_size] for key, value in examples.items()}
         probabilities = predictor.predict(batch["image"])
@@ -176,15 +182,12 @@ def run(config, progress=print):
                 )
             )
         hits = game.hit_rate
-        progress(
-            f"explain: batch {start // config.batch_size + 1}/{-(-count // config.batch_size)} "
-            f"({min(start + config.batch_size, count)}/{count} images), "
-            f"pointing-game hit rate so far {'n/a' if hits is None else f'{hits:.3f}'}"
-        )
+        steps.advance(len(maps), f"pointing-game hit rate so far {'n/a' if hits is None else f'{hits:.3f}'}")
+    steps.close()
     summary = game.summary(class_names=names)
     if scorer is not None:
         summary["faithfulness"] = scorer.summary()
-    randomised = _sanity(config, predictor, explainer, examples, progress) if config.sanity else None
+    randomised = _sanity(config, predictor, explainer, examples, speaker) if config.sanity else None
     if randomised is not None:
         summary["sanity"] = sanity.summary(randomised)
     results = {
@@ -208,7 +211,7 @@ def run(config, progress=print):
     ]
     # Summaries are written locally and uploaded: TensorFlow's own gs:// file
     # system cannot be pointed at a storage emulator (contracts.storage).
-    logs = storage.Mirror(config.logdir)
+    logs = mirror.Mirror(config.logdir)
     writer = tf.summary.create_file_writer(logs.local)
     with writer.as_default():
         for k, image in enumerate(grids):
@@ -227,16 +230,16 @@ def run(config, progress=print):
     with open(storage.join(logs.local, RESULTS_FILE), "w") as f:
         f.write(jobdir.to_json(results, indent=2))
     logs.upload()
-    _report(results, progress)
+    _report(results, speaker)
     return results
 
 
-def _sanity(config, predictor, explainer, examples, progress):
+def _sanity(config, predictor, explainer, examples, speaker):
     """Cascading randomisation of the top ``sanity_layers`` layers on the first ``sanity_images`` images."""
     images = examples["image"][: config.sanity_images]
     labels = examples["label"][: len(images)]
     targets = labels if config.target == "true" else predictor.predict(images).argmax(axis=1)
-    progress(f"explain: sanity check, randomising up to {config.sanity_layers} layers from the top")
+    speaker.say(f"sanity check, randomising up to {config.sanity_layers} layers from the top")
     return sanity.cascading_randomization(
         predictor.model,
         images,
@@ -248,14 +251,14 @@ def _sanity(config, predictor, explainer, examples, progress):
     )
 
 
-def _report(results, progress):
-    _report_faithfulness(results, progress)
+def _report(results, speaker):
+    _report_faithfulness(results, speaker)
     game, energy = results["pointing_game"], results["energy_in_box"]
     if game["hit_rate"] is None:
-        progress("explain: no image of the selection has a box; pointing game not scored")
+        speaker.say("no image of the selection has a box; pointing game not scored")
         return
-    progress(
-        f"explain: pointing game {game['hit_rate']:.3f} (centre baseline {game['center_baseline']:.3f}, "
+    speaker.say(
+        f"pointing game {game['hit_rate']:.3f} (centre baseline {game['center_baseline']:.3f}, "
         f"random {game['random_baseline']:.3f}); energy in box {energy:.3f} "
         f"(centre {results['energy_baselines']['center_baseline']:.3f}, "
         f"random {results['energy_baselines']['random_baseline']:.3f}); "
@@ -263,13 +266,13 @@ def _report(results, progress):
     )
 
 
-def _report_faithfulness(results, progress):
+def _report_faithfulness(results, speaker):
     parts = [
         f"{metric} {entry['auc']:.3f} (random {entry['random_auc']:.3f}, centre {entry['center_auc']:.3f})"
         for metric, entry in faithfulness.scored_metrics(results.get("faithfulness"))
     ]
     if parts:
-        progress("explain: faithfulness areas: " + "; ".join(parts))
+        speaker.say("faithfulness areas: " + "; ".join(parts))
     if "sanity" in results:
         correlations = ", ".join(
             f"{layer} {value:.2f}"
@@ -277,9 +280,7 @@ def _report_faithfulness(results, progress):
                 results["sanity"]["layers"], results["sanity"]["spearman"][1:], strict=True
             )
         )
-        progress(
-            f"explain: sanity check, rank correlation with the original maps after randomising {correlations}"
-        )
+        speaker.say(f"sanity check, rank correlation with the original maps after randomising {correlations}")
 
 
 def build_parser():

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 # First, as in every command: this one imports no TensorFlow today, and stays quiet if it ever does.
-from contracts import cli, quiet
+from contracts import cli, quiet, voice
 
 if __name__ == "__main__":
     quiet.quiet_tensorflow()
@@ -245,13 +245,13 @@ def _write_words(out_dir, wnids, rng):
         f.write("".join(lines[i] + "\n" for i in order))
 
 
-def write_sample_dataset(out_dir, spec=None, *, progress=None):
+def write_sample_dataset(out_dir, spec=None, *, speaker=None):
     """Writes a dataset in the tiny-imagenet-200 layout into ``out_dir``.
 
     Args:
         out_dir: Target folder (created; must not already hold a dataset).
         spec: A :class:`SampleSpec`; defaults to ``SampleSpec()``.
-        progress: Optional callable taking a message string.
+        speaker: Optional :class:`contracts.voice.Voice` for the progress lines.
 
     Returns:
         A dict with ``wnids`` (in class-index order), ``train_boxes``
@@ -271,6 +271,7 @@ def write_sample_dataset(out_dir, spec=None, *, progress=None):
 
     counter = 0
     train_boxes = {}
+    steps = speaker.progress(spec.classes, "classes") if speaker else None
     for index, wnid in enumerate(wnids):
         image_dir = os.path.join(out_dir, "train", wnid, "images")
         os.makedirs(image_dir)
@@ -284,8 +285,10 @@ def write_sample_dataset(out_dir, spec=None, *, progress=None):
             train_boxes[name] = box
         with open(os.path.join(out_dir, "train", wnid, f"{wnid}_boxes.txt"), "w") as f:
             f.write("".join(rows))
-        if progress:
-            progress(f"sample: class {index + 1}/{spec.classes} ({wnid}) written")
+        if steps:
+            steps.advance(detail=f"{wnid}: {spec.train_per_class} train images")
+    if steps:
+        steps.close()
 
     val_dir = os.path.join(out_dir, "val", "images")
     os.makedirs(val_dir)
@@ -311,9 +314,9 @@ def write_sample_dataset(out_dir, spec=None, *, progress=None):
         image, _ = render_image(int(rng.integers(spec.classes)), rng, _marked(spec))
         _save(image, os.path.join(test_dir, name), False)
         test.append(name)
-    if progress:
-        progress(
-            f"sample: wrote {spec.classes} classes, {len(train_boxes)} train, "
+    if speaker:
+        speaker.say(
+            f"wrote {spec.classes} classes, {len(train_boxes)} train, "
             f"{len(val)} val, {len(test)} test images to {out_dir}"
         )
     return {"wnids": wnids, "train_boxes": train_boxes, "val": val, "test": test}
@@ -345,7 +348,7 @@ def main(argv=None):
             seed=args.seed,
             shortcut_patch=args.shortcut_patch,
         )
-        write_sample_dataset(args.out, spec, progress=lambda m: print(m, flush=True))
+        write_sample_dataset(args.out, spec, speaker=voice.Voice("sample"))
     except (ValueError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

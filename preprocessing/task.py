@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -29,7 +30,7 @@ from contracts import quiet
 if __name__ == "__main__":
     quiet.quiet_tensorflow()
 
-from contracts import cli, schema
+from contracts import cli, schema, voice
 from preprocessing import archive, beam_options, fetch, plan, publish, sources, transforms
 
 LOGGER = logging.getLogger("preprocessing")
@@ -315,6 +316,7 @@ def _finish(staged, job_plan, staging):
 
 
 def _convert(config, beam_args, work_dir):
+    start = time.monotonic()
     check_remote_paths(config, _runner_name(beam_args))
     LOGGER.info("stage 1/4: checking --output-dir %s", config.output_dir)
     earlier = fetch.check_output_dir(config.output_dir, config.overwrite)
@@ -349,7 +351,7 @@ def _convert(config, beam_args, work_dir):
         names, removed = staging.publish()
     if removed:
         LOGGER.info("removed %d files of an earlier run", removed)
-    LOGGER.info("published %d files", len(names))
+    LOGGER.info("published %d files; the job took %.1f s", len(names), time.monotonic() - start)
     return metadata
 
 
@@ -382,12 +384,7 @@ def run(argv=None):
 
 def main():
     """Command-line entry point."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s preprocessing: %(message)s", "%H:%M:%S"))
-    LOGGER.addHandler(handler)
-    LOGGER.setLevel(logging.INFO)
-    # TensorFlow installs a root handler; ours is enough.
-    LOGGER.propagate = False
+    voice.attach(LOGGER.name, "preprocessing")
     # SIGTERM (a stopped container, a cancelled CI job) unwinds like any failure,
     # so the staging and scratch folders are removed; only SIGKILL leaves them.
     signal.signal(signal.SIGTERM, _terminate)

@@ -12,6 +12,7 @@ for 100k items). Rejected inputs leave through a tagged output.
 
 import collections
 import json
+import logging
 import os
 import tempfile
 import uuid
@@ -23,6 +24,8 @@ from contracts import schema
 from preprocessing import fetch, images, sources
 
 NAMESPACE = "preprocessing"
+# The job's logger: the launcher prints its lines (contracts.voice); on Dataflow they reach the workers' logs.
+LOGGER = logging.getLogger("preprocessing")
 REJECTED = "rejected"
 
 ShardTask = collections.namedtuple("ShardTask", ["split", "index", "num_shards", "manifest"])
@@ -179,6 +182,7 @@ class ConvertShardFn(beam.DoFn):
         self._rejected.inc(len(rejected))
         self._shards.inc()
         beam.metrics.Metrics.counter(NAMESPACE, f"{task.split}_written").inc(count)
+        LOGGER.info("shard %s written: %d images, %d rejected", shard, count, len(rejected))
         for line in rejected:
             yield beam.pvalue.TaggedOutput(REJECTED, line)
         yield ShardSummary(task.split, task.index, shard, count)

@@ -8,14 +8,14 @@ import time
 
 import pytest
 
-from contracts import quiet
+from contracts import quiet, voice
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # TensorFlow's start-up lines (absl's preamble, C++ log lines with their I/W/E/F prefix).
 NOISE = re.compile(r"cudart_stub|cuInit|absl::InitializeLog|oneDNN|cpu_feature_guard|^[IWEF]\d{4} ")
-# Lines the commands print themselves.
-OURS = re.compile(r"(error|warning|trainer|explain): |\d\d:\d\d:\d\d preprocessing: ")
+# Lines the commands print themselves: one failure line, or progress in the one voice.
+OURS = re.compile(f"error: |{voice.LINE_PATTERN.pattern}")
 
 NO_DRIVER_LINE = (
     "E0000 00:00:1796135905.850046     408 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA "

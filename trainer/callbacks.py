@@ -7,8 +7,6 @@ Stateful callbacks follow the protocol of :mod:`trainer.state`
 
 import csv
 import os
-import sys
-import time
 
 import keras
 import numpy as np
@@ -239,41 +237,47 @@ class HypertuneReport(keras.callbacks.Callback):
 
 
 class ProgressLogger(keras.callbacks.Callback):
-    """A progress bar on a terminal, else one line per epoch.
+    """A bar over each epoch's steps on a terminal, and one line per epoch (``contracts.voice``).
 
     Args:
         epochs: Total epochs.
         steps_per_epoch: Steps of each epoch.
-        stream: Output stream (default ``sys.stdout``).
-        interactive: Force the terminal (``True``) or line (``False``) mode.
+        speaker: The trainer's :class:`contracts.voice.Voice`.
+        interactive: Force the bar (``True``) or only the epoch lines (``False``);
+            by default the bar exactly when the voice's stream is a terminal.
     """
 
-    def __init__(self, epochs, steps_per_epoch, stream=None, interactive=None):
+    def __init__(self, epochs, steps_per_epoch, speaker, interactive=None):
         super().__init__()
         self.epochs = epochs
         self.steps_per_epoch = steps_per_epoch
-        self.stream = stream or sys.stdout
-        self.interactive = self.stream.isatty() if interactive is None else interactive
-        self._bar = None
-        self._start = None
+        self.speaker = speaker
+        self.interactive = interactive
+        self._steps = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.time()
-        if self.interactive:
-            print(f"Epoch {epoch + 1}/{self.epochs}", file=self.stream, flush=True)
-            self._bar = keras.utils.Progbar(self.steps_per_epoch, stateful_metrics=SCALARS)
+        unit = f"steps of epoch {epoch + 1}/{self.epochs}"
+        self._steps = self.speaker.progress(self.steps_per_epoch, unit, interactive=self.interactive)
 
     def on_train_batch_end(self, batch, logs=None):
-        if self._bar is not None:
-            self._bar.update(batch + 1, values=list((logs or {}).items()))
+        if self._steps is not None and self._steps.interactive:
+            self._steps.advance(batch + 1 - self._steps.done, detail=_numbers(logs, SCALARS))
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        numbers = {k: v for k, v in logs.items() if isinstance(v, int | float | np.floating)}
-        text = " - ".join(f"{k}: {v:.4g}" for k, v in numbers.items())
-        seconds = time.time() - (self._start or time.time())
-        line = f"epoch {epoch + 1}/{self.epochs} - {seconds:.1f}s - {text}"
-        print(line, file=self.stream, flush=True)
+        seconds = self._steps.seconds if self._steps is not None else 0.0
+        if self._steps is not None:
+            self._steps.close()
+        self.speaker.say(f"epoch {epoch + 1}/{self.epochs}, {seconds:.1f} s; {_numbers(logs)}")
+
+
+def _numbers(logs, names=None):
+    """``loss 1.23, accuracy 0.456, ...``: the numeric entries of ``logs`` (only ``names``, if given)."""
+    numbers = {
+        k: v
+        for k, v in (logs or {}).items()
+        if isinstance(v, int | float | np.floating) and (names is None or k in names)
+    }
+    return ", ".join(f"{k} {v:.4g}" for k, v in numbers.items())
 
 
 def make_callbacks(
@@ -288,7 +292,7 @@ def make_callbacks(
     initial_epoch,
     fresh_start,
     steps_per_epoch,
-    log,
+    speaker,
 ):
     """Returns the run's callbacks in order, its early-stopping callback and its shortcut watch.
 
@@ -304,14 +308,14 @@ def make_callbacks(
             trial's chief), which then gets every epoch's validation accuracy; else ``None``.
         info: The dataset's :class:`contracts.dataset.DatasetInfo`.
         main_model: The single-output model (saved, explained).
-        outputs: The run's :class:`contracts.storage.JobOutputs`.
+        outputs: The run's :class:`contracts.mirror.JobOutputs`.
         chief: Whether this worker writes outputs.
         training_state: The run's :class:`trainer.state.TrainingState`.
         initial_epoch: First epoch of this run (resuming: the backup's).
         fresh_start: Whether no earlier run trained in this job dir (the
             augmentation summary is written once per job).
         steps_per_epoch: Steps of each epoch.
-        log: Called with one progress line.
+        speaker: The trainer's :class:`contracts.voice.Voice` (progress lines, warnings).
 
     Returns:
         ``(callbacks, early_stopping, shortcut_watch)``: the watch
@@ -343,11 +347,11 @@ def make_callbacks(
             log_dir=outputs.local("logs"),
             every_n_epochs=config.explain_every,
             watch=watch,
-            log=lambda line: log(f"WARNING: {line}"),
+            log=speaker.warn,
         )
         if isinstance(probe, explain_callback.GradCamCallback):
             listed.append(training_state.track("gradcam", probe))
-    listed.append(ProgressLogger(config.epochs, steps_per_epoch))
+    listed.append(ProgressLogger(config.epochs, steps_per_epoch, speaker))
     if chief:
         if fresh_start:
             options = config.augment_options()
@@ -370,7 +374,7 @@ def make_callbacks(
             patience=config.lr_plateau_patience,
         )
         listed.append(training_state.track("lr_plateau", plateau))
-        listed.append(state.PlateauCheckpoint(training_state, outputs.local("checkpoints"), log))
+        listed.append(state.PlateauCheckpoint(training_state, outputs.local("checkpoints"), speaker.say))
     listed.append(
         state.BackupCallback(
             training_state,

@@ -33,10 +33,12 @@ from contracts import quiet
 if __name__ == "__main__":
     quiet.quiet_tensorflow()
 
-from contracts import cli, jobdir, storage
+from contracts import cli, jobdir, storage, voice
 from contracts import images as rgb_images
 
 TOP_K = 5
+# Images read and predicted together: bounds the memory of a call over many files.
+BATCH_SIZE = 64
 
 
 def decode_image(data):
@@ -143,39 +145,51 @@ def _panel_names(paths):
     return names
 
 
-def _save_gradcam(predictor, config, batch, probabilities, paths):
-    from explain import gradcam
+def _batches(paths, speaker):
+    """Yields ``paths`` :data:`BATCH_SIZE` at a time; over more than one batch, counts them on ``speaker``.
 
-    explainer = gradcam.Explainer(predictor.model, method=config.method)
-    predicted = probabilities.argmax(axis=1)
-    maps = explainer(batch, predicted)
-    names = _panel_names(paths)
-    saved = {}
-    for path, image, heatmap, index, probs in zip(paths, batch, maps, predicted, probabilities, strict=True):
-        saved[path] = storage.join(config.gradcam, names[path])
-        _save_panel(saved[path], image, heatmap, predictor.class_name(index), probs[index])
-    return saved
+    A single batch (the common one-image call) stays silent: its answer comes at once.
+    """
+    batch_size = BATCH_SIZE
+    steps = speaker.progress(len(paths), "images") if len(paths) > batch_size else None
+    for start in range(0, len(paths), batch_size):
+        batch = paths[start : start + batch_size]
+        yield batch
+        if steps:
+            steps.advance(len(batch))
+    if steps:
+        steps.close()
 
 
-def _predict_keras(config, err):
+def _predict_keras(config, err, speaker):
     predictor = jobdir.load(config.model, data_dir=config.data_dir, classes=config.classes)
+    explainer = None
     if config.gradcam:
         from explain import gradcam
 
-        gradcam.check_method(config.method)
-    images, failures = _read_files(config.images, decode_image)
-    _report(failures, err)
-    paths = [p for p in config.images if p in images]
-    results = []
-    if paths:
+        explainer = gradcam.Explainer(predictor.model, method=config.method)
+    names = _panel_names(config.images)
+    results, failures = [], {}
+    for chunk in _batches(list(config.images), speaker):
+        images, failed = _read_files(chunk, decode_image)
+        _report(failed, err)
+        failures.update(failed)
+        paths = [p for p in chunk if p in images]
+        if not paths:
+            continue
         batch = predictor.prepare([images[p] for p in paths])
         probabilities = predictor.predict(batch)
-        saved = _save_gradcam(predictor, config, batch, probabilities, paths) if config.gradcam else {}
-        for path, probs in zip(paths, probabilities, strict=True):
+        maps = explainer(batch, probabilities.argmax(axis=1)) if explainer else [None] * len(paths)
+        for path, image, heatmap, probs in zip(paths, batch, maps, probabilities, strict=True):
             indices = [i for i, _ in top_k(probs, config.top_k)]
-            names = [predictor.class_name(i) for i in indices]
-            top = _top_entries(indices, names, probs[indices], config.top_k)
-            results.append({"image": path, "top": top, **({"gradcam": saved[path]} if path in saved else {})})
+            top = _top_entries(
+                indices, [predictor.class_name(i) for i in indices], probs[indices], config.top_k
+            )
+            result = {"image": path, "top": top}
+            if explainer:
+                result["gradcam"] = storage.join(config.gradcam, names[path])
+                _save_panel(result["gradcam"], image, heatmap, top[0]["class"], top[0]["probability"])
+            results.append(result)
     return results, failures
 
 
@@ -197,14 +211,16 @@ def _check_export_options(config, model):
                 raise ValueError(f"{model.path}: the SavedModel has no {name!r} signature; export it again")
 
 
-def _predict_export(config, err, batch_size=64):
+def _readable_by_export(model, paths, err):
+    """Reads ``paths`` and checks each alone through the export's cheapest signature.
+
+    Returns:
+        ``({path: bytes}, {path: pixels or None}, {path: message})``: a file the export
+        cannot decode then fails alone instead of failing its whole batch.
+    """
     from trainer import export
 
-    model = export.LoadedExport(config.model)
-    _check_export_options(config, model)
-    data, failures = _read_files(config.images, _checked_bytes)
-    # One image at a time through the cheapest signature: a file the export
-    # cannot decode then fails alone instead of failing its whole batch.
+    data, failures = _read_files(paths, _checked_bytes)
     check = export.PREPROCESS_SIGNATURE if model.has(export.PREPROCESS_SIGNATURE) else export.SIGNATURE
     pixels = {}
     for path in list(data):
@@ -214,26 +230,34 @@ def _predict_export(config, err, batch_size=64):
             failures[path] = f"cannot read image ({error})"
             del data[path]
     _report(failures, err)
-    paths = [p for p in config.images if p in data]
+    return data, pixels, failures
+
+
+def _predict_export(config, err, speaker):
+    from trainer import export
+
+    model = export.LoadedExport(config.model)
+    _check_export_options(config, model)
     signature = export.EXPLAIN_SIGNATURE if config.gradcam else export.SIGNATURE
-    chunks = [
-        model(signature, [data[p] for p in paths[i : i + batch_size]])
-        for i in range(0, len(paths), batch_size)
-    ]
-    outputs = {key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[0]} if chunks else {}
-    names = _panel_names(paths)
-    results = []
-    for row, path in enumerate(paths):
-        classes = export.decode_names(outputs["names"][row])
-        top = _top_entries(outputs["classes"][row], classes, outputs["probabilities"][row], config.top_k)
-        result = {"image": path, "top": top}
-        if config.gradcam:
-            result["gradcam"] = storage.join(config.gradcam, names[path])
-            best = top[0]
-            _save_panel(
-                result["gradcam"], pixels[path], outputs["heatmap"][row], best["class"], best["probability"]
-            )
-        results.append(result)
+    names = _panel_names(config.images)
+    results, failures = [], {}
+    for chunk in _batches(list(config.images), speaker):
+        data, pixels, failed = _readable_by_export(model, chunk, err)
+        failures.update(failed)
+        paths = [p for p in chunk if p in data]
+        if not paths:
+            continue
+        outputs = model(signature, [data[p] for p in paths])
+        for row, path in enumerate(paths):
+            classes = export.decode_names(outputs["names"][row])
+            top = _top_entries(outputs["classes"][row], classes, outputs["probabilities"][row], config.top_k)
+            result = {"image": path, "top": top}
+            if config.gradcam:
+                result["gradcam"] = storage.join(config.gradcam, names[path])
+                best = top[0]
+                heatmap = outputs["heatmap"][row]
+                _save_panel(result["gradcam"], pixels[path], heatmap, best["class"], best["probability"])
+            results.append(result)
     return results, failures
 
 
@@ -259,10 +283,11 @@ def run(config, out=None, err=None):
     # Imported here, as Keras is for the other paths: --help needs no TensorFlow.
     from trainer import export
 
+    speaker = voice.Voice("predict", err)
     if export.is_export(config.model):
-        results, failures = _predict_export(config, err)
+        results, failures = _predict_export(config, err, speaker)
     else:
-        results, failures = _predict_keras(config, err)
+        results, failures = _predict_keras(config, err, speaker)
     if config.json:
         errors = [{"image": path, "error": message} for path, message in failures.items()]
         out.write(jobdir.to_json({"predictions": results, "errors": errors}, indent=2))

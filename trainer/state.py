@@ -200,10 +200,10 @@ class TrainingState:
         damaged = backup.describe(skipped)
         if restored is None:
             if damaged and log:
-                log(f"warning: backup in {found.directory} is damaged ({damaged}): starting over")
+                log(f"backup in {found.directory} is damaged ({damaged}): starting over")
             return None
         if damaged and log:
-            log(f"warning: backup in {found.directory} is damaged ({damaged}): resuming from {restored.name}")
+            log(f"backup in {found.directory} is damaged ({damaged}): resuming from {restored.name}")
         state = restored.state
         if not optimizers.has_schedule(optimizer):  # A schedule follows the restored step counter.
             optimizer.learning_rate = state["learning_rate"]

@@ -9,10 +9,11 @@ names the file of each. The training loop itself is
 
 import contextlib
 import json
-import sys
 
-from contracts import dataset, jobdir, policy, storage
+from contracts import dataset, jobdir, mirror, policy, voice
 from trainer import distribute
+
+VOICE = voice.Voice("trainer")
 
 PREEMPTED_EXIT_CODE = 143
 # Not 2 (bad input) nor 143 (preempted): a restart policy can stop on it, since
@@ -78,7 +79,7 @@ def run(config, stop_flag=None):
     )
 
     chief = distribute.is_chief()
-    outputs = storage.JobOutputs(output_folders(config), chief=chief)
+    outputs = mirror.JobOutputs(output_folders(config), chief=chief)
     jobdir.check_arch(config.job_dir, outputs.read_text("job", jobdir.CONFIG_FILE), config.arch)
     strategy = distribute.make_strategy(config.strategy, config.num_cpu_devices)
     replicas = strategy.num_replicas_in_sync
@@ -96,7 +97,7 @@ def run(config, stop_flag=None):
     keras.utils.set_random_seed(config.seed)
     if chief:
         _write_job_files(outputs, config, info)
-    _log(f"strategy {distribute.strategy_name(strategy)} with {replicas} replicas; chief={chief}")
+    VOICE.say(f"strategy {distribute.strategy_name(strategy)} with {replicas} replicas; chief={chief}")
     stop_flag = stop_flag or distribute.StopFlag().install()
 
     # 3. Where to start: the newest intact generation of a backup left by a preempted run, if any.
@@ -135,7 +136,7 @@ def run(config, stop_flag=None):
     # Restoring builds the optimizer's variables, which a distributed strategy creates only in its scope.
     # A damaged generation is skipped with one warning line: the previous one, or a fresh start.
     with strategy.scope():
-        resume = training_state.restore(backups, log=_log)
+        resume = training_state.restore(backups, log=VOICE.warn)
     initial_epoch, initial_step = (resume["epoch"], resume["step_in_epoch"]) if resume else (0, 0)
     # A tuning trial: only the chief's metrics file is read, one reporter for every epoch and the end.
     tuning = report.HypertuneReporter(config.hypertune_metric) if chief and config.hypertune_metric else None
@@ -150,12 +151,12 @@ def run(config, stop_flag=None):
         initial_epoch=initial_epoch,
         fresh_start=resume is None,
         steps_per_epoch=steps_per_epoch,
-        log=_log,
+        speaker=VOICE,
     )
     if resume:
         # The device-side augmentation seeds from the global step: restored, it is pure in (epoch, step).
         training_loop.step_counter.assign(initial_epoch * steps_per_epoch + initial_step)
-        _log(f"resumed at epoch {initial_epoch} step {initial_step} from {resume['generation']}")
+        VOICE.say(f"resumed at epoch {initial_epoch} step {initial_step} from {resume['generation']}")
 
     # 5. Fit: one phase, or a frozen warm-up then everything.
     fit_args = {
@@ -164,7 +165,7 @@ def run(config, stop_flag=None):
         "valid_dataset": _distributed(strategy, config, info, "valid", training=False),
         "validation_steps": config.validation_steps,
         "stop_requested": distribute.stop_check(strategy, stop_flag, config.stop_check_every_steps),
-        "batch_logs_wanted": sys.stdout.isatty(),
+        "batch_logs_wanted": VOICE.stream.isatty(),
         "refresh_statistics": refresh_statistics,
     }
     with dataset.translate_data_errors(info), _stop_if_diverged(config.backup_dir, outputs.local("backup")):
@@ -192,13 +193,13 @@ def run(config, stop_flag=None):
                 outputs.local("backup"), epoch=result.epochs_completed, step_in_epoch=result.step_in_epoch
             )
             outputs.sync()
-            _log(f"backup saved at epoch {result.epochs_completed} step {result.step_in_epoch}")
+            VOICE.say(f"backup saved at epoch {result.epochs_completed} step {result.step_in_epoch}")
             raise Preempted(f"stopped at epoch {result.epochs_completed} step {result.step_in_epoch}")
 
         # 6. Evaluate the best weights (early stopping restored them), or with --ema the
         # weights' moving average, on valid and test, with the batch-norm statistics of those weights.
         if optimizers.use_average_weights(model):
-            _log(f"evaluating, saving and exporting the weights' moving average (decay {config.ema})")
+            VOICE.say(f"evaluating, saving and exporting the weights' moving average (decay {config.ema})")
         if refresh_statistics is not None:
             refresh_statistics()
         # The code of `python -m trainer.evaluate` too, so it reproduces these numbers.
@@ -219,7 +220,7 @@ def run(config, stop_flag=None):
         explanations=shortcut_watch.summary(),
     )
     if not metrics["chance"]["better_than_chance"]:
-        _log(f"WARNING: {report.chance_warning(metrics['chance'])}")
+        VOICE.warn(report.chance_warning(metrics["chance"]))
     if config.debug_dump_weights:
         report.dump_weights(model, config.debug_dump_weights)
 
@@ -248,7 +249,7 @@ def run(config, stop_flag=None):
         outputs.delete("backup")
         outputs.sync()
     valid, test = metrics["valid"]["accuracy"], metrics["test"]["accuracy"]
-    _log(f"done: valid accuracy {valid:.4f}, test accuracy {test:.4f}")
+    VOICE.say(f"done: valid accuracy {valid:.4f}, test accuracy {test:.4f}")
     return metrics
 
 
@@ -324,7 +325,7 @@ def _unfreeze(config, strategy, model, training_loop, training_state, steps_per_
         model.compile(optimizer=optimizer, jit_compile=False)
         model.optimizer.build(model.trainable_variables)
     training_loop.reset()
-    _log("backbone unfrozen: training every layer")
+    VOICE.say("backbone unfrozen: training every layer")
 
 
 def _precise_bn(config, info, strategy, model, steps_per_epoch, precise_bn):
@@ -336,7 +337,7 @@ def _precise_bn(config, info, strategy, model, steps_per_epoch, precise_bn):
     if not batches:
         return None
     images = min(batches * config.batch_size, info.split_counts["train"])
-    _log(f"precise batch norm: statistics from {images} clean training images before each validation")
+    VOICE.say(f"precise batch norm: statistics from {images} clean training images before each validation")
     clean_train = _distributed(strategy, config, info, "train", training=False)
     return precise_bn.PreciseBatchNorm(strategy, model, batches, clean_train)
 
@@ -387,7 +388,3 @@ def _stop_if_diverged(backup_uri, backup_dir):
             position = f"epoch {kept['epoch']} step {kept['step_in_epoch']}"
             where = f"the last good backup ({position}) is kept in {backup_uri}"
         raise Diverged(f"{error}; {where}") from None
-
-
-def _log(message):
-    print(f"trainer: {message}", file=sys.stderr, flush=True)

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from contracts import storage
+from contracts import mirror, storage
 
 # Every byte value, so no text decoding or newline translation hides in the path.
 PAYLOAD = bytes(range(256)) * 3
@@ -81,21 +81,21 @@ def test_gcs_local_file_is_a_temporary_copy(gcs_bucket, bucket):
 
 
 def test_mirror_uploads_new_and_changed_files_only(gcs_bucket, bucket, tmp_path):
-    mirror = storage.Mirror(f"gs://{gcs_bucket}/logs/run/", staging_root=str(tmp_path))
-    assert mirror.remote and mirror.local.startswith(str(tmp_path))
-    os.makedirs(os.path.join(mirror.local, "train"))
+    folder_mirror = mirror.Mirror(f"gs://{gcs_bucket}/logs/run/", staging_root=str(tmp_path))
+    assert folder_mirror.remote and folder_mirror.local.startswith(str(tmp_path))
+    os.makedirs(os.path.join(folder_mirror.local, "train"))
     for name, text in (("explain.json", "{}"), ("train/events.1", "a")):
-        with open(os.path.join(mirror.local, name), "w") as f:
+        with open(os.path.join(folder_mirror.local, name), "w") as f:
             f.write(text)
-    assert mirror.upload() == 2
-    assert mirror.upload() == 0
-    with open(os.path.join(mirror.local, "train", "events.1"), "a") as f:
+    assert folder_mirror.upload() == 2
+    assert folder_mirror.upload() == 0
+    with open(os.path.join(folder_mirror.local, "train", "events.1"), "a") as f:
         f.write("bc")
-    assert mirror.upload() == 1
+    assert folder_mirror.upload() == 1
     assert bucket.blob("logs/run/train/events.1").download_as_text() == "abc"
-    assert mirror.read_text("explain.json") == "{}" and mirror.read_text("nothing.json") is None
+    assert folder_mirror.read_text("explain.json") == "{}" and folder_mirror.read_text("nothing.json") is None
 
-    fresh = storage.Mirror(f"gs://{gcs_bucket}/logs/run", staging_root=str(tmp_path / "other"))
+    fresh = mirror.Mirror(f"gs://{gcs_bucket}/logs/run", staging_root=str(tmp_path / "other"))
     assert fresh.download() == 2
     with open(os.path.join(fresh.local, "train", "events.1")) as f:
         assert f.read() == "abc"

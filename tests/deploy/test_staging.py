@@ -8,6 +8,7 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
+from contracts import voice
 from deploy import config, staging, submit
 
 KIB = 1024
@@ -67,10 +68,13 @@ def test_stage_cli_prints_progress(gcs_bucket, tmp_path, capsys):
     for i in range(3):
         (src / f"valid-{i:05d}-of-00003.tfrecord").write_bytes(bytes([i]) * (10 * KIB + i))
     assert submit.main(["stage", "--src", str(src), "--dest", f"gs://{gcs_bucket}/records"]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("[1/3] upload gs://") and out[-1].endswith("3 uploaded, 0 unchanged")
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = [voice.LINE_PATTERN.fullmatch(line).group(2, 3) for line in captured.err.splitlines()]
+    assert lines[0][0] == "submit" and lines[0][1].startswith("[1/3] upload gs://")
+    assert lines[-1][1].endswith("3 uploaded, 0 unchanged")
     assert submit.main(["stage", "--src", str(src), "--dest", f"gs://{gcs_bucket}/records/"]) == 0
-    assert capsys.readouterr().out.splitlines()[-1].endswith("0 uploaded, 3 unchanged")
+    assert capsys.readouterr().err.splitlines()[-1].endswith("0 uploaded, 3 unchanged")
     names = sorted(b.name for b in _client().list_blobs(gcs_bucket))
     assert names == [f"records/valid-{i:05d}-of-00003.tfrecord" for i in range(3)]
 

@@ -1,8 +1,10 @@
 """python -m explain.task: image choice, TensorBoard output, explain.json, pointing game, errors."""
 
 import glob
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -12,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from contracts import dataset as data
-from contracts import storage
+from contracts import storage, voice
 from explain import selection, task
 from tests.explain import NUM_CLASSES, tiny_cnn
 
@@ -93,8 +95,12 @@ def test_trained_model_beats_centre_baseline_and_writes_everything(trained_job, 
     argv = ["--model", job, "--data-dir", data_dir, "--split", "test", "--num-images", "40"]
     argv += ["--batch-size", "16", "--logdir", logdir, "--out-dir", out_dir, "--seed", "0"]
     assert task.main(argv) == 0
-    printed = capsys.readouterr().out
-    assert "batch 1/3" in printed and "batch 3/3" in printed and "pointing game" in printed
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    messages = [voice.LINE_PATTERN.fullmatch(line).group(3) for line in captured.err.splitlines()]
+    counts = [re.match(r"(\d+/40) images, [\d.]+ s; ", message) for message in messages]
+    assert [m.group(1) for m in counts if m] == ["16/40", "32/40", "40/40"], messages
+    assert any(message.startswith("pointing game ") for message in messages), messages
 
     with open(os.path.join(logdir, "explain.json")) as f:
         results = json.load(f)
@@ -133,7 +139,7 @@ def test_trained_model_beats_centre_baseline_and_writes_everything(trained_job, 
             shown = float(events[f"faithfulness/{metric}_auc{name}"][1])
             assert shown == pytest.approx(scores[metric][key], rel=1e-6)
     assert events["faithfulness/gradcam_curves"][0] == "images"
-    assert "faithfulness areas: deletion" in printed
+    assert any(message.startswith("faithfulness areas: deletion") for message in messages), messages
     assert "sanity" not in results
 
 
@@ -157,7 +163,7 @@ def test_sanity_check_randomises_the_top_layers(trained_job, tmp_path, capsys):
     assert events["sanity/gradcam"][0] == "images"
     width, height = (int(v) for v in events["sanity/gradcam"][1][:2])
     assert height > 6 * 90 and width > 4 * 90  # 6 image rows; image, original and 2 randomised columns
-    assert "rank correlation with the original maps" in capsys.readouterr().out
+    assert "rank correlation with the original maps" in capsys.readouterr().err
 
 
 def test_gcs_logdir_and_out_dir(trained_job, gcs_bucket, tmp_path):
@@ -174,7 +180,14 @@ def test_gcs_logdir_and_out_dir(trained_job, gcs_bucket, tmp_path):
         panels_per_grid=4,
         road=False,
     )
-    results = task.run(config, progress=lambda line: None)
+    stream = io.StringIO()
+    results = task.run(config, speaker=voice.Voice("explain", stream))
+
+    # One voice: every line "HH:MM:SS explain: ...", one per batch of 4 with the running count.
+    lines = stream.getvalue().splitlines()
+    assert all(re.fullmatch(r"\d\d:\d\d:\d\d explain: .+", line) for line in lines), lines
+    counts = [re.search(r"explain: (\d+/10) images, [\d.]+ s; pointing-game", line) for line in lines]
+    assert [m.group(1) for m in counts if m] == ["4/10", "8/10", "10/10"]
 
     client = storage.gcs_client()
     names = sorted(blob.name for blob in client.list_blobs(gcs_bucket))

@@ -12,6 +12,8 @@ import textwrap
 import time
 import urllib.request
 
+from contracts import voice
+
 # tests/trainer/helpers.py -> the repository root (three levels up).
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -27,6 +29,16 @@ QUICK += ["--export", "false"]
 def quick_args(data_dir, job_dir, epochs, *extra):
     """The flags of a :data:`QUICK` run of ``epochs`` epochs; ``extra`` flags override them."""
     return ["--data-dir", data_dir, "--job-dir", job_dir, *QUICK, "--epochs", str(epochs), *extra]
+
+
+def warnings(text, command="trainer"):
+    """The messages of ``command``'s warning lines in ``text`` (``HH:MM:SS trainer: warning: ...``)."""
+    found = []
+    for line in text.splitlines():
+        match = voice.LINE_PATTERN.fullmatch(line)
+        if match and match.group(2) == command and match.group(3).startswith("warning: "):
+            found.append(match.group(3).removeprefix("warning: "))
+    return found
 
 
 def cli_env(**extra):

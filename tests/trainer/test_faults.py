@@ -129,9 +129,9 @@ def test_rerun_resumes_from_the_previous_generation_of_a_damaged_backup(sample_r
     epochs = previous["epoch"] + 1
     done = helpers.run_cli(_args(data_dir, job, epochs))
     assert done.returncode == 0, done.stderr[-4000:]
-    warnings = [line for line in done.stderr.splitlines() if "warning: backup" in line]
+    warnings = [line for line in helpers.warnings(done.stderr) if line.startswith("backup in")]
     assert warnings == [
-        f"trainer: warning: backup in {folder} is damaged ({newest['generation']}/state.json: "
+        f"backup in {folder} is damaged ({newest['generation']}/state.json: "
         f"truncated JSON): resuming from {previous['generation']}"
     ]
     position = f"epoch {previous['epoch']} step {previous['step_in_epoch']}"
@@ -151,10 +151,10 @@ def test_rerun_with_every_generation_damaged_starts_over_with_one_warning(
     _delete_npz(backup.read(folder, previous["generation"]))
     done = helpers.run_cli(_args(data_dir, job, 1))
     assert done.returncode == 0, done.stderr[-4000:]
-    warnings = [line for line in done.stderr.splitlines() if "warning" in line and "backup" in line]
+    warnings = [line for line in helpers.warnings(done.stderr) if "backup" in line]
     npz = previous["arrays"]["early_stopping"]
     assert warnings == [
-        f"trainer: warning: backup in {folder} is damaged ({newest['generation']}/state.json: truncated "
+        f"backup in {folder} is damaged ({newest['generation']}/state.json: truncated "
         f"JSON; {previous['generation']}/{npz}: missing): starting over"
     ]
     assert "resumed at" not in done.stderr and "Traceback" not in done.stderr
@@ -244,9 +244,7 @@ def test_generation_that_does_not_restore_is_skipped_and_rolled_back(tmp_path):
     for variable, value in zip(fresh.weights, kept, strict=True):
         np.testing.assert_array_equal(variable.numpy(), value)
     (line,) = lines
-    assert line.startswith(
-        f"warning: backup in {folder} is damaged ({second['generation']}: does not restore ("
-    )
+    assert line.startswith(f"backup in {folder} is damaged ({second['generation']}: does not restore (")
     assert line.endswith(f"): resuming from {first['generation']}")
 
     # With the first generation gone too, nothing restores: the model keeps its initial values.
@@ -283,12 +281,12 @@ def test_save_keeps_the_previous_generation_and_deletes_older_ones(tmp_path):
 def test_mirror_uploads_state_last_and_deletes_pruned_generations(gcs_bucket, tmp_path, monkeypatch):
     from google.cloud.storage import Blob
 
-    from contracts import storage
+    from contracts import mirror, storage
 
-    mirror = storage.Mirror(f"gs://{gcs_bucket}/job", staging_root=str(tmp_path))
+    folder_mirror = mirror.Mirror(f"gs://{gcs_bucket}/job", staging_root=str(tmp_path))
     files = ("ckpt.index", "ckpt.data-00000-of-00001", "state.json")  # in the order they are written
     for generation in ("gen-000001", "gen-000002"):
-        folder = os.path.join(mirror.local, "backup", generation)
+        folder = os.path.join(folder_mirror.local, "backup", generation)
         os.makedirs(folder)
         for name in files:
             with open(os.path.join(folder, name), "w") as f:
@@ -300,12 +298,12 @@ def test_mirror_uploads_state_last_and_deletes_pruned_generations(gcs_bucket, tm
         return upload(blob, *args, **kwargs)
 
     monkeypatch.setattr(Blob, "upload_from_filename", recording)
-    assert mirror.upload() == 6
+    assert folder_mirror.upload() == 6
     assert uploaded == [
         f"{generation}/{name}" for generation in ("gen-000001", "gen-000002") for name in files
     ]
-    backup.prune(os.path.join(mirror.local, "backup"), keep={"gen-000002"})
-    assert mirror.upload() == 0
+    backup.prune(os.path.join(folder_mirror.local, "backup"), keep={"gen-000002"})
+    assert folder_mirror.upload() == 0
     names = sorted(blob.name for blob in storage.gcs_client().list_blobs(gcs_bucket))
     assert names == sorted(f"job/backup/gen-000002/{name}" for name in files)
 

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 
 import keras
 import numpy as np
@@ -85,6 +86,35 @@ def test_json_output_parses_and_matches_the_model(job, images, capsys):
     expected = np.asarray(model(pixels))[0]
     assert top[0]["index"] == int(expected.argmax())
     assert top[0]["probability"] == pytest.approx(float(expected.max()), abs=1e-5)
+
+
+def test_many_files_go_in_batches_with_one_progress_line_each(job, images, capsys, monkeypatch):
+    model_dir, _ = job
+    paths = [images["jpeg"], images["png"], images["broken"], images["gray"], images["jpeg"]]
+    argv = ["--model", model_dir, "--json", *paths]
+    assert predict.main(argv) == 1
+    whole = capsys.readouterr()
+    assert whole.err.splitlines() == [f"error: {images['broken']}: cannot read image ({_pil_error(images)})"]
+
+    monkeypatch.setattr(predict, "BATCH_SIZE", 2)
+    assert predict.main(argv) == 1
+    batched = capsys.readouterr()
+    # The same answers, read and predicted two files at a time...
+    assert json.loads(batched.out) == json.loads(whole.out)
+    # ...with one progress line after each batch, the broken file's line within its (the second) batch.
+    lines = batched.err.splitlines()
+    assert lines[1] == whole.err.strip()
+    del lines[1]
+    counts = [re.fullmatch(r"\d\d:\d\d:\d\d predict: (\d/5) images, [\d.]+ s", line) for line in lines]
+    assert all(counts) and [m.group(1) for m in counts] == ["2/5", "4/5", "5/5"], lines
+
+
+def _pil_error(images):
+    try:
+        predict.decode_image(open(images["broken"], "rb").read())
+    except OSError as error:
+        return error
+    raise AssertionError("the broken file decoded")
 
 
 # A panel without a true class has one title line (the prediction) above its tiles.
