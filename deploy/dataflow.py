@@ -44,19 +44,19 @@ def check_argv(argv):
     """Parses ``argv`` as ``preprocessing.task`` does before it runs, reading and launching nothing.
 
     The job's parser, its Beam-option check and ``JobConfig``'s value checks
-    (``preprocessing.task.parse_args``) judge the whole argument list, so a
+    (``preprocessing.flags.parse_args``) judge the whole argument list, so a
     misspelt or bad flag after ``--`` fails here rather than on Dataflow.
 
     Raises:
         deploy.checks.ConfigError: ``preprocessing flags after --: <message>``.
     """
-    # Beam and TensorFlow come with the job's module; deploy.submit quiets their start-up lines.
-    from preprocessing import task
+    # The job's flags only (Beam's pipeline options, no transforms, no TensorFlow).
+    from preprocessing import flags
 
     try:
         # Usage errors as a message first: parse_args' own parser prints them and exits.
-        checks.parse_known(task.build_parser(), argv)
-        task.parse_args(argv)
+        checks.parse_known(flags.build_parser(), argv)
+        flags.parse_args(argv)
     except ValueError as error:
         message = " ".join(str(error).split())
         raise checks.ConfigError(f"preprocessing flags after --: {message}") from None

@@ -1,17 +1,18 @@
 """Converts a tiny-imagenet-200 folder into sharded TFRecords with Apache Beam.
 
+(The first line is :data:`preprocessing.flags.DESCRIPTION`, the parser's.)
+
 Usage::
 
     python -m preprocessing.task --raw-dir SRC --output-dir DST [--valid-fraction 0.1]
         [--seed 42] [--num-shards-train 16 ...] [--overwrite] [any Beam pipeline option]
 
-Our flags are parsed here; every other flag must be one of Beam's pipeline
+Our flags are parsed by :mod:`preprocessing.flags`; every other flag must be one of Beam's pipeline
 options (``--runner DataflowRunner --project ... --region ... --temp_location
 gs://... --setup_file ./setup.py``) and goes to ``PipelineOptions``; anything
 else is an error. See docs/preprocessing.md.
 """
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -30,13 +31,12 @@ from contracts import quiet
 if __name__ == "__main__":
     quiet.quiet_tensorflow()
 
-from contracts import cli, schema, voice
-from preprocessing import archive, beam_options, fetch, plan, publish, sources, transforms
+from contracts import schema, voice
+from preprocessing import fetch, flags, plan, publish, sources, transforms
 
 LOGGER = logging.getLogger("preprocessing")
 COUNTS_FILE = fetch.COUNTS_FILE
 PLAN_DIR = fetch.PLAN_DIR
-DEFAULT_SHARDS = {"train": 16, "valid": 4, "test": 4, "unlabeled": 4}
 # Worker processes each import TensorFlow and receive the records over gRPC
 # (measured: ~9 CPU-seconds of overhead for two workers), so they pay off only
 # for large inputs on machines with several cores; on 2 cores one in-process
@@ -52,108 +52,6 @@ class JobError(Exception):
     def __init__(self, message, exit_code=2):
         super().__init__(message)
         self.exit_code = exit_code
-
-
-@dataclasses.dataclass(frozen=True)
-class JobConfig:
-    """The job's own settings (Beam's live in ``PipelineOptions``)."""
-
-    raw_dir: str
-    output_dir: str
-    valid_fraction: float = 0.1
-    seed: int = 42
-    num_shards: tuple = tuple(DEFAULT_SHARDS.items())
-    overwrite: bool = False
-    max_reject_fraction: float = 0.01
-    image_size: int = 64
-    limits: archive.Limits = dataclasses.field(default_factory=archive.Limits)
-
-    def __post_init__(self):
-        if not 0.0 <= self.valid_fraction < 1.0:
-            raise ValueError(f"--valid-fraction must be in [0, 1), got {self.valid_fraction}")
-        if not 0.0 <= self.max_reject_fraction <= 1.0:
-            raise ValueError(f"--max-reject-fraction must be in [0, 1], got {self.max_reject_fraction}")
-        for split, count in self.num_shards:
-            if count < 1:
-                raise ValueError(f"--num-shards-{split} must be >= 1, got {count}")
-        if self.image_size < 1:
-            raise ValueError(f"--image-size must be >= 1, got {self.image_size}")
-
-
-def _byte_count(text):
-    try:
-        return archive.parse_size(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def build_parser():
-    """Returns the parser of the job's own flags (a usage error is one ``error:`` line, exit 2)."""
-    parser = cli.ArgumentParser(
-        prog="python -m preprocessing.task",
-        description=__doc__.split("\n\n")[0],
-        epilog="Any other flag must be a Beam pipeline option, e.g. --runner DataflowRunner.",
-        # Abbreviations would let our flags swallow Beam's (e.g. --output for --output-dir).
-        allow_abbrev=False,
-    )
-    parser.add_argument("--raw-dir", required=True, help="Dataset folder or .zip (local, gs://, https://).")
-    parser.add_argument("--output-dir", required=True, help="Folder for shards and metadata.json.")
-    parser.add_argument("--valid-fraction", type=float, default=0.1, help="Share of each class for valid.")
-    parser.add_argument("--seed", type=int, default=42, help="Seed of the train/valid split and shard order.")
-    for split, count in DEFAULT_SHARDS.items():
-        parser.add_argument(f"--num-shards-{split}", type=int, default=count, help=f"Shards of {split}.")
-    parser.add_argument("--overwrite", action="store_true", help="Replace the outputs of an earlier run.")
-    parser.add_argument(
-        "--max-reject-fraction", type=float, default=0.01, help="Fail above this share of rejected inputs."
-    )
-    parser.add_argument("--image-size", type=int, default=64, help="Height and width every image must have.")
-    quiet.add_verbose_flag(parser)
-    limits = parser.add_argument_group("archives and downloads (a .zip or http(s):// --raw-dir)")
-    limits.add_argument("--raw-sha256", metavar="HEX", help="Refuse the archive unless its SHA-256 is HEX.")
-    size = {"type": _byte_count, "metavar": "SIZE"}
-    limits.add_argument(
-        "--max-archive-bytes", default=archive.MAX_ARCHIVE_BYTES, **size, help="Largest expanded zip (4GiB)."
-    )
-    limits.add_argument(
-        "--max-download-bytes", default=archive.MAX_DOWNLOAD_BYTES, **size, help="Largest download (1GiB)."
-    )
-    limits.add_argument(
-        "--download-timeout",
-        type=float,
-        default=archive.DOWNLOAD_TIMEOUT_S,
-        metavar="SECONDS",
-        help="Wall-clock limit of a whole download, not per read (3600).",
-    )
-    return parser
-
-
-def parse_args(argv):
-    """Splits argv into a :class:`JobConfig` and the list of Beam arguments.
-
-    Raises:
-        SystemExit: For a usage error of our flags (one line printed, code 2) or ``--help`` (0).
-        ValueError: For a bad value, or a flag that is neither ours nor a Beam pipeline option.
-    """
-    parser = build_parser()
-    args, beam_args = parser.parse_known_args(argv)
-    beam_options.check(beam_args, [flag for action in parser._actions for flag in action.option_strings])
-    config = JobConfig(
-        raw_dir=args.raw_dir,
-        output_dir=args.output_dir.rstrip("/") if "://" in args.output_dir else args.output_dir,
-        valid_fraction=args.valid_fraction,
-        seed=args.seed,
-        num_shards=tuple((s, getattr(args, f"num_shards_{s}")) for s in DEFAULT_SHARDS),
-        overwrite=args.overwrite,
-        max_reject_fraction=args.max_reject_fraction,
-        image_size=args.image_size,
-        limits=archive.Limits(
-            max_archive_bytes=args.max_archive_bytes,
-            max_download_bytes=args.max_download_bytes,
-            download_timeout_s=args.download_timeout,
-            sha256=args.raw_sha256.lower() if args.raw_sha256 else None,
-        ),
-    )
-    return config, beam_args
 
 
 def _runner_name(beam_args):
@@ -359,7 +257,7 @@ def run(argv=None):
     """Runs the job; returns the process exit status (0 ok, 1 too many rejects, 2 bad input)."""
     config_args = sys.argv[1:] if argv is None else argv
     try:
-        config, beam_args = parse_args(config_args)
+        config, beam_args = flags.parse_args(config_args)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -110,14 +110,13 @@ def test_filter_passes_every_other_line_even_after_a_crash(tmp_path):
 
 def test_the_commands_accept_verbose(tmp_path, monkeypatch):
     """In-process where the parser needs no TensorFlow; explain.task's -v runs below."""
-    from preprocessing import sample
-    from preprocessing import task as preprocessing_task
+    from preprocessing import flags, sample
     from trainer import evaluate, predict
     from trainer import task as trainer_task
 
     assert evaluate.build_parser().parse_args(["--model", "m", "--data-dir", "d", "-v"]).verbose
     assert predict.build_parser().parse_args(["--model", "m", "x.jpg", "--verbose"]).verbose
-    assert preprocessing_task.build_parser().parse_args(["--raw-dir", "r", "--output-dir", "o", "-v"]).verbose
+    assert flags.build_parser().parse_args(["--raw-dir", "r", "--output-dir", "o", "-v"]).verbose
     # The trainer's flag is no setting of the run (TrainConfig refuses unknown keys).
     monkeypatch.setattr(trainer_task, "architecture_defaults", lambda arch: {})
     config = trainer_task.resolve(["--arch", "minception", "--data-dir", "d", "--job-dir", "j", "-v"], {})

@@ -21,7 +21,7 @@ import tensorflow as tf
 from PIL import Image
 
 from contracts import schema
-from preprocessing import fetch, sample, task, transforms
+from preprocessing import fetch, flags, sample, task, transforms
 from tests import datasets
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -369,7 +369,7 @@ def test_unknown_flags_and_bad_values_are_errors(tmp_path, capsys, flags, messag
     ],
 )
 def test_beam_options_pass_in_both_forms(beam):
-    config, beam_args = task.parse_args(["--raw-dir", "r", "--seed", "3", *beam, "--output-dir", "o"])
+    config, beam_args = flags.parse_args(["--raw-dir", "r", "--seed", "3", *beam, "--output-dir", "o"])
     assert beam_args == beam and (config.raw_dir, config.output_dir, config.seed) == ("r", "o", 3)
 
 
