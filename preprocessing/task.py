@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 
 import apache_beam as beam
@@ -192,14 +193,50 @@ def check_remote_paths(config, runner):
         )
 
 
+class ShardBar(logging.Filter):
+    """On a terminal, draws the shard lines of in-process workers as one bar over all shards.
+
+    The DoFns only log (no state shared between them); this filter, on the
+    launcher's logger, counts their :data:`preprocessing.transforms.SHARD_WRITTEN`
+    records instead of printing each. Off a terminal the lines print as they come.
+
+    Args:
+        steps: A :class:`contracts.voice.Progress` over the job's shards.
+    """
+
+    def __init__(self, steps):
+        super().__init__()
+        self.steps = steps
+        self.images = self.rejected = 0
+        self._lock = threading.Lock()  # In-process workers may be threads.
+
+    def filter(self, record):
+        if record.msg != transforms.SHARD_WRITTEN:
+            return True
+        _, images, rejected = record.args
+        with self._lock:
+            self.images += images
+            self.rejected += rejected
+            self.steps.advance(detail=f"{self.images} images written, {self.rejected} rejected")
+        return False
+
+
 def _run_pipeline(staged, beam_args, job_plan, root, output_dir):
     try:
         tasks = plan.write_manifests(job_plan, fetch.join(staged.output_dir, PLAN_DIR))
     except OSError as error:
         # The job's first write into --output-dir (a gs:// one has no folder to create first).
         raise JobError(f"cannot write into --output-dir {output_dir}: {error}") from None
-    with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
-        build_pipeline(pipeline, job_plan, tasks, root, staged)
+    with voice.Voice("preprocessing").progress(len(tasks), "shards") as steps:
+        bar = ShardBar(steps) if steps.interactive else None
+        if bar:
+            LOGGER.addFilter(bar)
+        try:
+            with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
+                build_pipeline(pipeline, job_plan, tasks, root, staged)
+        finally:
+            if bar:
+                LOGGER.removeFilter(bar)
 
 
 def _finish(staged, job_plan, staging):

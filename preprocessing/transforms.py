@@ -26,6 +26,8 @@ from preprocessing import fetch, images, sources
 NAMESPACE = "preprocessing"
 # The job's logger: the launcher prints its lines (contracts.voice); on Dataflow they reach the workers' logs.
 LOGGER = logging.getLogger("preprocessing")
+# One line per written shard; on a terminal the launcher draws these as one bar (preprocessing.task).
+SHARD_WRITTEN = "shard %s written: %d images, %d rejected"
 REJECTED = "rejected"
 
 ShardTask = collections.namedtuple("ShardTask", ["split", "index", "num_shards", "manifest"])
@@ -182,7 +184,7 @@ class ConvertShardFn(beam.DoFn):
         self._rejected.inc(len(rejected))
         self._shards.inc()
         beam.metrics.Metrics.counter(NAMESPACE, f"{task.split}_written").inc(count)
-        LOGGER.info("shard %s written: %d images, %d rejected", shard, count, len(rejected))
+        LOGGER.info(SHARD_WRITTEN, shard, count, len(rejected))
         for line in rejected:
             yield beam.pvalue.TaggedOutput(REJECTED, line)
         yield ShardSummary(task.split, task.index, shard, count)

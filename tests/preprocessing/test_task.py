@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from contracts import schema
+from contracts import schema, voice
 from preprocessing import fetch, flags, sample, task, transforms
 from tests import datasets
 
@@ -315,6 +316,45 @@ def test_non_empty_output_refused_and_overwrite_removes_stale_shards(sample_raw,
     assert not stale.exists()
     listed = {s for info in _metadata(str(out))["splits"].values() for s in info["shards"]}
     assert {p.name for p in out.glob("*.tfrecord")} == listed
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_shards_are_one_bar_on_a_terminal_and_one_line_each_elsewhere(
+    sample_raw, tmp_path, monkeypatch, terminal
+):
+    stream = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    logger = logging.getLogger("preprocessing")
+    handler, level = voice.Handler("preprocessing"), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        assert task.run(["--raw-dir", sample_raw[0], "--output-dir", str(tmp_path / "out"), *SHARDS]) == 0
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    text = stream.getvalue()
+    splits = _metadata(str(tmp_path / "out"))["splits"]
+    shards, images = sum(len(s["shards"]) for s in splits.values()), sum(s["count"] for s in splits.values())
+    written = re.findall(r"shard (\S+) written: (\d+) images, 0 rejected", text)
+    if not terminal:
+        assert "\r" not in text and len(written) == shards
+        assert sum(int(count) for _, count in written) == images
+        return
+    # No shard line: one bar, redrawn once per shard, its last draw counting them all, then its newline.
+    assert written == []
+    bar_line = next(line for line in text.split("\n") if "\r" in line)
+    draws = [draw.removesuffix("\x1b[K") for draw in bar_line.split("\r")[1:]]
+    assert len(draws) == shards
+    message = voice.LINE_PATTERN.fullmatch(draws[-1]).group(3)
+    done = rf"\[#+\] {shards}/{shards} shards, [\d.]+ s; {images} images written, 0 rejected"
+    assert re.fullmatch(done, message), message
+    assert "stage 4/4" in text.split(bar_line)[1]
 
 
 def test_output_dir_that_cannot_be_written_is_a_clear_error(sample_raw, tmp_path, capsys):
