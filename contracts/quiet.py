@@ -11,8 +11,8 @@ Measured with TensorFlow 2.21 on Linux without a GPU:
   ...", ``cudart_stub``'s "Could not find cuda drivers ..." and, on CPUs where
   TensorFlow turns oneDNN's custom operations on by default (AVX-512 ones;
   measured on an AMD EPYC), ``port.cc``'s "oneDNN custom operations are on
-  ..." come from static initialisers of shared libraries, while ``import tensorflow`` loads
-  them and before any setting is read: no variable reaches them
+  ..." come from static initialisers of shared libraries, while ``import
+  tensorflow`` loads them and before any setting is read: no variable reaches them
   (``TF_CPP_MIN_LOG_LEVEL=3``, ``GLOG_minloglevel``, ``CUDA_VISIBLE_DEVICES``
   change nothing; the libraries read no ``GLOG_``/``ABSL_`` variable). So
   while the first ``import tensorflow`` runs, and only then, file descriptor 2

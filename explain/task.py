@@ -162,28 +162,27 @@ def run(config, speaker=None):
     count = len(examples["label"])
     speaker.say(f"{count} {config.split} images, method {config.method}, layer {explainer.layer}")
     panels, correct = [], 0
-    steps = speaker.progress(count, "images")
-    for start in range(0, count, config.batch_size):
-        batch = {key: value[start : start + config.batch_size] for key, value in examples.items()}
-        probabilities = predictor.predict(batch["image"])
-        predicted = probabilities.argmax(axis=1)
-        correct += int((predicted == batch["label"]).sum())
-        targets = batch["label"] if config.target == "true" else predicted
-        maps = explainer(batch["image"], targets)
-        game.add(maps, batch["box"], batch["label"], batch["has_box"])
-        if scorer is not None:
-            scorer.add(batch["image"], maps, targets)
-        for i in range(len(maps)):
-            box = batch["box"][i] if batch["has_box"][i] else None
-            label, guess = int(batch["label"][i]), int(predicted[i])
-            panels.append(
-                render.panel(
-                    batch["image"][i], maps[i], names[label], names[guess], probabilities[i, guess], box
+    with speaker.progress(count, "images") as steps:
+        for start in range(0, count, config.batch_size):
+            batch = {key: value[start : start + config.batch_size] for key, value in examples.items()}
+            probabilities = predictor.predict(batch["image"])
+            predicted = probabilities.argmax(axis=1)
+            correct += int((predicted == batch["label"]).sum())
+            targets = batch["label"] if config.target == "true" else predicted
+            maps = explainer(batch["image"], targets)
+            game.add(maps, batch["box"], batch["label"], batch["has_box"])
+            if scorer is not None:
+                scorer.add(batch["image"], maps, targets)
+            for i in range(len(maps)):
+                box = batch["box"][i] if batch["has_box"][i] else None
+                label, guess = int(batch["label"][i]), int(predicted[i])
+                panels.append(
+                    render.panel(
+                        batch["image"][i], maps[i], names[label], names[guess], probabilities[i, guess], box
+                    )
                 )
-            )
-        hits = game.hit_rate
-        steps.advance(len(maps), f"pointing-game hit rate so far {'n/a' if hits is None else f'{hits:.3f}'}")
-    steps.close()
+            hits = "n/a" if game.hit_rate is None else f"{game.hit_rate:.3f}"
+            steps.advance(len(maps), f"pointing-game hit rate so far {hits}")
     summary = game.summary(class_names=names)
     if scorer is not None:
         summary["faithfulness"] = scorer.summary()

@@ -8,11 +8,7 @@ import time
 import pytest
 
 from contracts import voice
-
-
-class Terminal(io.StringIO):
-    def isatty(self):
-        return True
+from tests import streams
 
 
 def _fields(text):
@@ -66,7 +62,7 @@ def test_progress_off_a_terminal_is_one_line_per_step_with_count_and_seconds():
 
 
 def test_progress_on_a_terminal_redraws_one_bar_and_ends_its_line():
-    stream = Terminal()
+    stream = streams.Terminal()
     with voice.Voice("preprocessing", stream).progress(4, "shards") as steps:
         assert steps.interactive is True
         steps.advance()

@@ -23,7 +23,7 @@ from PIL import Image
 
 from contracts import schema, voice
 from preprocessing import fetch, flags, sample, task, transforms
-from tests import datasets
+from tests import datasets, streams
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -318,16 +318,11 @@ def test_non_empty_output_refused_and_overwrite_removes_stale_shards(sample_raw,
     assert {p.name for p in out.glob("*.tfrecord")} == listed
 
 
-class _Terminal(io.StringIO):
-    def isatty(self):
-        return True
-
-
 @pytest.mark.parametrize("terminal", [True, False])
 def test_shards_are_one_bar_on_a_terminal_and_one_line_each_elsewhere(
     sample_raw, tmp_path, monkeypatch, terminal
 ):
-    stream = _Terminal() if terminal else io.StringIO()
+    stream = streams.Terminal() if terminal else io.StringIO()
     monkeypatch.setattr(sys, "stderr", stream)
     logger = logging.getLogger("preprocessing")
     handler, level = voice.Handler("preprocessing"), logger.level

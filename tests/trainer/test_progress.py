@@ -4,12 +4,8 @@ import io
 import re
 
 from contracts import voice
+from tests import streams
 from trainer import callbacks
-
-
-class Terminal(io.StringIO):
-    def isatty(self):
-        return True
 
 
 def _epoch(logger, epoch, steps):
@@ -31,7 +27,7 @@ def test_off_a_terminal_one_line_per_epoch():
 
 
 def test_on_a_terminal_a_bar_per_epoch_then_its_line():
-    stream = Terminal()
+    stream = streams.Terminal()
     logger = callbacks.ProgressLogger(epochs=1, steps_per_epoch=4, speaker=voice.Voice("trainer", stream))
     _epoch(logger, 0, 4)
     bar_line, epoch_line = stream.getvalue().split("\n")[:2]
