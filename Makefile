@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # in one worker so its module fixtures (a trained job, a demo run) are built once.
 TEST_WORKERS ?= 2
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-fast test-dev lint bench clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,13 +25,24 @@ install: $(STAMP)
 demo: install
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh $(DEMO_DIR)
 
+# Three tiers (tests/tiers.py; conftest marks every test by what it uses): fast after each
+# change, dev before each commit, test (every tier) is what CI runs.
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+test-fast: install
+	$(PYTEST) -m fast $(PYTEST_ARGS)
+
+test-dev: install
+	$(PYTEST) -m "not long" $(PYTEST_ARGS)
+
 test: install
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/hadolint --no-color Dockerfile
 
 bench: install
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS),bench]"

@@ -33,6 +33,7 @@ EXTRAS = {
         "pytest>=8,<10",
         "pytest-timeout>=2.3,<3",
         "pytest-xdist>=3.5,<4",
+        "filelock>=3.12,<5",
         "hypothesis>=6.100,<7",
         "ruff>=0.6,<1",
         "import-linter>=2.1,<3",

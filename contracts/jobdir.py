@@ -1,23 +1,13 @@
 """The job-dir contract: every file name of a training run's output and the one reader of it.
 
-A job dir (local or ``gs://``) holds::
-
-    config.json              the resolved TrainConfig (written first)
-    classes.json             metadata.json's class list (prediction needs no data dir)
-    model.keras              the best single-output model (by val_loss)
-    history.csv              one row per epoch
-    metrics.json             final evaluation of the best weights on valid and test
-    per_class_accuracy.csv   test accuracy per class
-    logs/                    TensorBoard (train, validation, evaluation, gradcam, explain)
-    checkpoints/plateau-epoch-EEEE/   full-state checkpoints at learning-rate plateaus
-    backup/gen-NNNNNN/       preemption backup, two generations (deleted when the run finishes)
-    export/                  the serving SavedModel
+A job dir (local or ``gs://``) holds the run's ``config.json``, ``classes.json``,
+``model.keras``, history, metrics and the folders of :data:`FOLDERS`;
+docs/trainer.md ("The job dir") says what each holds and which ``AIP_*``
+variables move the folders elsewhere.
 
 Every JSON file is strict JSON (:func:`to_json`). The trainer writes them;
-``trainer.predict``, ``explain.task`` and the demo summary read them back
-through :func:`load` and :func:`read_json`. Vertex AI's
-``AIP_*`` folders may move ``logs``, ``checkpoints``, ``backup`` and ``export``
-elsewhere (see :func:`default_folders`).
+``trainer.predict``, ``trainer.evaluate``, ``explain.task`` and the demo
+summary read them back through :func:`load` and :func:`read_json`.
 """
 
 import dataclasses

@@ -5,7 +5,7 @@ has it. ``--recipe modern`` adds the regularisers of today's recipes (timm's
 ``train.py``, "ResNet strikes back", TF Model Garden's image-classification
 configs) at a strength that fits the budget. The strength must fit: a heavy
 recipe underfits a short run, and on short runs the book's own recipe wins
-(the measurements behind the rule are in docs/models.md and the README):
+(the measurements behind the rule are in docs/models.md and docs/results.md):
 
 * under :data:`LONG_RUN_PASSES` passes over the training split: the book's
   augmentation, optimizer and plateau schedule, plus label smoothing 0.1, which

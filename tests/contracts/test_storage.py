@@ -105,7 +105,7 @@ def test_mirror_uploads_new_and_changed_files_only(gcs_bucket, bucket, tmp_path)
     ]
 
 
-@pytest.mark.slow
+@pytest.mark.long  # builds Inception-ResNet-v2
 def test_inception_resnet_v2_loads_backbone_weights_from_gcs(gcs_bucket, bucket, tmp_path):
     """``build_model(..., weights="gs://...")`` loads the uploaded backbone, not random weights."""
     from trainer import models

@@ -14,7 +14,13 @@ from trainer import models
 NUM_CLASSES = 5
 
 
-@pytest.fixture(scope="module", params=models.list_models())
+def _arch_params():
+    # Inception-ResNet-v2 at 299 px: tens of seconds per test on 2 cores, for the long tier.
+    names = models.list_models()
+    return [pytest.param(n, marks=pytest.mark.long) if n == "inception_resnet_v2" else n for n in names]
+
+
+@pytest.fixture(scope="module", params=_arch_params())
 def arch(request):
     model = models.build_model(request.param, NUM_CLASSES, seed=0, weights=None)
     size = model.inputs[0].shape[1]
@@ -27,7 +33,6 @@ def test_default_layer_is_the_architectures_feature_layer(arch):
     assert layers.choose_layer(model) == models.get_defaults(name).feature_layer
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("method", gradcam.METHODS)
 def test_every_method_gives_finite_maps_of_input_size(arch, method):
     _, model, images = arch
@@ -37,7 +42,6 @@ def test_every_method_gives_finite_maps_of_input_size(arch, method):
     assert maps.min() >= 0.0 and maps.max() <= 1.0
 
 
-@pytest.mark.slow
 def test_compiled_gradcam_equals_tf_keras_vis(arch):
     # The training model itself: Inception v1's has auxiliary heads, scored as InactiveScore
     # by tf-keras-vis and ignored by the compiled path.

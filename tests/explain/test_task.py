@@ -1,6 +1,5 @@
 """python -m explain.task: image choice, TensorBoard output, explain.json, pointing game, errors."""
 
-import glob
 import io
 import json
 import os
@@ -16,6 +15,8 @@ import tensorflow as tf
 from contracts import dataset as data
 from contracts import storage, voice
 from explain import selection, task
+from tests import tiers
+from tests.events import latest
 from tests.explain import NUM_CLASSES, tiny_cnn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -27,6 +28,7 @@ def _small_cnn(input_size):
 
 
 @pytest.fixture(scope="module")
+@tiers.long("fits a small CNN for 360 steps")
 def trained_job(sample_records, sample_info, tmp_path_factory):
     """A job dir with a small CNN trained briefly on the sample (objects at known boxes)."""
     data_dir, _ = sample_records
@@ -44,15 +46,17 @@ def trained_job(sample_records, sample_info, tmp_path_factory):
     return str(job), data_dir
 
 
-def _events(logdir):
-    """Returns ``{tag: (plugin, value)}`` of every summary in ``logdir``'s event files."""
-    found = {}
-    for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                array = tf.make_ndarray(value.tensor)
-                found[value.tag] = (value.metadata.plugin_data.plugin_name, array)
-    return found
+@pytest.fixture(scope="module")
+def untrained_job(sample_records, tmp_path_factory):
+    """A job dir with the small CNN's seeded initial weights: for the tests that need a model, not
+    one that has learnt (error paths, where the outputs go)."""
+    data_dir, _ = sample_records
+    keras.utils.set_random_seed(0)
+    job = tmp_path_factory.mktemp("untrained-job")
+    _small_cnn(64).save(str(job / "model.keras"))
+    config = {"arch": "small_cnn", "policy": "none", "crop_size": 56, "data_dir": data_dir}
+    (job / "config.json").write_text(json.dumps(config))
+    return str(job), data_dir
 
 
 def _batches(labels, names, batch_size):
@@ -88,7 +92,6 @@ def test_select_examples_balanced():
     assert len(set(few["label"].tolist())) == 2
 
 
-@pytest.mark.slow
 def test_trained_model_beats_centre_baseline_and_writes_everything(trained_job, tmp_path, capsys):
     job, data_dir = trained_job
     logdir, out_dir = str(tmp_path / "logs"), str(tmp_path / "png")
@@ -115,7 +118,7 @@ def test_trained_model_beats_centre_baseline_and_writes_everything(trained_job, 
     assert len(results["per_class"]) == NUM_CLASSES
     assert sum(entry["n"] for entry in results["per_class"]) == 40
 
-    events = _events(logdir)
+    events = latest(logdir)
     grids = sorted(tag for tag, (plugin, _) in events.items() if plugin == "images" and "grid" in tag)
     assert grids == [f"gradcam/grid_{k:03d}" for k in range(5)]  # 40 panels, 8 per grid
     width, height = (int(v) for v in events["gradcam/grid_000"][1][:2])
@@ -143,7 +146,6 @@ def test_trained_model_beats_centre_baseline_and_writes_everything(trained_job, 
     assert "sanity" not in results
 
 
-@pytest.mark.slow
 def test_sanity_check_randomises_the_top_layers(trained_job, tmp_path, capsys):
     job, data_dir = trained_job
     logdir = str(tmp_path / "logs")
@@ -159,15 +161,15 @@ def test_sanity_check_randomises_the_top_layers(trained_job, tmp_path, capsys):
     assert check["spearman"][0] == pytest.approx(1.0)
     # Grad-CAM depends on the weights: with the head and the last block random the maps decorrelate.
     assert max(check["spearman"][1:]) < 0.8
-    events = _events(logdir)
+    events = latest(logdir)
     assert events["sanity/gradcam"][0] == "images"
     width, height = (int(v) for v in events["sanity/gradcam"][1][:2])
     assert height > 6 * 90 and width > 4 * 90  # 6 image rows; image, original and 2 randomised columns
     assert "rank correlation with the original maps" in capsys.readouterr().err
 
 
-def test_gcs_logdir_and_out_dir(trained_job, gcs_bucket, tmp_path):
-    job, data_dir = trained_job
+def test_gcs_logdir_and_out_dir(untrained_job, gcs_bucket, tmp_path):
+    job, data_dir = untrained_job
     logdir, out_dir = f"gs://{gcs_bucket}/runs/a/logs/explain", f"gs://{gcs_bucket}/png"
     config = task.ExplainConfig(
         model=job,
@@ -204,7 +206,7 @@ def test_gcs_logdir_and_out_dir(trained_job, gcs_bucket, tmp_path):
     local = tmp_path / "events"
     local.mkdir()
     client.bucket(gcs_bucket).blob(events[0]).download_to_filename(str(local / os.path.basename(events[0])))
-    summaries = _events(str(local))
+    summaries = latest(str(local))
     assert float(summaries["pointing_game/hit_rate"][1]) == pytest.approx(
         results["pointing_game"]["hit_rate"]
     )
@@ -216,7 +218,6 @@ def test_gcs_logdir_and_out_dir(trained_job, gcs_bucket, tmp_path):
         np.testing.assert_array_equal(tf.io.decode_png(png).numpy(), tf.io.decode_png(shown).numpy())
 
 
-@pytest.mark.slow
 def test_keras_file_with_smaller_input_is_centre_cropped(sample_records, tmp_path):
     data_dir, _ = sample_records
     path = str(tmp_path / "small.keras")
@@ -242,8 +243,8 @@ def test_keras_file_with_smaller_input_is_centre_cropped(sample_records, tmp_pat
         ({"--num-images": "0"}, "--num-images must be >= 1"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(trained_job, tmp_path, capsys, change, message):
-    job, data_dir = trained_job
+def test_bad_input_is_one_line_and_exit_2(untrained_job, tmp_path, capsys, change, message):
+    job, data_dir = untrained_job
     options = {"--model": job, "--data-dir": data_dir, "--logdir": str(tmp_path / "logs")}
     options.update(
         {key: str(tmp_path / value) if "missing" in value else value for key, value in change.items()}

@@ -145,7 +145,6 @@ def _shard_contents(out_dir):
     return contents
 
 
-@pytest.mark.slow
 def test_deterministic_across_runs_and_worker_counts(sample_raw, converted, tmp_path, capsys):
     again = tmp_path / "again"
     multi = tmp_path / "multi"
@@ -494,7 +493,6 @@ def _start_stalled_job(raw, out):
     return proc
 
 
-@pytest.mark.slow
 def test_killed_job_leaves_no_partial_output(sample_raw, tmp_path, capsys):
     # SIGTERM unwinds like any failure: nothing is left, not even the folder the job created.
     out = tmp_path / "terminated"

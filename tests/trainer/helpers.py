@@ -5,7 +5,6 @@ import contextlib
 import csv
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -13,6 +12,7 @@ import time
 import urllib.request
 
 from contracts import voice
+from tests.conftest import free_port
 
 # tests/trainer/helpers.py -> the repository root (three levels up).
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -96,13 +96,6 @@ def wait_for(predicate, timeout, proc=None, interval=0.2):
             return predicate()
         time.sleep(interval)
     return False
-
-
-def free_port():
-    """Returns a TCP port free on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tail(path, chars=3000):

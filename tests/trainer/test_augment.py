@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from contracts import policy as policy_lib
+from tests import events
 from trainer import augment, augment_summary
 
 SEED = tf.constant([7, 11], tf.int64)
@@ -293,12 +294,7 @@ def test_augmentation_summary_writes_side_by_side_images(tmp_path):
     assert pairs.shape == (4, 64, 130, 3)
     np.testing.assert_allclose(pairs.numpy()[:, :, :64], images.numpy()[:4] / 255.0, atol=1e-6)
     assert float(tf.reduce_min(pairs)) >= 0.0 and float(tf.reduce_max(pairs)) <= 1.0
-    events = glob.glob(str(tmp_path / "events.out.tfevents.*"))
-    assert len(events) == 1
-    tags = []
-    for event in tf.compat.v1.train.summary_iterator(events[0]):
-        for value in event.summary.value:
-            tags.append((value.tag, event.step, value.metadata.plugin_data.plugin_name))
-            shape = tf.make_ndarray(value.tensor)
-    assert tags == [("augmentation", 3, "images")]
-    assert shape.shape == (2 + 4,)  # Width, height, then four encoded PNGs.
+    assert len(glob.glob(str(tmp_path / "events.out.tfevents.*"))) == 1
+    found = list(events.summaries(str(tmp_path)))
+    assert [entry[:3] for entry in found] == [("augmentation", 3, "images")]
+    assert found[0][3].shape == (2 + 4,)  # Width, height, then four encoded PNGs.

@@ -165,32 +165,36 @@ def test_strategy_choice():
     assert distribute.is_chief({**cluster, "task": {"type": "worker", "index": 0}})
 
 
-def _cli(args):
-    return helpers.run_cli(args, timeout=300)
+def _main_error(argv, needle, capsys, monkeypatch):
+    """Runs the trainer's ``main(argv)`` in-process: exit 2 and one ``error:`` line naming ``needle``.
+
+    An exception that escaped ``main`` (a traceback in a real process) fails the test as an error.
+    """
+    monkeypatch.delenv("TF_CONFIG", raising=False)  # One local process, as on a workstation.
+    _assert_one_error_line(task.main(argv), capsys, needle)
 
 
-def _assert_clean_error(proc, needle):
+def test_cli_process_prints_one_error_line_and_no_traceback(tmp_path):
+    """The one real process of the trainer CLI: nothing but ``main``'s line reaches stderr."""
+    proc = helpers.run_cli(["--data-dir", str(tmp_path), "--job-dir", str(tmp_path / "j"), "--arch", "nope"])
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
-    assert len(lines) == 1 and needle in lines[0], proc.stderr[-2000:]
+    assert len(lines) == 1 and "unknown model" in lines[0], proc.stderr[-2000:]
 
 
-def test_cli_unknown_arch_and_missing_data_dir(tmp_path):
-    proc = _cli(["--data-dir", str(tmp_path), "--job-dir", str(tmp_path / "j"), "--arch", "nope"])
-    _assert_clean_error(proc, "unknown model")
-    missing = str(tmp_path / "missing")
-    proc = _cli(["--data-dir", missing, "--job-dir", str(tmp_path / "j"), "--arch", "minception"])
-    _assert_clean_error(proc, "metadata")
+def test_cli_missing_data_dir(tmp_path, capsys, monkeypatch):
+    argv = ["--data-dir", str(tmp_path / "missing"), "--job-dir", str(tmp_path / "j"), "--arch", "minception"]
+    _main_error(argv, "metadata", capsys, monkeypatch)
 
 
-def test_cli_rejects_job_dir_of_other_arch_and_shard_mismatch(sample_records, tmp_path):
+def test_cli_rejects_job_dir_of_other_arch_and_shard_mismatch(sample_records, tmp_path, capsys, monkeypatch):
     data_dir, metadata = sample_records
     job = tmp_path / "job"
     job.mkdir()
     (job / "config.json").write_text(json.dumps({"arch": "inception_v1"}))
-    proc = _cli(["--data-dir", data_dir, "--job-dir", str(job), "--arch", "minception"])
-    _assert_clean_error(proc, "inception_v1")
+    argv = ["--data-dir", data_dir, "--job-dir", str(job), "--arch", "minception"]
+    _main_error(argv, "inception_v1", capsys, monkeypatch)
     broken = tmp_path / "broken"
     broken.mkdir()
     for name in os.listdir(data_dir):
@@ -199,27 +203,50 @@ def test_cli_rejects_job_dir_of_other_arch_and_shard_mismatch(sample_records, tm
         metadata, splits=dict(metadata["splits"], train={**metadata["splits"]["train"], "count": 999})
     )
     (broken / "metadata.json").write_text(json.dumps(metadata))
-    proc = _cli(
-        ["--data-dir", str(broken), "--job-dir", str(tmp_path / "j2"), "--arch", "minception"],
-    )
-    _assert_clean_error(proc, "999")
+    argv = ["--data-dir", str(broken), "--job-dir", str(tmp_path / "j2"), "--arch", "minception"]
+    _main_error(argv, "999", capsys, monkeypatch)
 
 
-def test_cli_rejects_job_dir_trained_on_other_classes(sample_records, tmp_path):
+def test_cli_rejects_job_dir_trained_on_other_classes(sample_records, tmp_path, capsys, monkeypatch):
     data_dir, metadata = sample_records
     job = tmp_path / "job"
     job.mkdir()
     (job / "config.json").write_text(json.dumps({"arch": "minception"}))
     other = [dict(c, wnid=f"n9{i:07d}") for i, c in enumerate(metadata["classes"][:3])]
     (job / "classes.json").write_text(json.dumps(other))
-    proc = _cli(["--data-dir", data_dir, "--job-dir", str(job), "--arch", "minception"])
-    _assert_clean_error(proc, "3 other classes")
+    argv = ["--data-dir", data_dir, "--job-dir", str(job), "--arch", "minception"]
+    _main_error(argv, "3 other classes", capsys, monkeypatch)
+
+
+# What a flag's help gives as its default: "(default 5)", "(default: on)", "(default 0.9, ...)".
+_STATED_DEFAULT = re.compile(r"\(default:? ([\w.]+)[,)]")
+_DEFAULT_WORDS = {"on": True, "off": False, "all": None}
+
+
+@pytest.mark.parametrize("arch", models.list_models())
+def test_defaults_are_the_ones_help_states(arch):
+    """Each flag whose --help names a value as its default gets that value when the flag is left out."""
+    config = task.resolve(["--data-dir", "d", "--job-dir", "j", "--arch", arch], environ={})
+    checked = set()
+    for action in task.build_parser()._actions:
+        match = _STATED_DEFAULT.search(action.help or "")
+        if not match:
+            continue
+        word = match.group(1)
+        if word in _DEFAULT_WORDS:
+            stated = _DEFAULT_WORDS[word]
+        elif re.fullmatch(r"\d+(\.\d+)?", word):
+            stated = float(word)
+        else:
+            stated = word
+        assert getattr(config, action.dest) == stated, (action.option_strings, action.help)
+        checked.add(action.dest)
+    # The help of the Grad-CAM probes states their defaults: they are checked, not skipped.
+    assert {"explain_every", "shortcut_probes", "explain", "export"} <= checked, checked
 
 
 def test_explain_every_and_shortcut_probes(capsys):
     base = ["--data-dir", "d", "--job-dir", "j", "--arch", "minception"]
-    config = task.resolve(base, environ={})
-    assert (config.explain_every, config.shortcut_probes) == (5, 3)
     config = task.resolve([*base, "--explain-every", "1", "--shortcut-probes", "2"], environ={})
     assert (config.explain_every, config.shortcut_probes) == (1, 2)
     for flag in ("--explain-every", "--shortcut-probes"):

@@ -24,24 +24,15 @@ def _summary(result):
 
 
 @pytest.fixture(scope="module")
-def job(sample_records, tmp_path_factory):
-    """One quick run that leaves a plateau checkpoint; returns ``(job_dir, data_dir)``.
+def job(plateau_job, tmp_path_factory):
+    """A copy of the shared plateau run (tests/trainer/conftest.py): ``(job_dir, data_dir)``.
 
-    tests/trainer/test_resume.py's recipe: a learning rate of 1e-6 cannot lower
-    val_loss by ReduceLROnPlateau's 1e-4, so epoch 1 is a plateau (patience 1)
-    whose full state is kept in checkpoints/plateau-epoch-0002; --min-delta 100
-    stops the run there with epoch 0's weights restored, evaluated and saved. Seed 3's
-    near-initial model predicts several classes (others predict one class for every image).
+    Evaluate writes its results into the job dir, so these tests read and write a copy.
     """
-    data_dir, _ = sample_records
     job_dir = str(tmp_path_factory.mktemp("evaluate") / "job")
-    args = helpers.quick_args(data_dir, job_dir, 3, "--learning-rate", "1e-6", "--lr-plateau-patience", "1")
-    args += ["--min-delta", "100", "--early-stopping-patience", "1", "--validation-steps", "none"]
-    args += ["--explain", "false", "--bn-momentum", "0.99", "--precise-bn", "0", "--seed", "3"]
-    proc = helpers.run_cli(args)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    shutil.copytree(plateau_job["job_dir"], job_dir)
     assert os.listdir(os.path.join(job_dir, "checkpoints")) == ["plateau-epoch-0002"]
-    return job_dir, data_dir
+    return job_dir, plateau_job["data_dir"]
 
 
 def _evaluate(argv, capsys):
@@ -77,7 +68,6 @@ def _assert_consistent(result, num_classes=5):
     assert [row["correct"] for row in result["per_class"]] == np.diag(confusion).tolist()
 
 
-@pytest.mark.slow
 def test_job_dir_test_split_reproduces_metrics_and_per_class_csv(job):
     job_dir, data_dir = job
     argv = ["--model", job_dir, "--data-dir", data_dir, "--split", "test"]
@@ -105,7 +95,6 @@ def test_job_dir_test_split_reproduces_metrics_and_per_class_csv(job):
         assert row["accuracy"] == f"{entry['accuracy']:.6f}"
 
 
-@pytest.mark.slow
 def test_valid_split_reproduces_metrics(job, tmp_path, capsys):
     job_dir, data_dir = job
     output = str(tmp_path / "out" / "valid.json")
@@ -120,7 +109,6 @@ def test_valid_split_reproduces_metrics(job, tmp_path, capsys):
     assert not os.path.exists(os.path.join(job_dir, "evaluation_valid.json")), "--output replaces the default"
 
 
-@pytest.mark.slow
 def test_bare_keras_file_infers_the_centre_crop(job, tmp_path, capsys):
     """model.keras outside its job dir: no config.json; a 56px input for 64px images means the crop."""
     job_dir, data_dir = job
@@ -134,7 +122,6 @@ def test_bare_keras_file_infers_the_centre_crop(job, tmp_path, capsys):
     _assert_consistent(result)
 
 
-@pytest.mark.slow
 def test_plateau_checkpoint_saved_as_keras_file(job, tmp_path, capsys):
     """The plateau checkpoint is a full training state: its model, saved as a .keras file, evaluates."""
     import keras
@@ -168,7 +155,6 @@ def _test_split(data_dir):
     return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
 
 
-@pytest.mark.slow
 def test_flip_tta_is_the_average_of_image_and_mirror(job, capsys):
     import keras
 
@@ -199,7 +185,6 @@ def test_flip_tta_is_the_average_of_image_and_mirror(job, capsys):
     assert result["loss"] == pytest.approx(loss, abs=1e-5)
 
 
-@pytest.mark.slow
 def test_gcs_job_dir(job, gcs_bucket, capsys):
     from contracts import storage
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests import tiers
 from tests.trainer import helpers
 from trainer import data
 
@@ -72,6 +73,20 @@ def _assert_same_run(job, reference):
     assert not os.path.exists(os.path.join(job, "backup"))
 
 
+def _assert_backup_holds_the_weights_reached(job, data_dir, backup):
+    """The SIGTERM backup holds the weights reached mid-epoch, not early stopping's best ones."""
+    model = helpers.build_like_trainer(job, data_dir)
+    saved = helpers.read_backup_weights(model, backup)
+    with np.load(os.path.join(backup, saved["generation"], saved["arrays"]["early_stopping"])) as arrays:
+        best = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+    current = model.get_weights()
+    assert [a.shape for a in best] == [a.shape for a in current]
+    trainable = {id(v) for v in model.trainable_weights}
+    pairs = zip(model.weights, current, best, strict=True)
+    changed = [not np.array_equal(a, b) for v, a, b in pairs if id(v) in trainable]
+    assert all(changed), f"{changed.count(False)} of {len(changed)} weights equal the best epoch's"
+
+
 @pytest.fixture
 def processes():
     """Trainer processes of a test; any still running when it ends (a failed test) are killed."""
@@ -84,6 +99,7 @@ def processes():
 
 
 @pytest.fixture(scope="module")
+@tiers.long("an 18-step modern-recipe run, then interrupted and resumed copies of it")
 def reference_job(sample_records, tmp_path_factory):
     """An uninterrupted run with the flags of the interrupted ones."""
     data_dir, _ = sample_records
@@ -93,7 +109,6 @@ def reference_job(sample_records, tmp_path_factory):
     return job
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kill", ["SIGKILL", "SIGTERM"])
 def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(
     sample_records, reference_job, tmp_path, kill, processes
@@ -109,6 +124,9 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(
     assert code == (143 if kill == "SIGTERM" else -signal.SIGKILL), helpers.tail(log)
     saved = _read_state(backup)
     assert 1 <= saved["epoch"] < 3 and 0 < saved["step_in_epoch"] < STEPS, saved
+    if kill == "SIGTERM":
+        assert "preempted" in log.read_text()
+        _assert_backup_holds_the_weights_reached(job, data_dir, backup)
     # A cosine schedule runs no plateau callback; the schedule itself follows the restored step counter.
     assert set(saved["callbacks"]) == {"best_model", "early_stopping"}
 
@@ -118,7 +136,7 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(
     _assert_same_run(job, reference_job)
 
 
-@pytest.mark.slow
+@tiers.long("a two-worker cluster stopped and resumed")
 def test_multi_worker_sigterm_stops_every_worker_at_the_same_step_and_resumes(
     sample_records, tmp_path, processes
 ):

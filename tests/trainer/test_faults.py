@@ -11,6 +11,7 @@ import signal
 import numpy as np
 import pytest
 
+from tests import tiers
 from tests.trainer import helpers
 from trainer import backup
 
@@ -24,6 +25,7 @@ def _args(data_dir, job, epochs, *extra):
 
 
 @pytest.fixture(scope="module")
+@tiers.long("a trainer run killed mid-run")
 def killed_job(sample_records, tmp_path_factory):
     """The job dir of a real run killed (SIGKILL) after a few step-level backups.
 
@@ -108,7 +110,6 @@ DAMAGE = {
 }
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_damaged_newest_generation_falls_back_to_the_previous(killed_job, tmp_path, damage):
     _, newest, previous = killed_job
@@ -120,7 +121,7 @@ def test_damaged_newest_generation_falls_back_to_the_previous(killed_job, tmp_pa
     assert [g.state for g in found.usable] == [previous]
 
 
-@pytest.mark.slow
+@tiers.long("a rerun of a killed run")
 def test_rerun_resumes_from_the_previous_generation_of_a_damaged_backup(sample_records, killed_job, tmp_path):
     data_dir, _ = sample_records
     _, newest, previous = killed_job
@@ -140,7 +141,7 @@ def test_rerun_resumes_from_the_previous_generation_of_a_damaged_backup(sample_r
     assert not os.path.exists(folder)
 
 
-@pytest.mark.slow
+@tiers.long("a rerun of a killed run")
 def test_rerun_with_every_generation_damaged_starts_over_with_one_warning(
     sample_records, killed_job, tmp_path
 ):
@@ -162,7 +163,7 @@ def test_rerun_with_every_generation_damaged_starts_over_with_one_warning(
     assert not os.path.exists(folder)
 
 
-@pytest.mark.slow
+@tiers.long("a trainer run killed and rerun in the bucket")
 def test_gcs_backup_keeps_two_generations_and_falls_back_in_the_bucket(sample_records, gcs_bucket, tmp_path):
     """The mirror deletes pruned generations in the bucket; a damaged newest one there is skipped."""
     from contracts import storage
@@ -311,7 +312,7 @@ def test_mirror_uploads_state_last_and_deletes_pruned_generations(gcs_bucket, tm
 # ------------------------------------------------------------------------------ divergence
 
 
-@pytest.mark.slow
+@tiers.long("a trainer run that diverges")
 def test_diverging_run_stops_keeps_the_last_good_backup_and_exports_nothing(sample_records, tmp_path):
     data_dir, _ = sample_records
     job = str(tmp_path / "job")

@@ -90,7 +90,7 @@ LAST_CONV = {
 
 def _arch_params():
     names = models.list_models()
-    return [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name for name in names]
+    return [pytest.param(name, marks=pytest.mark.long) if name in SLOW else name for name in names]
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +249,7 @@ def test_per_image_centering_layer_serializes():
     np.testing.assert_allclose(restored(images).numpy().mean(axis=(1, 2, 3)), np.zeros(3), atol=1e-4)
 
 
-@pytest.mark.slow
+@pytest.mark.long  # builds Inception-ResNet-v2
 def test_inception_resnet_v2_resizes_on_device_and_is_flat(model_cache):
     model = _get_model(model_cache, "inception_resnet_v2")
     assert model.input_shape == (None, 64, 64, 3)
@@ -266,7 +266,7 @@ def test_inception_resnet_v2_resizes_on_device_and_is_flat(model_cache):
     assert out.min() >= -1.0 - 1e-6 and out.max() <= 1.0 + 1e-6
 
 
-@pytest.mark.slow
+@pytest.mark.long  # builds Inception-ResNet-v2
 def test_set_backbone_trainable_freezes_all_but_head(model_cache):
     model = _get_model(model_cache, "inception_resnet_v2")
     total = len(model.trainable_weights)
@@ -281,7 +281,7 @@ def test_set_backbone_trainable_freezes_all_but_head(model_cache):
     assert len(model.trainable_weights) == total
 
 
-@pytest.mark.slow
+@pytest.mark.long  # builds Inception-ResNet-v2
 @pytest.mark.parametrize("fmt", ["keras_weights", "legacy_h5"])
 def test_inception_resnet_v2_loads_local_weights_file(model_cache, tmp_path, fmt):
     source = _get_model(model_cache, "inception_resnet_v2")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests import tiers
 from tests.trainer import helpers
 from trainer import augment, loop, models
 
@@ -45,6 +46,7 @@ def test_xla_step_with_device_augmentation(policy):
     assert int(train.step_counter.numpy()) == 2
 
 
+@tiers.long("a mixed-precision run: float16 is emulated on a CPU")
 def test_mixed_precision_and_device_augmentation_run(sample_records, tmp_path):
     data_dir, _ = sample_records
     job = str(tmp_path / "job")
@@ -84,7 +86,7 @@ def _variables_by_part(model):
     return backbone, head, trainable
 
 
-@pytest.mark.slow
+@tiers.long("Inception-ResNet-v2 trained in two phases, stopped twice")
 def test_two_phase_fine_tuning_freezes_then_trains_the_backbone(sample_records, tmp_path):
     """Inception-ResNet-v2 with --frozen-epochs 2: the weights of a real run after each phase.
 

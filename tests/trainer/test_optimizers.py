@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests import tiers
 from tests.trainer import helpers
 from trainer import config as config_lib
 from trainer import loop, optimizers
@@ -167,7 +168,7 @@ np.savez(sys.argv[1], **ragged)
 """
 
 
-@pytest.mark.slow
+@tiers.long("a mirrored step on two logical devices in a fresh interpreter")
 def test_on_two_replicas_sync_bn_agrees_and_clipping_equals_one_device(tmp_path):
     path = str(tmp_path / "out.npz")
     proc = helpers.run_script(_MIRRORED, path)

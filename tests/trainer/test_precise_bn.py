@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests import tiers
 from tests.trainer import helpers
 from trainer import models, precise_bn
 
@@ -106,7 +107,7 @@ np.savez(sys.argv[1], **out)
 """
 
 
-@pytest.mark.slow
+@tiers.long("a mirrored step on two logical devices in a fresh interpreter")
 def test_mirrored_replicas_hold_identical_statistics_equal_to_one_device(tmp_path):
     path = str(tmp_path / "stats.npz")
     proc = helpers.run_script(_MIRRORED, path, timeout=600)

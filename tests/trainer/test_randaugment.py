@@ -8,6 +8,7 @@ import tensorflow as tf
 from PIL import Image, ImageEnhance, ImageOps
 from scipy import ndimage
 
+from tests import tiers
 from tests.trainer import helpers
 from trainer import augment
 from trainer import randaugment as ra
@@ -395,7 +396,7 @@ np.savez(sys.argv[1], device=device, host=host)
 """
 
 
-@pytest.mark.slow
+@tiers.long("a mirrored step on two logical devices in a fresh interpreter")
 def test_mirrored_replicas_augment_like_the_host(tmp_path):
     path = str(tmp_path / "out.npz")
     proc = helpers.run_script(_MIRRORED, path)

@@ -2,6 +2,7 @@
 
 import pytest
 
+from trainer import config as config_lib
 from trainer import recipe, task
 
 
@@ -15,30 +16,45 @@ def test_book_sets_nothing_and_is_the_default():
     assert _resolve().label_smoothing == 0.0 and _resolve().lr_schedule == "plateau"
 
 
+def _changes(*flags):
+    """``field -> value`` of every field that ``--recipe modern`` changes from the book's config."""
+    book, modern = _resolve(*flags), _resolve("--recipe", "modern", *flags)
+    names = config_lib.field_names()
+    return {name: getattr(modern, name) for name in names if getattr(modern, name) != getattr(book, name)}
+
+
 def test_a_short_modern_run_keeps_the_book_recipe_and_adds_label_smoothing():
-    config = _resolve("--recipe", "modern", "--epochs", "40")
-    assert config.label_smoothing == 0.1
-    assert (config.optimizer, config.lr_schedule, config.mixup, config.randaugment_ops) == (
-        "adam",
-        "plateau",
-        0,
-        0,
-    )
+    changes = _changes("--epochs", str(recipe.LONG_RUN_PASSES - 1))
+    # The book's augmentation, optimizer and schedule stay; only the targets are smoothed.
+    assert set(changes) == {"recipe", "label_smoothing"}
+    assert 0 < changes["label_smoothing"] < 1
 
 
 def test_a_long_modern_run_gets_the_light_recipe_with_a_five_percent_warm_up():
-    config = _resolve("--recipe", "modern", "--epochs", "120")
-    assert (config.optimizer, config.weight_decay, config.lr_schedule) == ("adamw", 0.01, "cosine")
-    assert (config.randaugment_ops, config.randaugment_magnitude, config.mixup, config.flip) == (
-        1,
-        2,
-        0.2,
-        True,
-    )
-    assert config.lr_warmup_epochs == 5 and config.early_stopping_patience == 120
-    assert _resolve("--recipe", "modern", "--epochs", "60").lr_warmup_epochs == 3
-    # The heavy settings that lost to the book at 120 epochs are never chosen.
-    assert config.cutmix == 0 and config.random_erasing == 0 and config.ema == 0
+    epochs = 120
+    config = _resolve("--recipe", "modern", "--epochs", str(epochs))
+    settings = recipe.settings("modern", epochs=epochs, run_passes=epochs)
+    # The config holds the rule's settings, and nothing else moved from the book's.
+    assert {name: getattr(config, name) for name in settings} == settings
+    assert set(_changes("--epochs", str(epochs))) <= {"recipe", *settings}
+    # Regularisers on: flip, RandAugment, mixup, smoothing; decoupled weight decay with AdamW.
+    assert config.flip is True and config.randaugment_ops > 0 and config.mixup > 0
+    assert config.label_smoothing > 0 and config.optimizer == "adamw" and config.weight_decay > 0
+    # A cosine schedule after a warm-up of 5% of the epochs, within [1, 5], run to its end.
+    assert config.lr_schedule == "cosine"
+    assert config.early_stopping_patience >= epochs
+    warm_ups = {
+        n: recipe.settings("modern", epochs=n, run_passes=300)["lr_warmup_epochs"] for n in (10, 60, 300)
+    }
+    assert warm_ups == {10: 1, 60: 3, 300: 5}
+    assert config.lr_warmup_epochs == warm_ups[300]
+    # The budget decides: one pass fewer keeps the book's recipe.
+    assert "lr_schedule" in _changes("--epochs", str(recipe.LONG_RUN_PASSES))
+    assert "lr_schedule" not in _changes("--epochs", str(recipe.LONG_RUN_PASSES - 1))
+    # The heavy settings that lost to the book at 120 epochs are never chosen, at any budget.
+    for run_passes in (1, recipe.LONG_RUN_PASSES, 10_000):
+        settings = recipe.settings("modern", epochs=epochs, run_passes=run_passes)
+        assert not {"cutmix", "random_erasing", "ema"} & set(settings)
 
 
 def test_the_budget_counts_passes_over_the_training_split():
@@ -85,5 +101,7 @@ def test_randaugment_flag_syntax():
 
 def test_the_recipe_settings_reach_the_hparams():
     hparams = _resolve("--recipe", "modern", "--epochs", "120").hparams()
-    assert hparams["recipe"] == "modern" and hparams["mixup"] == 0.2 and hparams["lr_schedule"] == "cosine"
+    book = _resolve("--epochs", "120").hparams()
+    for name, value in _changes("--epochs", "120").items():
+        assert hparams[name] == value != book[name], name
     assert _resolve("--randaugment", "2,9").augment_options() == {"randaugment": (2, 9)}

@@ -1,47 +1,14 @@
-"""Preemption: SIGTERM backs up the weights reached and exits non-zero; the full training state
-(optimizer, learning rate, callback counters, best weights) round-trips through a plateau branch.
-A SIGKILL and rerun is tests/trainer/test_exact_resume.py."""
+"""The full training state (optimizer, learning rate, callback counters, best weights) round-trips
+through a plateau branch of the shared plateau run. SIGTERM and SIGKILL, and the rerun after them,
+are tests/trainer/test_exact_resume.py."""
 
 import os
-import signal
 import subprocess
 
 import numpy as np
 import pytest
 
 from tests.trainer import helpers
-
-
-@pytest.mark.slow
-def test_sigterm_saves_current_weights_and_exits_nonzero(sample_records, tmp_path):
-    """The SIGTERM backup holds the weights reached, not early stopping's best ones."""
-    data_dir, _ = sample_records
-    job = str(tmp_path / "job")
-    log = tmp_path / "run.log"
-    # --min-delta 100: no epoch after the first counts as an improvement, so the
-    # early-stopping best weights stay those of epoch 0 while training goes on.
-    args = helpers.quick_args(data_dir, job, 50, "--steps-per-epoch", "4", "--explain", "false")
-    args += ["--min-delta", "100", "--early-stopping-patience", "50"]
-    proc = helpers.start_cli(args, str(log))
-    # After epoch index 1 has ended, any stop point lies past epoch 0's weights.
-    assert helpers.wait_for(lambda: "epoch 2/50" in log.read_text(), 400, proc), helpers.tail(log)
-    proc.send_signal(signal.SIGTERM)
-    code = proc.wait(timeout=120)
-    assert code == 143, helpers.tail(log)
-    assert "preempted" in log.read_text()
-    backup = os.path.join(job, "backup")
-    model = helpers.build_like_trainer(job, data_dir)
-    saved = helpers.read_backup_weights(model, backup)
-    assert 2 <= saved["epoch"] < 50
-    assert saved["callbacks"]["early_stopping"]["best_epoch"] == 0
-    with np.load(os.path.join(backup, saved["generation"], saved["arrays"]["early_stopping"])) as data:
-        best = [data[f"arr_{i}"] for i in range(len(data.files))]
-    current = model.get_weights()
-    assert [a.shape for a in best] == [a.shape for a in current]
-    trainable = {id(v) for v in model.trainable_weights}
-    pairs = zip(model.weights, current, best, strict=True)
-    changed = [not np.array_equal(a, b) for v, a, b in pairs if id(v) in trainable]
-    assert all(changed), f"{changed.count(False)} of {len(changed)} weights equal epoch 0's best weights"
 
 
 def _docs_branch_commands():
@@ -75,23 +42,10 @@ def _valid_loss(model_path, data_dir):
     return total / count
 
 
-@pytest.mark.slow
-def test_plateau_checkpoint_early_stopping_and_branch(sample_records, tmp_path):
+def test_plateau_checkpoint_early_stopping_and_branch(plateau_job, tmp_path):
     """A real plateau and early stop in one run, then a branch from the plateau as docs/trainer.md says."""
-    data_dir, _ = sample_records
-    job, branch = str(tmp_path / "job"), str(tmp_path / "branch")
-    # A learning rate of 1e-6 cannot lower val_loss by ReduceLROnPlateau's 1e-4 in two
-    # steps: epoch 1 is a plateau (patience 1). --min-delta 100: no epoch after the
-    # first improves, so early stopping (patience 1) stops after epoch 1 and restores epoch 0.
-    # --validation-steps none: history's val_loss is the whole valid split, as the final evaluation.
-    args = helpers.quick_args(data_dir, job, 3, "--learning-rate", "1e-6", "--lr-plateau-patience", "1")
-    args += ["--min-delta", "100", "--early-stopping-patience", "1", "--validation-steps", "none"]
-    # Keras' momentum and no precise statistics: the lagging moving averages make val_loss
-    # rise while the weights barely move (the plateau this test needs).
-    args += ["--explain", "false", "--bn-momentum", "0.99", "--precise-bn", "0"]
-    first = helpers.run_cli(args)
-    assert first.returncode == 0, first.stderr[-4000:]
-
+    job, data_dir, args = plateau_job["job_dir"], plateau_job["data_dir"], plateau_job["args"]
+    branch = str(tmp_path / "branch")
     rows = helpers.read_history(job)
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     val_loss = [float(r["val_loss"]) for r in rows]
@@ -114,7 +68,7 @@ def test_plateau_checkpoint_early_stopping_and_branch(sample_records, tmp_path):
     assert saved["learning_rate"] == pytest.approx(1e-7)
     assert saved["callbacks"]["early_stopping"]["wait"] == 1
     assert os.path.exists(os.path.join(folder, saved["checkpoint"] + ".index"))
-    assert f"plateau at epoch 2: learning rate reduced, state saved to {plateau}" in first.stderr
+    assert f"plateau at epoch 2: learning rate reduced, state saved to {plateau}" in plateau_job["stderr"]
 
     # Branch exactly as docs/trainer.md says: its shell lines, then the first command
     # with --job-dir (and a changed flag) appended.

@@ -9,10 +9,12 @@ import os
 import numpy as np
 import pytest
 
+from tests import tiers
 from tests.trainer import helpers
 
 
 @pytest.fixture(scope="module")
+@tiers.long("a mirrored run on two logical devices, exported")
 def mirrored_run(sample_records, tmp_path_factory):
     """One mirrored run over 2 logical CPU devices; returns ``(job_dir, data_dir, proc)``."""
     data_dir, _ = sample_records
@@ -188,7 +190,7 @@ def test_tensorboard_hparams_match_the_job(tensorboard, mirrored_run):
     assert hparams["label_smoothing"] == 0.1 and hparams["sync_bn"] is True
 
 
-@pytest.mark.slow
+@tiers.long("a two-worker cluster")
 def test_multi_worker_two_processes(sample_records, tmp_path):
     data_dir, _ = sample_records
     job, dump = str(tmp_path / "job"), str(tmp_path / "dump")
@@ -221,7 +223,7 @@ def test_multi_worker_two_processes(sample_records, tmp_path):
     assert not glob.glob(os.path.join(job, "**", "workertemp-*"), recursive=True)
 
 
-@pytest.mark.slow
+@tiers.long("a trainer run into the GCS emulator")
 def test_gcs_job_dir_and_vertex_environment(sample_records, gcs_bucket, tmp_path):
     from contracts import storage
 

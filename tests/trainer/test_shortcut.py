@@ -15,7 +15,7 @@ import pytest
 
 from explain import callback
 from preprocessing import sample
-from tests import datasets, events
+from tests import datasets, events, tiers
 from tests.trainer import helpers
 
 CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 3, 60, 4
@@ -70,6 +70,7 @@ def train_pair(root, data_seed=3, seed=1):
 
 
 @pytest.fixture(scope="module")
+@tiers.long("a marked and a clean run of several epochs")
 def runs(tmp_path_factory):
     """The marked and the clean run (:func:`train_pair`)."""
     started = time.time()
@@ -87,7 +88,6 @@ def _report(job):
     return metrics["explanations"], rows
 
 
-@pytest.mark.slow
 def test_marked_data_raises_the_shortcut_alarm(runs):
     job, log = runs["marked"]
     explanations, rows = _report(job)
@@ -112,7 +112,6 @@ def test_marked_data_raises_the_shortcut_alarm(runs):
     )
 
 
-@pytest.mark.slow
 def test_clean_data_raises_no_alarm(runs):
     job, log = runs["clean"]
     explanations, _ = _report(job)

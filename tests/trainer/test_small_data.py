@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from preprocessing import sample
-from tests import datasets
+from tests import datasets, tiers
 from tests.trainer import helpers
 from trainer import report
 
 CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS = 6, 30, 10
 
 
-@pytest.mark.slow
+@tiers.long("trains until a small set is learnt")
 def test_minception_learns_thirty_images_per_class(tmp_path):
     """Default settings on 27 training images per class (after the split): far above chance.
 
@@ -43,7 +43,7 @@ def test_minception_learns_thirty_images_per_class(tmp_path):
     assert "precise batch norm: statistics from" in proc.stderr
 
 
-@pytest.mark.slow
+@tiers.long("trains a run that stays at chance")
 def test_chance_level_best_model_warns_and_says_so_in_metrics(sample_records, tmp_path):
     """A model that has not learned (learning rate 1e-9, one epoch) is flagged, not silently exported."""
     data_dir, _ = sample_records
