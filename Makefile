@@ -50,6 +50,7 @@ bench: install
 	$(PY) benchmarks/input_pipeline.py
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/explain.py
+	$(PY) benchmarks/overhead.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache

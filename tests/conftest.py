@@ -22,6 +22,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from preprocessing import sample
 from tests import datasets, shared, tiers
 
+# tests/test_tiers.py runs a pytest session of its own to check the guard.
+pytest_plugins = ["pytester"]
+
 
 def pytest_addoption(parser):
     parser.addoption("--tiers-why", action="store_true", help="print each test's tier and what put it there")

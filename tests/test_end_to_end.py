@@ -19,8 +19,8 @@ from tests import tiers
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHS = ("minception", "inception_v1", "inception_resnet_v2")
 CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, MINCEPTION_EPOCHS = 4, 60, 6, 5
-# The demo takes 9 to 10 minutes beside another test worker on 2 cores (make test runs two), and
-# the first test of this module also pays for the demo_run fixture: room for a slower machine.
+# At these sizes the module took 7.5 minutes on a busy 2-core machine (more beside another test
+# worker: make test runs two), most of it the demo_run fixture: room for a slower machine.
 DEMO_TIMEOUT = 2000
 pytestmark = pytest.mark.timeout(DEMO_TIMEOUT + 300)
 

@@ -231,14 +231,16 @@ class DistributedLoop:
         return float(bad.numpy()) == 0.0
 
     # ------------------------------------------------------------------ eval
-    def _make_eval_function(self, confusion):
+    def _make_eval_function(self, element_spec):
+        # The confusion matrix is always summed (a few ops): the epochs' validation and the
+        # final evaluation then share one trace.
         def compute(images, labels):
             probabilities = self.eval_model(images, training=False)
             per_example = keras.losses.sparse_categorical_crossentropy(
                 labels, tf.cast(probabilities, tf.float32)
             )
             return step_metrics.batch_statistics(
-                labels, probabilities, per_example, self.num_classes, confusion
+                labels, probabilities, per_example, self.num_classes, confusion=True
             )
 
         def replica_step(images, labels):
@@ -247,20 +249,21 @@ class DistributedLoop:
             return tf.cond(
                 tf.shape(images)[0] > 0,
                 lambda: compute(images, labels),
-                lambda: self._zero_statistics(confusion),
+                self._zero_statistics,
             )
 
-        @tf.function
+        # The dataset's own signature (batch dimension open): a split's smaller last
+        # batch and the next split reuse the one trace instead of tracing again.
+        @tf.function(input_signature=list(element_spec))
         def eval_function(images, labels):
             stats = self.strategy.run(replica_step, args=(images, labels))
             return {k: self.strategy.reduce("SUM", v, axis=None) for k, v in stats.items()}
 
         return eval_function
 
-    def _zero_statistics(self, confusion):
+    def _zero_statistics(self):
         stats = {name: tf.constant(0.0) for name in ("loss_sum", "top1", "top5", "count")}
-        if confusion:
-            stats["confusion"] = tf.zeros([self.num_classes, self.num_classes], tf.float32)
+        stats["confusion"] = tf.zeros([self.num_classes, self.num_classes], tf.float32)
         return stats
 
     def evaluate(self, dataset, steps=None, confusion=False):
@@ -275,9 +278,10 @@ class DistributedLoop:
             ``(logs, confusion_matrix or None)`` with ``loss``, ``accuracy``,
             ``top5_accuracy`` and ``count``.
         """
-        if confusion not in self._eval_functions:
-            self._eval_functions[confusion] = self._make_eval_function(confusion)
-        function = self._eval_functions[confusion]
+        spec = dataset.element_spec
+        if spec not in self._eval_functions:
+            self._eval_functions[spec] = self._make_eval_function(spec)
+        function = self._eval_functions[spec]
         totals = None
         for index, (images, labels) in enumerate(dataset):
             if steps is not None and index >= steps:

@@ -24,6 +24,7 @@ if __name__ == "__main__":
 
 from contracts import cli
 from trainer import config as config_lib
+from trainer import stages
 
 # Keys of ArchDefaults that map to a differently named config field.
 _DEFAULT_FIELDS = {"augmentation": "policy"}
@@ -328,6 +329,7 @@ def main(argv=None):
     Exit codes: 0 done; 2 bad input; 3 diverged (a NaN or infinite loss, the
     last good backup kept); 143 preempted (state backed up).
     """
+    clock = stages.StageClock()  # Before the flags: resolving them imports TensorFlow.
     try:
         config = resolve(argv)
         check_outputs(config)
@@ -337,7 +339,7 @@ def main(argv=None):
     from trainer import train
 
     try:
-        train.run(config)
+        train.run(config, clock=clock)
     except train.Preempted as stop:
         print(f"preempted: {stop}; state backed up, run the same command to resume", file=sys.stderr)
         return train.PREEMPTED_EXIT_CODE

@@ -11,7 +11,7 @@ import contextlib
 import json
 
 from contracts import dataset, jobdir, mirror, policy, voice
-from trainer import distribute
+from trainer import distribute, stages
 
 VOICE = voice.Voice("trainer")
 
@@ -40,12 +40,13 @@ def output_folders(config):
     }
 
 
-def run(config, stop_flag=None):
+def run(config, stop_flag=None, clock=None):
     """Trains, evaluates and exports one model as ``config`` says.
 
     Args:
         config: A :class:`trainer.config.TrainConfig`.
         stop_flag: A :class:`trainer.distribute.StopFlag`; a new one handles SIGTERM when ``None``.
+        clock: The run's :class:`trainer.stages.StageClock` (started by the CLI); a new one when ``None``.
 
     Returns:
         The metrics dict written to ``metrics.json``.
@@ -56,6 +57,7 @@ def run(config, stop_flag=None):
         contracts.dataset.DataError: Bad dataset.
         contracts.jobdir.JobDirError: The job dir holds an incompatible run.
     """
+    clock = clock or stages.StageClock()
     # 1. Folders and strategy. Logical devices must be configured before
     # TensorFlow initializes, collective ops before any TensorFlow op runs.
     distribute.configure_devices(config.num_cpu_devices)
@@ -78,6 +80,7 @@ def run(config, stop_flag=None):
         state,
     )
 
+    clock.lap("import")
     chief = distribute.is_chief()
     outputs = mirror.JobOutputs(output_folders(config), chief=chief)
     jobdir.check_arch(config.job_dir, outputs.read_text("job", jobdir.CONFIG_FILE), config.arch)
@@ -161,7 +164,7 @@ def run(config, stop_flag=None):
     # 5. Fit: one phase, or a frozen warm-up then everything.
     fit_args = {
         "steps_per_epoch": steps_per_epoch,
-        "callbacks": keras.callbacks.CallbackList(run_callbacks, model=model),
+        "callbacks": keras.callbacks.CallbackList([stages.callback(clock), *run_callbacks], model=model),
         "valid_dataset": _distributed(strategy, config, info, "valid", training=False),
         "validation_steps": config.validation_steps,
         "stop_requested": distribute.stop_check(strategy, stop_flag, config.stop_check_every_steps),
@@ -188,6 +191,7 @@ def run(config, stop_flag=None):
                 if refresh_statistics is not None:
                     refresh_statistics.reset()
             epoch, step = result.epochs_completed, 0
+        clock.lap("steps")
         if result.interrupted:
             training_state.save(
                 outputs.local("backup"), epoch=result.epochs_completed, step_in_epoch=result.step_in_epoch
@@ -207,6 +211,7 @@ def run(config, stop_flag=None):
         for split in ("valid", "test"):
             split_dataset = _distributed(strategy, config, info, split, training=False)
             evaluations[split], confusion[split] = evaluation.evaluate_split(training_loop, split_dataset)
+        clock.lap("evaluation")
     metrics = report.final_metrics(
         config=config,
         info=info,
@@ -248,8 +253,10 @@ def run(config, stop_flag=None):
             tuning.report(evaluations["valid"]["accuracy"], step=result.epochs_completed + 1)
         outputs.delete("backup")
         outputs.sync()
+    clock.lap("export")
     valid, test = metrics["valid"]["accuracy"], metrics["test"]["accuracy"]
     VOICE.say(f"done: valid accuracy {valid:.4f}, test accuracy {test:.4f}")
+    VOICE.say(clock.summary())
     return metrics
 
 
