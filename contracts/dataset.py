@@ -28,7 +28,7 @@ from collections.abc import Mapping
 import tensorflow as tf
 
 from contracts import policy as policy_lib
-from contracts import schema, staging, stream
+from contracts import resize, schema, staging, stream
 
 AUTOTUNE = tf.data.AUTOTUNE
 FEATURES = ("image_label", "all")
@@ -76,6 +76,21 @@ class DatasetInfo:
         """Batches in one pass over ``split`` (e.g. ``steps_per_epoch``)."""
         count = self.split_counts[split]
         return count // global_batch_size if drop_remainder else -(-count // global_batch_size)
+
+    @property
+    def resize_policy(self):
+        """How the job made every image square (:mod:`contracts.resize`); ``crop`` for older datasets."""
+        return (self.metadata.get("resize") or {}).get("policy", resize.DEFAULT_POLICY)
+
+    def class_counts(self, split):
+        """Records of each class in ``split`` (label order), or ``None`` where metadata.json predates them."""
+        counts = (self.metadata.get("splits") or {}).get(split, {}).get("class_counts")
+        return None if counts is None else tuple(int(c) for c in counts)
+
+    def box_count(self, split):
+        """Records of ``split`` with an object box, or ``None`` where metadata.json predates the count."""
+        count = (self.metadata.get("splits") or {}).get(split, {}).get("boxes")
+        return None if count is None else int(count)
 
 
 def _metadata_error(path, message):

@@ -8,10 +8,14 @@ pipeline's transforms and TensorFlow: only Beam's pipeline options come in.
 import argparse
 import dataclasses
 
-from contracts import cli, quiet
+from contracts import cli, quiet, resize
 from preprocessing import archive, beam_options
 
-DESCRIPTION = "Converts a tiny-imagenet-200 folder into sharded TFRecords with Apache Beam."
+DESCRIPTION = (
+    "Converts a folder of labelled photos (a class-per-folder tree, a CSV/JSONL manifest or the "
+    "tiny-imagenet-200 layout) into sharded TFRecords with Apache Beam."
+)
+LAYOUTS = ("auto", "tiny-imagenet", "folders", "manifest")
 DEFAULT_SHARDS = {"train": 16, "valid": 4, "test": 4, "unlabeled": 4}
 
 
@@ -22,16 +26,29 @@ class JobConfig:
     raw_dir: str
     output_dir: str
     valid_fraction: float = 0.1
+    test_fraction: float = 0.1
+    layout: str = "auto"
     seed: int = 42
     num_shards: tuple = tuple(DEFAULT_SHARDS.items())
     overwrite: bool = False
     max_reject_fraction: float = 0.01
     image_size: int = 64
+    resize: str = resize.DEFAULT_POLICY
     limits: archive.Limits = dataclasses.field(default_factory=archive.Limits)
 
     def __post_init__(self):
         if not 0.0 <= self.valid_fraction < 1.0:
             raise ValueError(f"--valid-fraction must be in [0, 1), got {self.valid_fraction}")
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ValueError(f"--test-fraction must be in [0, 1), got {self.test_fraction}")
+        if self.valid_fraction + self.test_fraction >= 1.0:
+            raise ValueError(
+                f"--valid-fraction + --test-fraction must leave images to train on, got "
+                f"{self.valid_fraction} + {self.test_fraction}"
+            )
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        resize.check_policy(self.resize)
         if not 0.0 <= self.max_reject_fraction <= 1.0:
             raise ValueError(f"--max-reject-fraction must be in [0, 1], got {self.max_reject_fraction}")
         for split, count in self.num_shards:
@@ -57,17 +74,45 @@ def build_parser():
         # Abbreviations would let our flags swallow Beam's (e.g. --output for --output-dir).
         allow_abbrev=False,
     )
-    parser.add_argument("--raw-dir", required=True, help="Dataset folder or .zip (local, gs://, https://).")
+    parser.add_argument(
+        "--raw-dir",
+        required=True,
+        help="Photos: a folder or .zip (local, gs://, https://), or a .csv/.jsonl manifest.",
+    )
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="auto",
+        help="How --raw-dir is organised; auto detects it (docs/preprocessing.md).",
+    )
     parser.add_argument("--output-dir", required=True, help="Folder for shards and metadata.json.")
-    parser.add_argument("--valid-fraction", type=float, default=0.1, help="Share of each class for valid.")
-    parser.add_argument("--seed", type=int, default=42, help="Seed of the train/valid split and shard order.")
+    parser.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=0.1,
+        help="Share of each class for valid where the source has no valid split.",
+    )
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.1,
+        help="Share of each class for test where the source has no test split.",
+    )
+    parser.add_argument("--seed", type=int, default=42, help="Seed of the splits and the shard order.")
     for split, count in DEFAULT_SHARDS.items():
         parser.add_argument(f"--num-shards-{split}", type=int, default=count, help=f"Shards of {split}.")
     parser.add_argument("--overwrite", action="store_true", help="Replace the outputs of an earlier run.")
     parser.add_argument(
         "--max-reject-fraction", type=float, default=0.01, help="Fail above this share of rejected inputs."
     )
-    parser.add_argument("--image-size", type=int, default=64, help="Height and width every image must have.")
+    parser.add_argument("--image-size", type=int, default=64, help="Side S of the images written.")
+    parser.add_argument(
+        "--resize",
+        choices=resize.POLICIES,
+        default=resize.DEFAULT_POLICY,
+        help="How an image of another size becomes S x S: crop (shorter side to S, centre crop), "
+        "pad (letterbox on black) or stretch.",
+    )
     quiet.add_verbose_flag(parser)
     limits = parser.add_argument_group("archives and downloads (a .zip or http(s):// --raw-dir)")
     limits.add_argument("--raw-sha256", metavar="HEX", help="Refuse the archive unless its SHA-256 is HEX.")
@@ -102,11 +147,14 @@ def parse_args(argv):
         raw_dir=args.raw_dir,
         output_dir=args.output_dir.rstrip("/") if "://" in args.output_dir else args.output_dir,
         valid_fraction=args.valid_fraction,
+        test_fraction=args.test_fraction,
+        layout=args.layout,
         seed=args.seed,
         num_shards=tuple((s, getattr(args, f"num_shards_{s}")) for s in DEFAULT_SHARDS),
         overwrite=args.overwrite,
         max_reject_fraction=args.max_reject_fraction,
         image_size=args.image_size,
+        resize=args.resize,
         limits=archive.Limits(
             max_archive_bytes=args.max_archive_bytes,
             max_download_bytes=args.max_download_bytes,
