@@ -80,7 +80,7 @@ class DatasetInfo:
     @property
     def resize_policy(self):
         """How the job made every image square (:mod:`contracts.resize`); ``crop`` for older datasets."""
-        return (self.metadata.get("resize") or {}).get("policy", resize.DEFAULT_POLICY)
+        return resize.policy_of(self.metadata)
 
     def class_counts(self, split):
         """Records of each class in ``split`` (label order), or ``None`` where metadata.json predates them."""

@@ -172,14 +172,15 @@ def read_config(job_dir):
 def _metadata_classes(data_dir):
     # Imported here: the schema pulls in TensorFlow, which the config and the
     # job-dir checks do not need.
-    from contracts import schema
+    from contracts import resize, schema
 
     path = storage.join(data_dir, schema.METADATA_FILE)
     try:
         metadata = schema.read_metadata_text(storage.read_bytes(path).decode("utf-8"))
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"{path}: cannot read class names ({error})") from None
-    return parse_class_list(json.dumps(metadata["classes"])), int(metadata["image_size"][0])
+    classes = parse_class_list(json.dumps(metadata["classes"]))
+    return classes, int(metadata["image_size"][0]), resize.policy_of(metadata)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +194,8 @@ class Predictor:
         policy: Augmentation policy whose evaluation transform is applied.
         crop_size: Crop side of the ``crop`` policy.
         class_names: Names in label order, or ``None`` when unknown.
+        resize_policy: How inputs are made ``image_size`` square (:mod:`contracts.resize`): the
+            dataset's, so a photo is resized as the preprocessing job resized its training images.
     """
 
     model: object
@@ -201,18 +204,14 @@ class Predictor:
     policy: str
     crop_size: int
     class_names: tuple | None
+    resize_policy: str
 
     def prepare(self, images):
         """Turns uint8 RGB images of any sizes into the model's float32 ``[B, S, S, 3]`` input."""
-        from PIL import Image
+        # Imported here: TensorFlow loads only when a model does.
+        from contracts import resize
 
-        resized = []
-        for image in images:
-            if image.shape[:2] != (self.image_size, self.image_size):
-                image = np.asarray(
-                    Image.fromarray(image).resize((self.image_size, self.image_size), Image.BILINEAR)
-                )
-            resized.append(image)
+        resized = [np.asarray(resize.resize(image, self.image_size, self.resize_policy)) for image in images]
         batch = np.stack(resized).astype(np.float32)
         return np.asarray(policy_lib.eval_transform(self.policy, batch, self.image_size, self.crop_size))
 
@@ -274,21 +273,21 @@ def load(model_path, *, data_dir=None, classes=None):
     config = read_config(job_dir) if job_dir else {}
     model = _load_keras(model_file)
 
-    names, image_size = None, None
+    names, image_size, resize_policy = None, None, None
     if classes:
         try:
             names = parse_class_list(storage.read_bytes(classes).decode("utf-8"))
         except OSError as error:
             raise ModelLoadError(f"{classes}: cannot read classes ({error})") from None
     if data_dir:
-        found, image_size = _metadata_classes(data_dir)
+        found, image_size, resize_policy = _metadata_classes(data_dir)
         names = names or found
     classes_file = storage.join(job_dir, CLASSES_FILE) if job_dir else None
     if names is None and classes_file and storage.exists(classes_file):
         names = parse_class_list(storage.read_bytes(classes_file).decode("utf-8"))
     if (names is None or image_size is None) and config.get("data_dir"):
         try:
-            found, image_size = _metadata_classes(config["data_dir"])
+            found, image_size, resize_policy = _metadata_classes(config["data_dir"])
             names = names or found
         except ModelLoadError as error:
             print(f"warning: {error}", file=sys.stderr)
@@ -307,4 +306,8 @@ def load(model_path, *, data_dir=None, classes=None):
             f"{model_path}: policy {policy!r} turns {image_size}px images into "
             f"{produced}px, but the model takes {input_size}px"
         )
-    return Predictor(model, input_size, image_size, policy, crop_size, names)
+    from contracts import resize  # Imported here: TensorFlow, loaded with the model by now.
+
+    # No metadata.json: the default, as for a dataset written before the policy was recorded.
+    resize_policy = resize_policy or resize.DEFAULT_POLICY
+    return Predictor(model, input_size, image_size, policy, crop_size, names, resize_policy)

@@ -194,7 +194,7 @@ def _recipe_candidates(flags):
     from trainer import recipe
     from trainer import task as trainer_task
 
-    name = flags.get("recipe", "book")
+    name = flags.get("recipe", trainer_config.TrainConfig.recipe)
     if name == "book" or flags.get("steps_per_epoch") is None:
         return [trainer_task.recipe_settings(flags)]
     epochs = flags.get("epochs", trainer_config.TrainConfig.epochs)

@@ -11,9 +11,16 @@ Every ``every_n_epochs`` epochs the callback explains the same probe images
   pointing game, the energy in the box and their centre baselines join the
   epoch's logs (:data:`SCORES`), so whatever records the logs (the trainer's
   history and TensorBoard scalars) records them beside the validation accuracy;
-* a :class:`ShortcutWatch` reads the scores with the epoch's validation
-  accuracy; when it raises the alarm the callback logs one warning line and
-  writes it as a text summary (``gradcam/shortcut_alarm``).
+* a :class:`ShortcutWatch` (:mod:`explain.shortcut`) reads the scores with
+  the epoch's validation accuracy; when it raises the alarm the callback logs
+  one warning line and writes it as a text summary (``gradcam/shortcut_alarm``).
+
+Without boxes (the dataset's ``metadata.json`` counts none in the probe split,
+or, for a dataset written before that count, no probe image has one) the
+pointing game is skipped: one line says so and why, no score joins the logs
+and the panels are still written. Boxes covering (nearly) the whole image are
+scored, and one line says that the score cannot tell the model from its
+baselines (:func:`explain.pointing.uninformative_line`).
 
 The callback is handed the single-output model it explains (for Inception v1,
 the main-output view of the multi-output training model, which shares its
@@ -21,7 +28,6 @@ weights), so it needs nothing from the trainer. A failure is logged as a
 warning and never stops training.
 """
 
-import dataclasses
 import logging
 import os
 
@@ -31,6 +37,7 @@ import tensorflow as tf
 
 from contracts import dataset as data
 from explain import gradcam, pointing, render
+from explain.shortcut import ShortcutWatch
 
 LOGGER = logging.getLogger(__name__)
 TAG = "gradcam/probe"
@@ -54,13 +61,15 @@ def score(heatmaps, boxes, labels):
     """Scores maps against their boxes (rows with a negative ``xmin`` have none).
 
     Returns:
-        ``{key of SCORES: value}``, or ``{}`` when no image has a box.
+        ``(scores, uninformative)``: ``{key of SCORES: value}`` (``{}`` when no
+        image has a box) and :func:`explain.pointing.uninformative_line` of the
+        game (``None`` when it can tell the model from its baselines).
     """
     boxes = np.asarray(boxes)
     game = pointing.PointingGame()
     game.add(heatmaps, boxes, labels, has_box=boxes[:, 0] >= 0)
     if not game.count:
-        return {}
+        return {}, None
     summary = game.summary()
     values = (
         summary["pointing_game"]["hit_rate"],
@@ -68,118 +77,7 @@ def score(heatmaps, boxes, labels):
         summary["energy_in_box"],
         summary["energy_baselines"]["center_baseline"],
     )
-    return dict(zip(SCORES, values, strict=True))
-
-
-@dataclasses.dataclass
-class ShortcutWatch:
-    """Raises the shortcut alarm from the probes' validation accuracy and pointing game.
-
-    The alarm is raised at the first probe that ends ``probes`` (``K``)
-    consecutive probes where (a) the pointing game is at or below its centre
-    baseline and (b) the validation accuracy keeps rising: it is higher at
-    every one of the ``K`` probes than at the probe just before them (than
-    chance, ``chance``, when there is none). A model that keeps learning while
-    its attention stays off the objects is learning something else: a
-    watermark, the background. Comparing with the probe before the streak,
-    not probe to probe, lets a streak survive the jitter of a small
-    validation split. A probe without a validation accuracy or a pointing
-    game breaks the streak (and, as the probe before one, prevents it). The
-    alarm is raised once.
-
-    Args:
-        probes: Length ``K`` of the streak.
-        chance: The accuracy the first probe is compared with (``1 / classes``).
-    """
-
-    probes: int = 3
-    chance: float = 0.0
-    history: list = dataclasses.field(default_factory=list)
-    alarm: dict | None = None
-
-    def __post_init__(self):
-        if self.probes < 1:
-            raise ValueError(f"probes must be >= 1, got {self.probes}")
-
-    def add(self, epoch, val_accuracy, pointing_game, center_baseline, energy_in_box=None):
-        """Records one probe (``epoch`` 0-based); returns whether this probe raised the alarm."""
-        entry = {
-            "epoch": int(epoch),
-            "val_accuracy": _number(val_accuracy),
-            "pointing_game": _number(pointing_game),
-            "center_baseline": _number(center_baseline),
-            "energy_in_box": _number(energy_in_box),
-        }
-        self.history.append(entry)
-        if self.alarm is not None or not self._streak():
-            return False
-        self.alarm = entry
-        return True
-
-    def _streak(self):
-        if len(self.history) < self.probes:
-            return False
-        earlier = self.history[: -self.probes]
-        before = earlier[-1]["val_accuracy"] if earlier else self.chance
-        window = self.history[-self.probes :]
-        return before is not None and all(
-            entry["val_accuracy"] is not None
-            and entry["val_accuracy"] > before
-            and _points_at_object(entry) is False
-            for entry in window
-        )
-
-    def message(self):
-        """The one-line warning of a raised alarm (``None`` without one)."""
-        if self.alarm is None:
-            return None
-        entry = self.alarm
-        return (
-            f"shortcut alarm at epoch {entry['epoch']}: over {self.probes} Grad-CAM probes the validation "
-            f"accuracy rose (to {entry['val_accuracy']:.3f}) while the pointing game stayed at or below its "
-            f"centre baseline (now {entry['pointing_game']:.3f} against {entry['center_baseline']:.3f}): "
-            "the model may have learned something other than the objects (a watermark, the background); "
-            "look at the gradcam/probe panels"
-        )
-
-    def summary(self):
-        """The ``explanations`` entry of ``metrics.json``: plain values only.
-
-        Keys: ``shortcut_alarm`` (bool), ``epoch`` (0-based epoch of the
-        alarm, else ``None``), ``probes`` (how many probes were scored; 0: the
-        run was not watched), ``streak`` (``K``), and ``val_accuracy``,
-        ``pointing_game``, ``center_baseline``, ``energy_in_box`` of the
-        alarm's probe (else of the last probe; ``None`` without one).
-        """
-        entry = self.alarm or (self.history[-1] if self.history else {})
-        scores = ("val_accuracy", "pointing_game", "center_baseline", "energy_in_box")
-        return {
-            "shortcut_alarm": self.alarm is not None,
-            "epoch": self.alarm["epoch"] if self.alarm else None,
-            "probes": len(self.history),
-            "streak": self.probes,
-            **{key: entry.get(key) for key in scores},
-        }
-
-    def get_state(self):
-        """Returns the probes seen and the alarm as JSON-ready values (a backup keeps them)."""
-        return {"history": [dict(entry) for entry in self.history], "alarm": self.alarm}
-
-    def load_state(self, state):
-        """Puts back what :meth:`get_state` returned."""
-        self.history = [dict(entry) for entry in state["history"]]
-        self.alarm = None if state["alarm"] is None else dict(state["alarm"])
-
-
-def _points_at_object(entry):
-    """Whether a probe's pointing game beats its centre baseline (``None``: not scored)."""
-    if entry["pointing_game"] is None or entry["center_baseline"] is None:
-        return None
-    return entry["pointing_game"] > entry["center_baseline"]
-
-
-def _number(value):
-    return None if value is None else float(value)
+    return dict(zip(SCORES, values, strict=True)), summary["pointing_game"]["uninformative"]
 
 
 class GradCamCallback(keras.callbacks.Callback):
@@ -202,9 +100,14 @@ class GradCamCallback(keras.callbacks.Callback):
         max_images: Show at most this many of ``images`` in the panels.
         boxes: Optional ``[N, 4]`` object boxes in the images' coordinates, drawn on
             the panels and scored against; a row with a negative ``xmin`` means "no box".
+            ``None``: panels only, silently.
         watch: The :class:`ShortcutWatch` fed with each probe's scores; a new
             one (streak of 3) when ``None``.
-        log: Called with each warning line (the alarm, a failed probe); default: this module's logger.
+        log: Called with each warning line (the alarm, a failed probe, a skipped or
+            uninformative pointing game); default: this module's logger.
+        skipped: Why the pointing game is not played (:func:`explain.pointing.skip_reason`);
+            with boxes but none of them valid, the callback finds the reason itself.
+            Said once, here, and kept by the watch for ``metrics.json``.
     """
 
     def __init__(
@@ -221,6 +124,7 @@ class GradCamCallback(keras.callbacks.Callback):
         boxes=None,
         watch=None,
         log=None,
+        skipped=None,
     ):
         super().__init__()
         if every_n_epochs < 1:
@@ -240,12 +144,23 @@ class GradCamCallback(keras.callbacks.Callback):
         self._writer = None
         self._last_epoch = None
         self._written = set()
+        self.uninformative = None
+        self._said_uninformative = False
+        if skipped is None and self.boxes is not None:
+            skipped = pointing.skip_reason(None, "probe", self.boxes[:, 0] >= 0)
+        self.skipped = skipped
+        if skipped is not None:
+            # No box to draw or score: the panels go on, the game is not played.
+            self.boxes = None
+            self.watch.skipped = skipped
+            self.log(pointing.skipped_line(skipped))
 
     def write(self, step):
         """Explains the probe set with the current weights and writes the panel grid at ``step``.
 
         Returns:
-            The probe's scores (:func:`score`; ``{}`` without boxes).
+            The probe's scores (:func:`score`; ``{}`` without boxes). Whether they
+            can tell the model from its baselines is left in ``self.uninformative``.
         """
         model = self.explained
         shown = slice(0, self.max_images)
@@ -263,7 +178,10 @@ class GradCamCallback(keras.callbacks.Callback):
             tf.summary.image(TAG, render.grid(panels, columns=2)[None], step=step)
         self._writer.flush()
         self._written.add(step)
-        return {} if self.boxes is None else score(maps, self.boxes, self.labels)
+        if self.boxes is None:
+            return {}
+        scores, self.uninformative = score(maps, self.boxes, self.labels)
+        return scores
 
     def _summary_writer(self):
         if self._writer is None:
@@ -289,12 +207,17 @@ class GradCamCallback(keras.callbacks.Callback):
             return
         if logs is not None:
             logs.update(scores)
+        if self.uninformative is not None and not self._said_uninformative:
+            # The probe set is fixed, so its boxes are: one line for the run, the numbers stay in the logs.
+            self._said_uninformative = True
+            self.log(self.uninformative)
         raised = self.watch.add(
             epoch,
             (logs or {}).get("val_accuracy"),
             scores["gradcam_pointing_game"],
             scores["gradcam_pointing_game_center_baseline"],
             scores["gradcam_energy_in_box"],
+            uninformative=self.uninformative,
         )
         if raised:
             self._raise_alarm(epoch)
@@ -322,21 +245,27 @@ class GradCamCallback(keras.callbacks.Callback):
         self.watch.load_state(state)
 
 
+def probe_split(info):
+    """The first evaluation split (:data:`PROBE_SPLITS`) that has images."""
+    for split in PROBE_SPLITS:
+        if info.split_counts.get(split):
+            return split
+    raise ValueError(f"{info.data_dir}: no split with images for the Grad-CAM probe batch")
+
+
 def probe_batch(info, *, policy, crop_size, max_images=PANEL_IMAGES):
-    """Reads the first ``max_images`` images of the first evaluation split that has any.
+    """Reads the first ``max_images`` images of :func:`probe_split`.
 
     Returns:
         ``(images, labels, boxes)`` as numpy arrays, after the policy's evaluation transform.
     """
-    for split in PROBE_SPLITS:
-        if info.split_counts.get(split):
-            dataset = data.make_dataset(
-                info, split, global_batch_size=max_images, policy=policy, crop_size=crop_size, features="all"
-            )
-            batch = next(dataset.take(1).as_numpy_iterator())
-            boxes = np.where(batch["has_box"][:, None], batch["box"], -1)
-            return batch["image"], batch["label"], boxes
-    raise ValueError(f"{info.data_dir}: no split with images for the Grad-CAM probe batch")
+    split = probe_split(info)
+    dataset = data.make_dataset(
+        info, split, global_batch_size=max_images, policy=policy, crop_size=crop_size, features="all"
+    )
+    batch = next(dataset.take(1).as_numpy_iterator())
+    boxes = np.where(batch["has_box"][:, None], batch["box"], -1)
+    return batch["image"], batch["label"], boxes
 
 
 def from_dataset(
@@ -364,13 +293,15 @@ def from_dataset(
         probe_images: Size of the probe set that is scored.
         every_n_epochs: Explain after every this many epochs.
         watch: The :class:`ShortcutWatch` to feed (see :class:`GradCamCallback`).
-        log: Called with each warning line (the alarm, a failed or disabled probe).
+        log: Called with each warning line (the alarm, a failed or disabled probe, a skipped
+            or uninformative pointing game).
 
     Returns:
         The callback; a callback that does nothing when no probe set can be
         read (a warning is logged), so an optional visualisation never stops training.
     """
     try:
+        split = probe_split(info)
         images, labels, boxes = probe_batch(
             info, policy=policy, crop_size=crop_size, max_images=max(max_images, probe_images)
         )
@@ -388,4 +319,5 @@ def from_dataset(
         boxes=boxes,
         watch=watch,
         log=log,
+        skipped=pointing.skip_reason(info.box_count(split), split, boxes[:, 0] >= 0),
     )

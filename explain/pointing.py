@@ -11,6 +11,12 @@ baseline to beat) and a Gaussian peaked at a uniformly random pixel (seeded).
 
 Boxes are ``(xmin, ymin, xmax, ymax)`` in pixels, inclusive, in the
 heatmap's coordinates (shift them first when the images were cropped).
+
+Two cases give no honest score, and the module names both in one place:
+a dataset or selection without boxes (:func:`skip_reason`: the game is not
+played, so no 0 or 1 is ever reported for it) and boxes that cover (nearly)
+the whole image (the summary's ``uninformative`` line: every peak hits, the
+baselines' too, so the score cannot tell the model from its baselines).
 """
 
 import dataclasses
@@ -21,8 +27,18 @@ import numpy as np
 # image side: wide enough to be a plausible attention map.
 BASELINE_SIGMA = 0.25
 
+# A box covering at least this share of the image's area counts as "the whole image": any peak,
+# a baseline's included, lands in it (a random peak with at least this probability).
+WHOLE_IMAGE_AREA = 0.9
+# The game is flagged as uninformative when more than this share of the scored images has such a box.
+WHOLE_IMAGE_SHARE = 0.5
+# Start of the line that says the game was not played (said once by every command that plays it).
+SKIPPED = "pointing game skipped"
+# Start of the line that flags boxes covering the whole image.
+UNINFORMATIVE = "the pointing game cannot tell the model from its baselines"
+
 # What is recorded per scored image.
-_COLUMNS = ("label", "hit", "energy", "center", "center_energy", "random", "random_energy")
+_COLUMNS = ("label", "hit", "energy", "center", "center_energy", "random", "random_energy", "whole")
 
 
 def peaks(heatmaps):
@@ -64,6 +80,66 @@ def energy_in_box(heatmaps, boxes):
     total = heatmaps.sum(axis=(1, 2))
     inside = (heatmaps * masks).sum(axis=(1, 2))
     return np.where(total > 0, inside / np.where(total > 0, total, 1.0), 0.0)
+
+
+def box_areas(boxes, height, width):
+    """Returns float ``[B]``: the share of a ``height`` x ``width`` image each (inclusive) box covers."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    sides_x = np.clip(boxes[:, 2] - boxes[:, 0] + 1, 0, width)
+    sides_y = np.clip(boxes[:, 3] - boxes[:, 1] + 1, 0, height)
+    return sides_x * sides_y / (height * width)
+
+
+def skip_reason(box_count, split, has_box=None):
+    """Why the pointing game cannot be played on ``split``, or ``None`` when it can.
+
+    Args:
+        box_count: :meth:`contracts.dataset.DatasetInfo.box_count` of the split: records with a
+            box, or ``None`` for a dataset written before the count existed.
+        split: Name of the split (for the message).
+        has_box: Optional bool ``[N]`` of the selected images; where the count says nothing
+            (``None``, or boxes elsewhere in the split) a selection without any box is skipped too.
+
+    Returns:
+        The reason, e.g. ``"the dataset has no object boxes (metadata.json: 0 boxes in test)"``.
+    """
+    if box_count == 0:
+        return f"the dataset has no object boxes (metadata.json: 0 boxes in {split})"
+    if has_box is not None and not np.asarray(has_box, bool).any():
+        return f"none of the {len(has_box)} selected {split} images has an object box"
+    return None
+
+
+def skipped_line(reason):
+    """The one line that says the game was skipped and why."""
+    return f"{SKIPPED}: {reason}"
+
+
+def skipped_summary(reason, tolerance=0.0):
+    """The :meth:`PointingGame.summary` of a game that was not played: a reason, no score.
+
+    Keys: ``n`` (0), ``tolerance`` and ``pointing_game`` = ``{"skipped": reason}``; the energy
+    and per-class entries are absent, so nothing reads a 0 or a 1 that was never measured.
+    """
+    return {"n": 0, "tolerance": tolerance, "pointing_game": {"skipped": reason}}
+
+
+def uninformative_line(game, whole_count, count):
+    """The line that flags a game whose boxes cover the whole image (``None`` when they do not).
+
+    Args:
+        game: The ``pointing_game`` entry of a summary (``hit_rate`` and the two baselines).
+        whole_count: Scored images whose box covers at least :data:`WHOLE_IMAGE_AREA` of the image.
+        count: Scored images.
+    """
+    if not count or whole_count <= WHOLE_IMAGE_SHARE * count:
+        return None
+    return (
+        f"{UNINFORMATIVE}: the boxes of {whole_count} of {count} scored images cover at least "
+        f"{WHOLE_IMAGE_AREA:.0%} of the image, so the centre and random baselines hit too "
+        f"({game['center_baseline']:.3f} and {game['random_baseline']:.3f} "
+        f"against the model's {game['hit_rate']:.3f})"
+    )
 
 
 def gaussian_maps(centres, height, width, sigma=BASELINE_SIGMA):
@@ -130,6 +206,7 @@ class PointingGame:
         rows["center_energy"].extend(energy_in_box(center, boxes))
         rows["random"].extend(pointing_hits(rand, boxes, self.tolerance))
         rows["random_energy"].extend(energy_in_box(rand, boxes))
+        rows["whole"].extend(box_areas(boxes, height, width) >= WHOLE_IMAGE_AREA)
 
     @property
     def count(self):
@@ -160,17 +237,20 @@ class PointingGame:
             "energy_in_box": mean("energy"),
             "energy_center_baseline": mean("center_energy"),
             "energy_random_baseline": mean("random_energy"),
+            "whole_image_boxes": mean("whole"),
         }
 
     def summary(self, class_names=None):
         """Returns the overall and per-class results as a JSON-ready dict.
 
         Keys: ``n``, ``tolerance``, ``pointing_game`` (``hit_rate``,
-        ``center_baseline``, ``random_baseline``), ``energy_in_box`` (the
-        mean share), ``energy_baselines`` (``center_baseline``,
-        ``random_baseline``) and ``per_class`` (one entry per class seen, by
-        class index, with the same rates). Rates are ``None`` when no image
-        was scored.
+        ``center_baseline``, ``random_baseline``, ``whole_image_boxes``: the
+        share of images whose box covers the whole image, and
+        ``uninformative``: :func:`uninformative_line` or ``None``),
+        ``energy_in_box`` (the mean share), ``energy_baselines``
+        (``center_baseline``, ``random_baseline``) and ``per_class`` (one
+        entry per class seen, by class index, with the same rates). Rates are
+        ``None`` when no image was scored.
         """
         labels = np.asarray(self._rows["label"], dtype=np.int64)
         overall = self._summary(np.ones(len(labels), bool))
@@ -181,14 +261,17 @@ class PointingGame:
                 entry["class_name"] = class_names[label]
             entry.update(self._summary(labels == label))
             per_class.append(entry)
+        game = {
+            "hit_rate": overall["hit_rate"],
+            "center_baseline": overall["center_baseline"],
+            "random_baseline": overall["random_baseline"],
+            "whole_image_boxes": overall["whole_image_boxes"],
+        }
+        game["uninformative"] = uninformative_line(game, int(np.sum(self._rows["whole"])), self.count)
         return {
             "n": overall["n"],
             "tolerance": self.tolerance,
-            "pointing_game": {
-                "hit_rate": overall["hit_rate"],
-                "center_baseline": overall["center_baseline"],
-                "random_baseline": overall["random_baseline"],
-            },
+            "pointing_game": game,
             "energy_in_box": overall["energy_in_box"],
             "energy_baselines": {
                 "center_baseline": overall["energy_center_baseline"],

@@ -7,7 +7,11 @@ confidence; panels are grouped into grids and written to TensorBoard (and to
 ``--out-dir`` as PNG). Where the images have object boxes the pointing game
 and the share of heatmap energy inside the box are scored, overall and per
 class, next to a centre-peaked and a random-peaked baseline; the results go
-to TensorBoard scalars and to ``L/explain.json``.
+to TensorBoard scalars and to ``L/explain.json``. Without boxes (``metadata.json``
+counts none in the split or, for an older dataset, no chosen image has one)
+the game is skipped: one line says why, ``explain.json`` holds the reason
+and no score. Boxes covering the whole image are scored with one line saying
+that the score cannot tell the model from its baselines.
 
 The same maps are scored for faithfulness (:mod:`explain.faithfulness`:
 deletion, insertion and, unless ``--no-road``, ROAD), again next to a centre
@@ -113,17 +117,19 @@ def _load_examples(config, predictor):
 
 def _write_scalars(summary, class_names, step):
     game = summary["pointing_game"]
-    scalars = {
-        "pointing_game/hit_rate": game["hit_rate"],
-        "pointing_game/center_baseline": game["center_baseline"],
-        "pointing_game/random_baseline": game["random_baseline"],
-        "energy_in_box/mean": summary["energy_in_box"],
-        "energy_in_box/center_baseline": summary["energy_baselines"]["center_baseline"],
-        "energy_in_box/random_baseline": summary["energy_baselines"]["random_baseline"],
-    }
-    for entry in summary["per_class"]:
-        name = render.short_name(class_names[entry["class_index"]]).replace(" ", "_")
-        scalars[f"pointing_game_per_class/{entry['class_index']:03d}_{name}"] = entry["hit_rate"]
+    scalars = {}
+    if "skipped" not in game:
+        scalars = {
+            "pointing_game/hit_rate": game["hit_rate"],
+            "pointing_game/center_baseline": game["center_baseline"],
+            "pointing_game/random_baseline": game["random_baseline"],
+            "energy_in_box/mean": summary["energy_in_box"],
+            "energy_in_box/center_baseline": summary["energy_baselines"]["center_baseline"],
+            "energy_in_box/random_baseline": summary["energy_baselines"]["random_baseline"],
+        }
+        for entry in summary["per_class"]:
+            name = render.short_name(class_names[entry["class_index"]]).replace(" ", "_")
+            scalars[f"pointing_game_per_class/{entry['class_index']:03d}_{name}"] = entry["hit_rate"]
     for metric, entry in faithfulness.scored_metrics(summary.get("faithfulness")):
         for name, key in (("", "auc"), ("_random", "random_auc"), ("_center", "center_auc")):
             scalars[f"faithfulness/{metric}_auc{name}"] = entry[key]
@@ -153,7 +159,8 @@ def run(config, speaker=None):
     )
     info, examples = _load_examples(config, predictor)
     names = info.class_names
-    game = pointing.PointingGame(tolerance=config.tolerance, seed=config.seed)
+    skipped = pointing.skip_reason(info.box_count(config.split), config.split, examples["has_box"])
+    game = None if skipped else pointing.PointingGame(tolerance=config.tolerance, seed=config.seed)
     scorer = (
         faithfulness.Faithfulness(predictor.predict, seed=config.seed, road=config.road)
         if config.faithfulness
@@ -161,6 +168,8 @@ def run(config, speaker=None):
     )
     count = len(examples["label"])
     speaker.say(f"{count} {config.split} images, method {config.method}, layer {explainer.layer}")
+    if skipped:
+        speaker.say(pointing.skipped_line(skipped))
     panels, correct = [], 0
     with speaker.progress(count, "images") as steps:
         for start in range(0, count, config.batch_size):
@@ -170,7 +179,8 @@ def run(config, speaker=None):
             correct += int((predicted == batch["label"]).sum())
             targets = batch["label"] if config.target == "true" else predicted
             maps = explainer(batch["image"], targets)
-            game.add(maps, batch["box"], batch["label"], batch["has_box"])
+            if game is not None:
+                game.add(maps, batch["box"], batch["label"], batch["has_box"])
             if scorer is not None:
                 scorer.add(batch["image"], maps, targets)
             for i in range(len(maps)):
@@ -181,9 +191,12 @@ def run(config, speaker=None):
                         batch["image"][i], maps[i], names[label], names[guess], probabilities[i, guess], box
                     )
                 )
-            hits = "n/a" if game.hit_rate is None else f"{game.hit_rate:.3f}"
-            steps.advance(len(maps), f"pointing-game hit rate so far {hits}")
-    summary = game.summary(class_names=names)
+            steps.advance(len(maps), _so_far(game, correct, start + len(maps)))
+    summary = (
+        pointing.skipped_summary(skipped, config.tolerance)
+        if game is None
+        else game.summary(class_names=names)
+    )
     if scorer is not None:
         summary["faithfulness"] = scorer.summary()
     randomised = _sanity(config, predictor, explainer, examples, speaker) if config.sanity else None
@@ -250,12 +263,21 @@ def _sanity(config, predictor, explainer, examples, speaker):
     )
 
 
+def _so_far(game, correct, done):
+    """The progress line's detail: the pointing game's hit rate so far, or the accuracy when skipped."""
+    if game is None:
+        return f"accuracy so far {correct / done:.3f}"
+    hits = "n/a" if game.hit_rate is None else f"{game.hit_rate:.3f}"
+    return f"pointing-game hit rate so far {hits}"
+
+
 def _report(results, speaker):
     _report_faithfulness(results, speaker)
-    game, energy = results["pointing_game"], results["energy_in_box"]
-    if game["hit_rate"] is None:
-        speaker.say("no image of the selection has a box; pointing game not scored")
+    game = results["pointing_game"]
+    if "skipped" in game:  # Said once, before the images were explained.
+        speaker.say(f"accuracy {results['accuracy']:.3f} on {results['n']} images")
         return
+    energy = results["energy_in_box"]
     speaker.say(
         f"pointing game {game['hit_rate']:.3f} (centre baseline {game['center_baseline']:.3f}, "
         f"random {game['random_baseline']:.3f}); energy in box {energy:.3f} "
@@ -263,6 +285,8 @@ def _report(results, speaker):
         f"random {results['energy_baselines']['random_baseline']:.3f}); "
         f"accuracy {results['accuracy']:.3f} on {results['n']} images"
     )
+    if game["uninformative"]:
+        speaker.say(game["uninformative"])
 
 
 def _report_faithfulness(results, speaker):

@@ -4,10 +4,11 @@ Remote reads and writes (the launcher's and the workers') go through
 :mod:`contracts.storage` (google-cloud-storage), the layer every other
 package uses, so one set of emulator tests covers them all.
 
-Also resolves ``--raw-dir`` (a folder, a ``.zip``, or a ``gs://``/``https://``
-location of either) to the folder holding ``wnids.txt`` (archives and downloads
-go through :mod:`preprocessing.archive`, which checks and caps them), and
-checks and cleans the output folder.
+Also fetches ``--raw-dir`` (a folder, a ``.zip``, or a ``gs://``/``https://``
+location of either; or a ``.csv``/``.jsonl`` manifest, local or ``gs://``) as a
+folder or manifest the planner can list (archives and downloads go through
+:mod:`preprocessing.archive`, which checks and caps them). The output folder
+is checked and cleaned by :mod:`preprocessing.publish`.
 """
 
 import collections
@@ -15,7 +16,7 @@ import os
 import shutil
 import tempfile
 
-from contracts import schema, storage
+from contracts import storage
 from preprocessing import archive
 
 WEB_SCHEMES = archive.WEB_SCHEMES
@@ -29,6 +30,8 @@ STAGING_PREFIX = ".incomplete-"
 # The dead letters of a job that failed on --max-reject-fraction: kept for the
 # user, under a name no complete output uses, so an earlier output stays intact.
 FAILED_REJECTS_FILE = "rejected.failed.jsonl"
+# A --raw-dir with one of these endings is a manifest (preprocessing.manifest), not a folder.
+MANIFEST_SUFFIXES = (".csv", ".jsonl")
 
 # One error type for every unusable location, defined in the lowest module that raises it.
 SourceError = archive.SourceError
@@ -44,6 +47,22 @@ def is_local(path):
 def join(base, *parts):
     """Joins path parts with the separator of ``base``'s file system."""
     return storage.join(base, *parts)
+
+
+def resolve(root, path):
+    """Returns ``path`` as a readable location: absolute and ``gs://`` paths as given, others below ``root``.
+
+    Manifests may name files anywhere (:mod:`preprocessing.manifest`); the
+    folder layouts always give paths relative to their root.
+    """
+    if not is_local(path) or os.path.isabs(path):
+        return path
+    return join(root, path)
+
+
+def is_manifest(path):
+    """True when ``path`` names a manifest file (by its ending, as ``--layout auto`` decides)."""
+    return path.lower().endswith(MANIFEST_SUFFIXES)
 
 
 def check_remote(path, flag):
@@ -156,7 +175,7 @@ def _scan(folder):
         return list(iterator)
 
 
-def _walk_local(folder, real_root):
+def _walk_local(folder, real_root, nested):
     found = []
     # An explicit stack, not recursion: a hostile tree may nest deeper than Python's recursion limit.
     pending = []
@@ -175,7 +194,7 @@ def _walk_local(folder, real_root):
             is_folder = False
         if not is_folder:
             problem = _entry_problem(entry, real_root)
-            found.append(Listed(name, problem or (NESTED if prefix else None)))
+            found.append(Listed(name, problem or (NESTED if prefix and not nested else None)))
             continue
         try:
             pending.extend((child, f"{name}/") for child in _scan(entry.path))
@@ -184,36 +203,39 @@ def _walk_local(folder, real_root):
     return found
 
 
-def list_image_folder(root, relative):
+def list_image_folder(root, relative, nested=False):
     """Lists every file below an image folder, and what (if anything) forbids reading it.
 
     The folder is walked recursively without following symbolic links, so each
     file, link or special file below it is found exactly once. Refused (with
     the reason in :attr:`Listed.problem`): links that resolve outside the raw
-    folder ``root`` or to anything but a regular file, special files, files in
-    sub-folders, names that are not UTF-8.
+    folder ``root`` or to anything but a regular file (links to folders are not
+    followed), special files, files in sub-folders unless ``nested``, names
+    that are not UTF-8.
     When the folder itself resolves outside ``root`` it is not listed: one
     entry with ``name=None`` stands for it. ``gs://`` has no links or
     non-UTF-8 names; there only sub-folders are refused.
 
     Args:
         root: The dataset root (local folder or ``gs://`` prefix).
-        relative: The image folder, relative to ``root`` (``train/<wnid>/images``, ...).
+        relative: The image folder, relative to ``root`` (``train/<wnid>/images``, ...);
+            empty for ``root`` itself.
+        nested: Whether files in sub-folders may be read (the class-per-folder layout).
 
     Returns:
         A list of :class:`Listed`, sorted by name; empty when the folder does not exist.
     """
-    folder = join(root, relative)
+    folder = join(root, relative) if relative else root
     if not is_local(folder):
         prefix = f"{folder.rstrip('/')}/"
         names = (path[len(prefix) :] for path in storage.list_files(folder, recursive=True))
-        return sorted(Listed(name, NESTED if "/" in name else None) for name in names)
+        return sorted(Listed(name, NESTED if "/" in name and not nested else None) for name in names)
     real_root = os.path.realpath(root)
     if not os.path.isdir(folder):
         return []
     if not _inside(folder, real_root):
         return [Listed(None, OUTSIDE_FOLDER)]
-    return sorted(_walk_local(folder, real_root))
+    return sorted(_walk_local(folder, real_root, nested))
 
 
 def list_tree(folder):
@@ -269,113 +291,52 @@ def locate_root(folder, shown_as=None):
     raise SourceError(f"wnids.txt not found in {shown_as} or its sub-folders: not a tiny-imagenet-200 folder")
 
 
-def resolve_raw_dir(src, work_dir, limits=None):
-    """Returns the folder holding ``wnids.txt`` for any accepted ``--raw-dir``.
+def fetch_raw_dir(src, work_dir, limits=None):
+    """Returns what any accepted ``--raw-dir`` names, as a folder or manifest the planner can list.
 
     Args:
-        src: A folder, a ``.zip``, or a ``gs://``/``https://`` location of either.
+        src: A folder, a ``.zip``, or a ``gs://``/``https://`` location of
+            either; or a ``.csv``/``.jsonl`` manifest, local or ``gs://``.
         work_dir: A local scratch folder for downloads and extraction.
         limits: The :class:`preprocessing.archive.Limits` of archives and
             downloads (the defaults when ``None``).
 
+    Returns:
+        The extracted folder of an archive, an absolute local manifest path, or ``src``.
+
     Raises:
-        SourceError: When the source is missing, unsafe, too large, slow, has
-            another checksum than ``limits.sha256``, or is not a dataset.
+        SourceError: When the source is missing, unsafe, too large, slow, or has
+            another checksum than ``limits.sha256``.
     """
     limits = limits or archive.Limits()
     check_remote(src, "--raw-dir")
     if src.lower().endswith(".zip"):
-        return locate_root(archive.fetch_archive(src, work_dir, limits), shown_as=src)
+        return archive.fetch_archive(src, work_dir, limits)
     if limits.sha256:
         raise SourceError(f"--raw-sha256 verifies an archive, but --raw-dir {src} is not a .zip")
     if src.startswith(WEB_SCHEMES):
         raise SourceError(f"--raw-dir {src}: an http(s) source must be a .zip archive")
+    if is_manifest(src):
+        if not exists(src) or (is_local(src) and not os.path.isfile(src)):
+            raise SourceError(f"--raw-dir {src}: no such manifest file")
+        return os.path.abspath(src) if is_local(src) else src
     if is_local(src) and not os.path.isdir(src):
         raise SourceError(f"--raw-dir {src} does not exist or is not a folder")
-    return locate_root(src)
+    return src if is_local(src) else src.rstrip("/")
+
+
+def resolve_raw_dir(src, work_dir, limits=None):
+    """Returns the folder holding ``wnids.txt`` for a tiny-imagenet-200 ``--raw-dir``.
+
+    Args:
+        src, work_dir, limits: As for :func:`fetch_raw_dir`.
+
+    Raises:
+        SourceError: As :func:`fetch_raw_dir`, or when no folder holds ``wnids.txt``.
+    """
+    return locate_root(fetch_raw_dir(src, work_dir, limits), shown_as=src)
 
 
 def make_work_dir():
     """Returns a fresh local scratch folder (the caller removes it)."""
     return tempfile.mkdtemp(prefix="tiny-imagenet-preprocess-")
-
-
-def _is_working_folder(name):
-    # Folders of an earlier or interrupted run: staging, manifests, Beam file-sink temporaries.
-    return name == PLAN_DIR or name.startswith((STAGING_PREFIX, "beam-temp-"))
-
-
-def our_outputs(files, output_dir=""):
-    """The files among ``files`` (below ``output_dir``) that an earlier run of this job wrote."""
-    ours = []
-    for path in files:
-        relative = path[len(output_dir) :] if output_dir and path.startswith(output_dir) else path
-        posix = "/" + relative.replace("\\", "/").lstrip("/")
-        name = posix.rsplit("/", 1)[-1]
-        shard = name.endswith(schema.SHARD_SUFFIX) and name.split("-", 1)[0] in schema.SPLITS
-        working = name == COUNTS_FILE or ".tfrecord.tmp-" in name
-        working = working or any(_is_working_folder(part) for part in posix.split("/")[:-1])
-        if shard or working or name in (schema.METADATA_FILE, schema.REJECTED_FILE, FAILED_REJECTS_FILE):
-            ours.append(path)
-    return ours
-
-
-def check_output_dir(output_dir, overwrite):
-    """Refuses a non-empty output folder unless ``overwrite``; creates and removes nothing.
-
-    Returns:
-        The files of an earlier run in it (see :func:`our_outputs`).
-
-    Raises:
-        SourceError: When the folder is not empty and ``overwrite`` is false,
-            or cannot be listed.
-    """
-    check_remote(output_dir, "--output-dir")
-    try:
-        existing = list_tree(output_dir)
-    except OSError as error:
-        raise SourceError(f"cannot list --output-dir {output_dir}: {error}") from None
-    if existing and not overwrite:
-        raise SourceError(
-            f"--output-dir {output_dir} is not empty ({len(existing)} files); pass --overwrite to replace it"
-        )
-    return our_outputs(existing, output_dir)
-
-
-def _remove_working_folders(output_dir, keep):
-    # Deleting files leaves their local folders behind; gs:// has no folders.
-    if not is_local(output_dir) or not os.path.isdir(output_dir):
-        return
-    for entry in os.scandir(output_dir):
-        if _is_working_folder(entry.name) and entry.is_dir(follow_symlinks=False) and entry.path != keep:
-            shutil.rmtree(entry.path, ignore_errors=True)
-
-
-def prepare_output_dir(output_dir, overwrite, keep=None):
-    """Refuses a non-empty output folder unless ``overwrite``; then removes earlier outputs.
-
-    Creates nothing: the folder appears with the job's first file.
-
-    ``metadata.json`` goes first, so an interrupted clean-up never leaves a
-    metadata file that points at missing shards.
-
-    Args:
-        output_dir: The ``--output-dir``.
-        overwrite: Whether a non-empty folder may be cleaned.
-        keep: A folder inside ``output_dir`` left alone (the running job's staging folder).
-
-    Returns:
-        The number of files removed.
-
-    Raises:
-        SourceError: When the folder is not empty and ``overwrite`` is false.
-    """
-    stale = check_output_dir(output_dir, overwrite)
-    if keep:
-        inside = join(keep, "")
-        stale = [p for p in stale if not p.startswith(inside)]
-    metadata = [p for p in stale if p.endswith(schema.METADATA_FILE)]
-    delete(metadata)
-    delete([p for p in stale if p not in metadata])
-    _remove_working_folders(output_dir, keep)
-    return len(stale)

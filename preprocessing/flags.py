@@ -110,7 +110,7 @@ def build_parser():
         "--resize",
         choices=resize.POLICIES,
         default=resize.DEFAULT_POLICY,
-        help="How an image of another size becomes S x S: crop (shorter side to S, centre crop), "
+        help="How an image of another size becomes S x S: crop (the centre square, scaled to S), "
         "pad (letterbox on black) or stretch.",
     )
     quiet.add_verbose_flag(parser)

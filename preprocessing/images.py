@@ -1,13 +1,16 @@
-"""Validation of one image file: keep good JPEGs as they are, re-encode the rest.
+"""Validation of one image file: keep good ``S x S`` JPEGs as they are, resize and re-encode the rest.
 
 The trainer decodes every record with ``tf.io.decode_jpeg(channels=3)``, so a
-record is good when its bytes are a complete JPEG whose colour space converts
-to three channels (RGB, grayscale, CMYK). Good JPEG bytes are kept unchanged;
-other decodable formats (ImageNet has PNGs named ``.JPEG``) are converted to
-RGB by :func:`contracts.images.to_rgb` (the conversion ``trainer.predict``
-uses too) and re-encoded. Everything else raises :class:`BadImageError` with
-a reason that ends up in the dead-letter file: no input, however hostile,
-raises anything else.
+record is good when its bytes are a complete ``S x S`` JPEG whose colour space
+converts to three channels (RGB, grayscale, CMYK). Such bytes are kept
+unchanged (tiny-imagenet's 100k images are never decoded). Every other
+decodable image (another size, or another format: ImageNet has PNGs named
+``.JPEG``) is converted to RGB by :func:`contracts.images.to_rgb` (the
+conversion ``trainer.predict`` uses too), made ``S x S`` by
+:func:`contracts.resize.resize` (the one resize of training and serving) and
+re-encoded. The pixel cap is checked from the header, before anything is
+decoded. Everything else raises :class:`BadImageError` with a reason that ends
+up in the dead-letter file: no input, however hostile, raises anything else.
 """
 
 import collections
@@ -16,6 +19,7 @@ import io
 from PIL import Image, UnidentifiedImageError
 
 from contracts import images as rgb_images
+from contracts import resize
 
 JPEG_SOI = b"\xff\xd8"
 JPEG_EOI = b"\xff\xd9"
@@ -27,14 +31,19 @@ REENCODE_QUALITY = 95
 MAX_FILE_BYTES = 64 << 20
 MAX_PIXELS = rgb_images.MAX_PIXELS
 
-ValidImage = collections.namedtuple("ValidImage", ["data", "height", "width", "reencoded_from"])
+ValidImage = collections.namedtuple(
+    "ValidImage", ["data", "height", "width", "reencoded_from", "source_height", "source_width"]
+)
 ValidImage.__doc__ = """A validated image.
 
 Attributes:
     data: JPEG bytes to store (the original bytes unless re-encoded).
-    height: Height in pixels.
-    width: Width in pixels.
-    reencoded_from: Original format name when the image was re-encoded, else ``None``.
+    height: Height of the stored image in pixels.
+    width: Width of the stored image in pixels.
+    reencoded_from: Original format name when the stored bytes are not the
+        file's (converted, resized or both), else ``None``.
+    source_height: Height of the file's image, as its header announced it.
+    source_width: Width of the file's image.
 """
 
 
@@ -90,9 +99,8 @@ def _check_pixels(width, height):
         raise BadImageError(str(error)) from None
 
 
-def _check_size(height, width, expected_size):
-    if expected_size is not None and (height, width) != tuple(expected_size):
-        raise BadImageError(f"size {width}x{height}, expected {expected_size[1]}x{expected_size[0]}")
+def _fits(height, width, size):
+    return size is None or height == width == size
 
 
 def _open(data):
@@ -119,11 +127,12 @@ def _check_jpeg(data, image):
         except Exception as error:  # any decoder failure is this file's fault
             raise BadImageError(f"truncated or corrupt JPEG: {error}") from None
     width, height = image.size
-    return ValidImage(data, height, width, None)
+    return ValidImage(data, height, width, None, height, width)
 
 
-def _reencode(image):
+def _reencode(image, size, policy):
     original = image.format or "unknown"
+    source_width, source_height = image.size
     if image.mode not in rgb_images.SUPPORTED_MODES:
         raise BadImageError(f"{original} colour mode {image.mode} does not convert to 3 channels")
     try:
@@ -133,30 +142,35 @@ def _reencode(image):
         raise BadImageError(f"undecodable {original} image: {error}") from None
     if pixels.ndim != 3 or pixels.shape[-1] != 3:
         raise BadImageError(f"{original} image does not convert to 3 channels (shape {pixels.shape})")
+    if size is not None:
+        pixels = resize.compiled(size, policy)(pixels).numpy()
     buffer = io.BytesIO()
     Image.fromarray(pixels, "RGB").save(buffer, format="JPEG", quality=REENCODE_QUALITY)
     height, width = pixels.shape[:2]
-    return ValidImage(buffer.getvalue(), height, width, original)
+    return ValidImage(buffer.getvalue(), height, width, original, source_height, source_width)
 
 
-def validate_image(data, expected_size=None):
-    """Checks one encoded image and returns what to store.
+def validate_image(data, size=None, policy=resize.DEFAULT_POLICY):
+    """Checks one encoded image and returns what to store, ``size x size`` when ``size`` is given.
 
     The size the header announces is checked before any pixel is decoded:
-    more than :data:`MAX_PIXELS` pixels (a decompression bomb) or a size other
-    than ``expected_size`` is refused unread.
+    more than :data:`MAX_PIXELS` pixels (a decompression bomb) is refused
+    unread. A complete JPEG that is already ``size x size`` is returned as it
+    is; any other image is decoded, resized by ``policy`` and re-encoded.
 
     Args:
         data: The file's bytes.
-        expected_size: Optional ``(height, width)`` every image must have.
+        size: Side ``S`` of the square every stored image has, or ``None`` to keep each image's size.
+        policy: How a non-square or other-sized image becomes ``S x S``
+            (:data:`contracts.resize.POLICIES`).
 
     Returns:
         A :class:`ValidImage`.
 
     Raises:
         BadImageError: When the file is empty or too large, not an image,
-            announces too many pixels, is truncated, cannot be converted to
-            three channels, or has the wrong size. Nothing else.
+            announces too many pixels, is truncated, or cannot be converted
+            to three channels. Nothing else.
     """
     if not data:
         raise BadImageError("empty file")
@@ -166,16 +180,15 @@ def validate_image(data, expected_size=None):
     if header:
         height, width, components = header
         _check_pixels(width, height)
-        if height and width and components in JPEG_COMPONENTS and _ends_with_eoi(data):
-            # Fast path for the common case: a complete JPEG with a usable frame header.
-            _check_size(height, width, expected_size)
-            return ValidImage(data, height, width, None)
+        complete = height and width and components in JPEG_COMPONENTS and _ends_with_eoi(data)
+        if complete and _fits(height, width, size):
+            # Fast path for the common case: a complete S x S JPEG with a usable frame header.
+            return ValidImage(data, height, width, None, height, width)
     image = _open(data)
     try:
         width, height = image.size
-        _check_size(height, width, expected_size)
-        if data.startswith(JPEG_SOI) and image.format == "JPEG":
+        if _fits(height, width, size) and data.startswith(JPEG_SOI) and image.format == "JPEG":
             return _check_jpeg(data, image)
-        return _reencode(image)
+        return _reencode(image, size, policy)
     finally:
         image.close()

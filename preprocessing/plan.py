@@ -1,17 +1,24 @@
-"""Reads the raw folder's listings and text files and decides every output shard.
+"""Reads the raw source's listings and text files and decides every output shard.
 
 The plan (class table, split of every file, contents of every shard, inputs
 rejected before any image is read) is made once in the launching process, so
-it is identical across re-runs, runners and worker counts.
+it is identical across re-runs, runners and worker counts. Which layout a
+source has is decided by :mod:`preprocessing.layouts`; the tiny-imagenet-200
+layout is planned here (:func:`make_plan`), the others from their
+:class:`preprocessing.layouts.Listing` (:func:`plan_source`).
 """
 
 import concurrent.futures
 import dataclasses
+import logging
 
-from preprocessing import fetch, sources
+from preprocessing import fetch, layouts, sources, splits
 from preprocessing.transforms import ShardTask
 
+LOGGER = logging.getLogger("preprocessing")
 LISTING_THREADS = 16
+# How many small classes the warning names before it only counts the rest.
+NAMED_SMALL_CLASSES = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +34,11 @@ class Plan:
             (:func:`preprocessing.fetch.list_image_folder`) plus every name
             ``val_annotations.txt`` lists without a file. Each one becomes
             exactly one record or one dead letter.
-        missing: How many of ``found`` are ``val_annotations.txt`` names without a file.
+        missing: How many of ``found`` are ``val_annotations.txt`` names (or
+            manifest rows) without a file.
+        layout: The layout's name (:mod:`preprocessing.layouts`).
+        root: What item paths are relative to (the dataset root, or the manifest's folder).
+        skipped: Hidden and system files of a folder tree, not inputs.
     """
 
     classes: sources.ClassTable
@@ -36,6 +47,17 @@ class Plan:
     planned: dict
     found: int
     missing: int
+    layout: str = layouts.TINY_IMAGENET
+    root: str = ""
+    skipped: int = 0
+
+    def describe_inputs(self):
+        """What the found inputs are, in the layout's own terms (the job's accounting line)."""
+        if self.layout == layouts.MANIFEST:
+            return f"{self.found} manifest rows, {self.missing} of them without a file"
+        if self.layout == layouts.FOLDERS:
+            return f"{self.found} files; {self.skipped} hidden or system files skipped, not inputs"
+        return f"{self.found - self.missing} files, {self.missing} val_annotations.txt names without a file"
 
 
 def _required_text(root, relative):
@@ -137,17 +159,110 @@ def make_plan(root, *, seed, valid_fraction, num_shards):
     items["test"], val_rejected, val_found, missing = val.result()
     test_names, test_rejected, test_listed = test.result()
     items["unlabeled"] = sources.unlabeled_items(test_names)
-    shards = []
-    for split, count in num_shards.items():
-        for index, shard_items in enumerate(sources.assign_shards(items[split], count, seed)):
-            shards.append((split, index, count, tuple(shard_items)))
     return Plan(
         classes=classes,
-        shards=tuple(shards),
+        shards=_shards(items, num_shards, seed),
         rejected=tuple(rejected + val_rejected + test_rejected),
         planned={split: len(split_items) for split, split_items in items.items()},
         found=found + val_found + len(test_listed),
         missing=missing,
+        root=root,
+    )
+
+
+def _shards(items, num_shards, seed):
+    shards = []
+    for split, count in num_shards.items():
+        for index, shard_items in enumerate(sources.assign_shards(items.get(split, []), count, seed)):
+            shards.append((split, index, count, tuple(shard_items)))
+    return tuple(shards)
+
+
+def _warn_small(small):
+    named = ", ".join(repr(name) for name in small[:NAMED_SMALL_CLASSES])
+    more = f" and {len(small) - NAMED_SMALL_CLASSES} more" if len(small) > NAMED_SMALL_CLASSES else ""
+    LOGGER.warning(
+        "%d classes have fewer than %d images to split and go to train only: %s%s",
+        len(small),
+        splits.MIN_IMAGES,
+        named,
+        more,
+    )
+
+
+def _split_entries(listing, shown_as, *, seed, valid_fraction, test_fraction):
+    """``{split: [Entry]}`` of a listing: the source's own splits kept, the others carved."""
+    given = {entry.split for entry in listing.entries if entry.split}
+    if "test" not in given and test_fraction == 0:
+        # Refused before any image is read: a trainer would find no test data only at its end.
+        raise sources.LayoutError(
+            f"{shown_as} has no test split (no test/ folder, no manifest row with split test) and "
+            "--test-fraction is 0: pass --test-fraction (e.g. 0.1) or give a test split"
+        )
+    fractions = splits.carved_fractions(valid_fraction, test_fraction, given)
+    pools = {}
+    for entry in listing.entries:
+        if entry.split is None:
+            pools.setdefault(entry.label, []).append(entry.path)
+    carved, small = splits.carve(pools, seed, fractions)
+    if small:
+        _warn_small(small)
+    dealt = {}
+    for entry in listing.entries:
+        dealt.setdefault(entry.split or carved[entry.path], []).append(entry)
+    if not dealt.get("test"):
+        raise sources.LayoutError(
+            f"{shown_as}: no image would be in the test split (no class has {splits.MIN_IMAGES} images "
+            "whose split is left to the job): give a test split or more images"
+        )
+    return dealt
+
+
+def plan_source(source, *, layout, seed, valid_fraction, test_fraction, num_shards, shown_as=None):
+    """Plans any layout: detects it (:func:`preprocessing.layouts.detect`), lists it, splits and shards it.
+
+    Args:
+        source: What :func:`preprocessing.fetch.fetch_raw_dir` returned.
+        layout: ``--layout``.
+        seed: Seed of the splits and the shard order.
+        valid_fraction, test_fraction: Shares of each class carved where the source gives no such split.
+        num_shards: ``{split: number of shards}`` for every split in ``schema.SPLITS``.
+        shown_as: The ``--raw-dir`` as given, for messages.
+
+    Returns:
+        A :class:`Plan`; tiny-imagenet-200 is planned by :func:`make_plan`, as it always was.
+
+    Raises:
+        LayoutError: When the source has none of the layouts, or no test split while
+            ``test_fraction`` is 0 (before any image is read).
+        preprocessing.fetch.SourceError: When a tiny-imagenet source has no (or several) ``wnids.txt``.
+    """
+    shown_as = shown_as or source
+    name, root = layouts.detect(source, layout, shown_as)
+    if name == layouts.TINY_IMAGENET:
+        return make_plan(root, seed=seed, valid_fraction=valid_fraction, num_shards=num_shards)
+    if name == layouts.MANIFEST:
+        listing = layouts.list_manifest(root)
+    else:
+        listing = layouts.list_folders(root, auto=layout == "auto")
+    classes = sources.ClassTable(sorted({entry.label for entry in listing.entries}), {})
+    dealt = _split_entries(
+        listing, shown_as, seed=seed, valid_fraction=valid_fraction, test_fraction=test_fraction
+    )
+    items = {
+        split: [sources.Item(e.path, e.word, classes.index[e.label], e.box) for e in entries]
+        for split, entries in dealt.items()
+    }
+    return Plan(
+        classes=classes,
+        shards=_shards(items, num_shards, seed),
+        rejected=tuple(listing.rejected),
+        planned={split: len(items.get(split, [])) for split in num_shards},
+        found=listing.found,
+        missing=listing.missing,
+        layout=name,
+        root=listing.root,
+        skipped=listing.skipped,
     )
 
 

@@ -13,6 +13,9 @@ Moving is a rename on a local disk (same file system: the folder is inside
 ``--output-dir``) and a server-side copy plus delete per object on ``gs://``,
 which has no rename; ``metadata.json`` still goes last, so its presence keeps
 meaning a complete output.
+
+Also checks the output folder before the job starts (:func:`check_output_dir`)
+and recognises the files an earlier run of the job left there (:func:`our_outputs`).
 """
 
 import contextlib
@@ -25,6 +28,103 @@ from contracts import schema, storage
 from preprocessing import fetch
 
 LOGGER = logging.getLogger("preprocessing")
+
+
+def _is_working_folder(name):
+    # Folders of an earlier or interrupted run: staging, manifests, Beam file-sink temporaries.
+    return name == fetch.PLAN_DIR or name.startswith((fetch.STAGING_PREFIX, "beam-temp-"))
+
+
+# Files an earlier run of the job leaves directly in --output-dir, besides its shards.
+OUTPUT_FILES = (schema.METADATA_FILE, schema.REJECTED_FILE, fetch.FAILED_REJECTS_FILE)
+
+
+def our_outputs(files, output_dir=""):
+    """The files among ``files`` (below ``output_dir``) that an earlier run of this job wrote."""
+    ours = []
+    for path in files:
+        relative = path[len(output_dir) :] if output_dir and path.startswith(output_dir) else path
+        posix = "/" + relative.replace("\\", "/").lstrip("/")
+        name = posix.rsplit("/", 1)[-1]
+        shard = name.endswith(schema.SHARD_SUFFIX) and name.split("-", 1)[0] in schema.SPLITS
+        working = name == fetch.COUNTS_FILE or ".tfrecord.tmp-" in name
+        working = working or any(_is_working_folder(part) for part in posix.split("/")[:-1])
+        if shard or working or name in OUTPUT_FILES:
+            ours.append(path)
+    return ours
+
+
+def _failure_leftover(path, output_dir):
+    """True for the dead letters a failed run kept (:data:`~preprocessing.fetch.FAILED_REJECTS_FILE`)."""
+    relative = path[len(output_dir) :] if path.startswith(output_dir) else path
+    return relative.replace("\\", "/").strip("/") == fetch.FAILED_REJECTS_FILE
+
+
+def check_output_dir(output_dir, overwrite):
+    """Refuses a non-empty output folder unless ``overwrite``; creates and removes nothing.
+
+    The dead letters a failed run kept (``rejected.failed.jsonl``, see
+    :meth:`Staging.keep_rejects`) do not count as content: a failed run never
+    blocks its own retry, which replaces them. A killed run's staging folder
+    still counts: nothing tells what else that run's user put there.
+
+    Returns:
+        The files of an earlier run in it (see :func:`our_outputs`).
+
+    Raises:
+        preprocessing.fetch.SourceError: When the folder is not empty and
+            ``overwrite`` is false, or cannot be listed.
+    """
+    fetch.check_remote(output_dir, "--output-dir")
+    try:
+        existing = fetch.list_tree(output_dir)
+    except OSError as error:
+        raise fetch.SourceError(f"cannot list --output-dir {output_dir}: {error}") from None
+    content = [path for path in existing if not _failure_leftover(path, output_dir)]
+    if content and not overwrite:
+        raise fetch.SourceError(
+            f"--output-dir {output_dir} is not empty ({len(existing)} files); pass --overwrite to replace it"
+        )
+    return our_outputs(existing, output_dir)
+
+
+def _remove_working_folders(output_dir, keep):
+    # Deleting files leaves their local folders behind; gs:// has no folders.
+    if not fetch.is_local(output_dir) or not os.path.isdir(output_dir):
+        return
+    for entry in os.scandir(output_dir):
+        if _is_working_folder(entry.name) and entry.is_dir(follow_symlinks=False) and entry.path != keep:
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def prepare_output_dir(output_dir, overwrite, keep=None):
+    """Refuses a non-empty output folder unless ``overwrite``; then removes earlier outputs.
+
+    Creates nothing: the folder appears with the job's first file.
+
+    ``metadata.json`` goes first, so an interrupted clean-up never leaves a
+    metadata file that points at missing shards.
+
+    Args:
+        output_dir: The ``--output-dir``.
+        overwrite: Whether a non-empty folder may be cleaned.
+        keep: A folder inside ``output_dir`` left alone (the running job's staging folder).
+
+    Returns:
+        The number of files removed.
+
+    Raises:
+        preprocessing.fetch.SourceError: When the folder is not empty and ``overwrite`` is false.
+    """
+    stale = check_output_dir(output_dir, overwrite)
+    if keep:
+        inside = fetch.join(keep, "")
+        stale = [p for p in stale if not p.startswith(inside)]
+    metadata = [p for p in stale if p.endswith(schema.METADATA_FILE)]
+    fetch.delete(metadata)
+    fetch.delete([p for p in stale if p not in metadata])
+    _remove_working_folders(output_dir, keep)
+    return len(stale)
 
 
 def _move(src, dst):
@@ -99,7 +199,7 @@ class Staging:
         """
         names = self._outputs()
         # The check was made when the job started; this removes metadata.json first.
-        removed = fetch.prepare_output_dir(self.output_dir, overwrite=True, keep=self.path)
+        removed = prepare_output_dir(self.output_dir, overwrite=True, keep=self.path)
         for name in names:
             _move(fetch.join(self.path, name), fetch.join(self.output_dir, name))
         self._published = True

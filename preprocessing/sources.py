@@ -1,8 +1,10 @@
-"""The tiny-imagenet-200 layout as plain records: classes, splits, shards.
+"""The tiny-imagenet-200 layout as plain records: classes, splits, shards; and what every layout shares.
 
 Nothing here touches a file system or Beam: the functions take the text of
 ``wnids.txt``, ``words.txt``, ``<wnid>_boxes.txt`` and ``val_annotations.txt``
-and the listed file names, and return what the job has to convert. That keeps
+and the listed file names, and return what the job has to convert. The other
+layouts (:mod:`preprocessing.layouts`, :mod:`preprocessing.manifest`) use the
+same records (:class:`Item`, :class:`Rejected`, :class:`ClassTable`). That keeps
 the split and shard decisions deterministic (the same on every runner and
 worker count) and testable without I/O.
 """
@@ -10,6 +12,7 @@ worker count) and testable without I/O.
 import collections
 import hashlib
 import json
+import unicodedata
 
 from contracts import schema
 
@@ -24,11 +27,14 @@ NO_LABEL = schema.NO_LABEL
 
 
 class LayoutError(ValueError):
-    """The raw folder does not have the tiny-imagenet-200 layout; the message says why."""
+    """The raw source has no usable layout, or a text file in it is malformed; the message says why."""
 
 
 class ClassTable:
     """Class indices (position in sorted ``wnids.txt``) and readable names.
+
+    The folder and manifest layouts name a class by its folder name or label
+    and store that name as its wnid too (``ClassTable(names, {})``).
 
     Args:
         wnids: The wnids, in any order (sorted here).
@@ -64,7 +70,8 @@ Attributes:
 """
 
 
-def _lines(text):
+def numbered_lines(text):
+    """Yields ``(line number, line)`` for every non-blank line of ``text``."""
     # Numbered as an editor numbers them (one line per "\n"); str.splitlines would
     # also split on form feeds and other separators and shift every later number.
     for number, line in enumerate(text.split("\n"), 1):
@@ -88,13 +95,37 @@ def check_wnid(wnid, where):
     return wnid
 
 
+# Characters no class name may hold: controls (tabs and newlines included), line and paragraph
+# separators, and lone surrogates (a file name that is not UTF-8). Other spaces and format
+# characters (the joiners inside emoji) are part of names people write.
+FORBIDDEN_IN_NAMES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+
+
+def check_class_name(name, where):
+    """Refuses a class name that cannot name anything: empty, only whitespace, or with control characters.
+
+    Only the tiny-imagenet layout restricts its wnids further (:func:`check_wnid`);
+    a folder name or manifest label is kept as written, spaces and any script included.
+
+    Raises:
+        LayoutError: Naming ``where`` (a folder or a manifest line) and the name.
+    """
+    if not name.strip():
+        raise LayoutError(f"{where}: class name {name!r} is empty or only whitespace")
+    if any(unicodedata.category(char) in FORBIDDEN_IN_NAMES for char in name):
+        raise LayoutError(
+            f"{where}: class name {printable(name)!r} holds control characters or bytes that are not UTF-8"
+        )
+    return name
+
+
 def parse_wnids(text):
     """Returns the wnids listed one per line in ``wnids.txt`` (blank lines are skipped).
 
     Raises:
         LayoutError: On a line that is not a usable wnid (:func:`check_wnid`).
     """
-    return [check_wnid(line.strip(), f"wnids.txt line {number}") for number, line in _lines(text)]
+    return [check_wnid(line.strip(), f"wnids.txt line {number}") for number, line in numbered_lines(text)]
 
 
 def parse_words(text, wanted):
@@ -109,7 +140,7 @@ def parse_words(text, wanted):
     """
     wanted = set(wanted)
     words = {}
-    for number, line in _lines(text):
+    for number, line in numbered_lines(text):
         wnid, tab, name = line.partition("\t")
         wnid, name = wnid.strip(), name.strip()
         if wnid not in wanted:
@@ -167,7 +198,7 @@ def parse_boxes(text, where="boxes.txt"):
     """
 
     def rows():
-        for number, line in _lines(text):
+        for number, line in numbered_lines(text):
             at = f"{where} line {number}"
             name, *fields = line.split("\t")
             yield number, _name(name, at), _box(fields, at)
@@ -187,7 +218,7 @@ def parse_val_annotations(text):
     """
 
     def rows():
-        for number, line in _lines(text):
+        for number, line in numbered_lines(text):
             at = f"val_annotations.txt line {number}"
             fields = line.split("\t")
             if len(fields) != 6:

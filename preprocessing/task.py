@@ -1,11 +1,11 @@
-"""Converts a tiny-imagenet-200 folder into sharded TFRecords with Apache Beam.
+"""Converts a folder of labelled photos into sharded TFRecords with Apache Beam.
 
-(The first line is :data:`preprocessing.flags.DESCRIPTION`, the parser's.)
+(The parser's description, :data:`preprocessing.flags.DESCRIPTION`, says which layouts.)
 
 Usage::
 
-    python -m preprocessing.task --raw-dir SRC --output-dir DST [--valid-fraction 0.1]
-        [--seed 42] [--num-shards-train 16 ...] [--overwrite] [any Beam pipeline option]
+    python -m preprocessing.task --raw-dir SRC --output-dir DST [--layout auto] [--valid-fraction 0.1]
+        [--test-fraction 0.1] [--seed 42] [--num-shards-train 16 ...] [--overwrite] [any Beam pipeline option]
 
 Our flags are parsed by :mod:`preprocessing.flags`; every other flag must be one of Beam's pipeline
 options (``--runner DataflowRunner --project ... --region ... --temp_location
@@ -33,7 +33,7 @@ if __name__ == "__main__":
     quiet.quiet_tensorflow()
 
 from contracts import schema, voice
-from preprocessing import fetch, flags, plan, publish, sources, transforms
+from preprocessing import fetch, flags, plan, publish, sources, summary, transforms
 
 LOGGER = logging.getLogger("preprocessing")
 COUNTS_FILE = fetch.COUNTS_FILE
@@ -83,13 +83,9 @@ def with_direct_defaults(beam_args, num_images):
 def build_pipeline(pipeline, job_plan, tasks, root, config):
     """Adds the conversion steps for ``job_plan`` (staged as ``tasks``) to ``pipeline``."""
     classes = list(zip(job_plan.classes.wnids, job_plan.classes.names, strict=True))
-    size = (config.image_size, config.image_size)
     out = config.output_dir
-    outputs = (
-        pipeline
-        | "ShardTasks" >> beam.Create(tasks)
-        | "ConvertToShards" >> transforms.ConvertToShards(root, out, classes, size)
-    )
+    convert = transforms.ConvertToShards(root, out, classes, config.image_size, config.resize)
+    outputs = pipeline | "ShardTasks" >> beam.Create(tasks) | "ConvertToShards" >> convert
     planned = [transforms.rejected_line(r.path, r.reason) for r in job_plan.rejected]
     rejected = (
         (outputs["rejected"], pipeline | "PlanRejects" >> beam.Create(planned))
@@ -131,17 +127,25 @@ def write_metadata(config, job_plan):
         if [s["index"] for s in shards] != list(range(count)):
             raise JobError(f"internal error: the pipeline did not report every {split} shard", exit_code=1)
         splits[split] = {"count": sum(s["count"] for s in shards), "shards": [s["shard"] for s in shards]}
+        splits[split].update(summary.split_counts(split, shards, len(job_plan.classes)))
     written = sum(s["count"] for s in splits.values())
     total = rejected + written
     fraction = rejected / total if total else 0.0
     counts = ", ".join(f"{split}={info['count']}" for split, info in splits.items())
-    LOGGER.info("written: %s; rejected=%d (see %s)", counts, rejected, schema.REJECTED_FILE)
+    # Names no file: a failed run keeps its dead letters under another name, which its error line names.
+    LOGGER.info("written: %s; rejected=%d", counts, rejected)
+    sizes = summary.all_source_sizes(summaries)
+    cropped = summary.boxes_cropped(summaries)
+    LOGGER.info("%s", summary.resize_line(sizes, config.image_size, config.resize, cropped))
+    names = job_plan.classes.names
+    LOGGER.info("%s", summary.class_count_line(splits, names))
+    imbalance = summary.imbalance_warning(splits.get("train", {}).get("class_counts"), names)
+    if imbalance:
+        LOGGER.warning("%s", imbalance)
     LOGGER.info(
-        "accounted for %d inputs (%d files, %d val_annotations.txt names without a file): "
-        "written %d, rejected %d",
+        "accounted for %d inputs (%s): written %d, rejected %d",
         job_plan.found,
-        job_plan.found - job_plan.missing,
-        job_plan.missing,
+        job_plan.describe_inputs(),
         written,
         rejected,
     )
@@ -165,10 +169,13 @@ def write_metadata(config, job_plan):
         "seed": config.seed,
         "valid_fraction": config.valid_fraction,
         "image_size": [config.image_size, config.image_size],
+        "resize": {"policy": config.resize, "size": config.image_size},
+        "source_sizes": summary.source_sizes(sizes),
         "classes": job_plan.classes.to_metadata(),
         "splits": splits,
         "rejected": {"count": rejected, "file": schema.REJECTED_FILE},
         "inputs": {"found": job_plan.found, "written": written, "rejected": rejected},
+        "layout": job_plan.layout,
     }
     fetch.write_bytes(fetch.join(out, schema.METADATA_FILE), json.dumps(metadata, indent=2).encode())
     return metadata
@@ -254,18 +261,25 @@ def _convert(config, beam_args, work_dir):
     start = time.monotonic()
     check_remote_paths(config, _runner_name(beam_args))
     LOGGER.info("stage 1/4: checking --output-dir %s", config.output_dir)
-    earlier = fetch.check_output_dir(config.output_dir, config.overwrite)
+    earlier = publish.check_output_dir(config.output_dir, config.overwrite)
     if earlier:
         LOGGER.info("%d files of an earlier run will be replaced when this one succeeds", len(earlier))
     LOGGER.info("stage 2/4: resolving --raw-dir %s", config.raw_dir)
-    root = fetch.resolve_raw_dir(config.raw_dir, work_dir, config.limits)
-    job_plan = plan.make_plan(
-        root, seed=config.seed, valid_fraction=config.valid_fraction, num_shards=dict(config.num_shards)
+    job_plan = plan.plan_source(
+        fetch.fetch_raw_dir(config.raw_dir, work_dir, config.limits),
+        layout=config.layout,
+        seed=config.seed,
+        valid_fraction=config.valid_fraction,
+        test_fraction=config.test_fraction,
+        num_shards=dict(config.num_shards),
+        shown_as=config.raw_dir,
     )
+    root = job_plan.root
     planned = ", ".join(f"{split}={n}" for split, n in job_plan.planned.items())
     LOGGER.info(
-        "planned %d classes, %s images, %d rejected while listing",
+        "planned %d classes (%s layout), %s images, %d rejected while listing",
         len(job_plan.classes),
+        job_plan.layout,
         planned,
         len(job_plan.rejected),
     )

@@ -2,7 +2,10 @@
 
 One element is one output shard (:class:`ShardTask`): the DoFn reads the
 shard's manifest (the list of its images, written by the planner), reads,
-validates and encodes those images and writes the shard file itself. Working on
+validates, resizes (:mod:`preprocessing.images`: every record is ``S x S``;
+each box moves with its image) and encodes those images and writes the shard
+file itself, then reports the shard's counts (:class:`ShardSummary`: records
+per class, boxes, source sizes) for ``metadata.json``. Working on
 whole shards keeps per-element overhead off 100k tiny files and needs no
 shuffle; shard contents are fixed by the plan, so a retried bundle rewrites the
 same bytes. The image lists travel as manifest files, not inside the pipeline
@@ -20,7 +23,7 @@ import uuid
 import apache_beam as beam
 import tensorflow as tf
 
-from contracts import schema
+from contracts import resize, schema
 from preprocessing import fetch, images, sources
 
 NAMESPACE = "preprocessing"
@@ -40,7 +43,23 @@ Attributes:
     manifest: Path of the shard's manifest (:func:`preprocessing.sources.items_to_text`).
 """
 
-ShardSummary = collections.namedtuple("ShardSummary", ["split", "index", "shard", "count"])
+ShardSummary = collections.namedtuple(
+    "ShardSummary",
+    ["split", "index", "shard", "count", "class_counts", "boxes", "boxes_cropped", "source_sizes"],
+)
+ShardSummary.__doc__ = """What one shard holds, for ``metadata.json`` (preprocessing.task.write_metadata).
+
+Attributes:
+    split: Output split name.
+    index: Zero-based shard index.
+    shard: The shard's file name.
+    count: Records written.
+    class_counts: Records per class index (a list as long as the class table; unlabelled records
+        count in none).
+    boxes: Records with a box.
+    boxes_cropped: Records whose source box the ``crop`` policy cut away entirely (stored without one).
+    source_sizes: ``{"WxH": records}`` of the source images' sizes, before resizing.
+"""
 
 
 def rejected_line(path, reason):
@@ -98,6 +117,30 @@ def _read_local(path, limit=images.MAX_FILE_BYTES):
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+class _Tally:
+    """The counts of one shard as its records are written (one per ``process`` call: nothing shared)."""
+
+    def __init__(self, num_classes):
+        self.count = self.boxes = self.cropped = self.resized = 0
+        self.class_counts = [0] * num_classes
+        self.sizes = collections.Counter()
+
+    def add(self, item, image, box):
+        self.count += 1
+        if item.label >= 0:
+            self.class_counts[item.label] += 1
+        self.boxes += box is not None
+        self.cropped += item.box is not None and box is None
+        self.resized += (image.source_height, image.source_width) != (image.height, image.width)
+        self.sizes[f"{image.source_width}x{image.source_height}"] += 1
+
+    def summary(self, task, shard):
+        sizes = dict(sorted(self.sizes.items()))
+        return ShardSummary(
+            task.split, task.index, shard, self.count, self.class_counts, self.boxes, self.cropped, sizes
+        )
+
+
 class ConvertShardFn(beam.DoFn):
     """Turns a :class:`ShardTask` into a shard file.
 
@@ -108,22 +151,34 @@ class ConvertShardFn(beam.DoFn):
         raw_root: Dataset root (local folder or ``gs://`` prefix).
         output_dir: Folder the shards go to.
         classes: ``[(wnid, name)]`` in class-index order.
-        image_size: ``(height, width)`` every image must have, or ``None``.
+        image_size: Side ``S`` of every stored image, or ``None`` to keep each image's size.
+        policy: How an image that is not ``S x S`` becomes so (:data:`contracts.resize.POLICIES`).
     """
 
-    def __init__(self, raw_root, output_dir, classes, image_size):
+    def __init__(self, raw_root, output_dir, classes, image_size, policy=resize.DEFAULT_POLICY):
+        resize.check_policy(policy)
         self._raw_root = raw_root
         self._output_dir = output_dir
         self._classes = [tuple(c) for c in classes]
-        self._image_size = tuple(image_size) if image_size else None
+        self._image_size = image_size
+        self._policy = policy
 
     def setup(self):
         self._written = beam.metrics.Metrics.counter(NAMESPACE, "images_written")
         self._rejected = beam.metrics.Metrics.counter(NAMESPACE, "images_rejected")
         self._reencoded = beam.metrics.Metrics.counter(NAMESPACE, "images_reencoded")
+        self._resized = beam.metrics.Metrics.counter(NAMESPACE, "images_resized")
         self._shards = beam.metrics.Metrics.counter(NAMESPACE, "shards_written")
 
-    def _encode(self, item, image):
+    def _box(self, item, image):
+        # The source box in the stored image's pixels; None when the crop cut it away.
+        if self._image_size is None:
+            return item.box
+        return resize.resize_box(
+            item.box, image.source_height, image.source_width, self._image_size, self._policy
+        )
+
+    def _encode(self, item, image, box):
         wnid, name = self._classes[item.label] if item.label >= 0 else ("", "")
         return schema.encode_example(
             image.data,
@@ -134,24 +189,26 @@ class ConvertShardFn(beam.DoFn):
             label=item.label,
             wnid=wnid,
             class_name=name,
-            box=item.box,
+            box=box,
         )
 
     def _convert(self, item):
-        path = fetch.join(self._raw_root, item.path)
+        # A manifest may name absolute and gs:// paths; every other item is relative to the root.
+        path = fetch.resolve(self._raw_root, item.path)
         try:
             data = _read_local(path) if fetch.is_local(path) else fetch.read_bytes(path)
         except images.BadImageError:
             raise
         except Exception as error:  # OSError, or a storage client's own errors: this file only.
             raise images.BadImageError(f"unreadable file: {error}") from None
-        return images.validate_image(data, self._image_size)
+        return images.validate_image(data, self._image_size, self._policy)
 
     def _record(self, item):
-        """Returns ``(serialized Example, image)``; any failure of this one file is a BadImageError."""
+        """Returns ``(serialized Example, image, box)``; any failure of this one file is a BadImageError."""
         try:
             image = self._convert(item)
-            return self._encode(item, image), image
+            box = self._box(item, image)
+            return self._encode(item, image, box), image, box
         except images.BadImageError:
             raise
         except Exception as error:
@@ -162,12 +219,12 @@ class ConvertShardFn(beam.DoFn):
     def process(self, task):
         shard = schema.shard_name(task.split, task.index, task.num_shards)
         writer = _ShardWriter(fetch.join(self._output_dir, shard))
-        count = 0
+        tally = _Tally(len(self._classes))
         rejected = []
         try:
             for item in sources.items_from_text(fetch.read_text(task.manifest)):
                 try:
-                    record, image = self._record(item)
+                    record, image, box = self._record(item)
                 except images.BadImageError as error:
                     rejected.append(rejected_line(item.path, str(error)))
                     continue
@@ -175,31 +232,33 @@ class ConvertShardFn(beam.DoFn):
                     self._reencoded.inc()
                 # Outside the per-file guard: a failing write is the job's failure, not the file's.
                 writer.write(record)
-                count += 1
+                tally.add(item, image, box)
             writer.close()
         except BaseException:
             writer.abort()
             raise
+        count = tally.count
         self._written.inc(count)
+        self._resized.inc(tally.resized)
         self._rejected.inc(len(rejected))
         self._shards.inc()
         beam.metrics.Metrics.counter(NAMESPACE, f"{task.split}_written").inc(count)
         LOGGER.info(SHARD_WRITTEN, shard, count, len(rejected))
         for line in rejected:
             yield beam.pvalue.TaggedOutput(REJECTED, line)
-        yield ShardSummary(task.split, task.index, shard, count)
+        yield tally.summary(task, shard)
 
 
 class ConvertToShards(beam.PTransform):
     """``PCollection[ShardTask]`` -> ``{"summaries": ..., "rejected": ...}``.
 
     Args:
-        raw_root, output_dir, classes, image_size: As for :class:`ConvertShardFn`.
+        raw_root, output_dir, classes, image_size, policy: As for :class:`ConvertShardFn`.
     """
 
-    def __init__(self, raw_root, output_dir, classes, image_size, label=None):
+    def __init__(self, raw_root, output_dir, classes, image_size, policy=resize.DEFAULT_POLICY, label=None):
         super().__init__(label)
-        self._fn = ConvertShardFn(raw_root, output_dir, classes, image_size)
+        self._fn = ConvertShardFn(raw_root, output_dir, classes, image_size, policy)
 
     def expand(self, tasks):
         outputs = tasks | "ReadValidateWrite" >> beam.ParDo(self._fn).with_outputs(REJECTED, main="summaries")

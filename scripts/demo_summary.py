@@ -1,5 +1,10 @@
 """Prints the demo's results table: test top-1/top-5 and the pointing game per architecture.
 
+A pointing game that ``explain.task`` skipped (no boxes) reads ``skipped`` in
+the table, and its reason is printed once below it; a game whose boxes cover
+the whole image keeps its numbers, with one line below the table saying that
+they cannot tell the model from its baselines.
+
 Usage: python scripts/demo_summary.py DEMO_DIR
 """
 
@@ -7,6 +12,7 @@ import os
 import sys
 
 from contracts import jobdir
+from explain import pointing
 
 ARCHS = ("minception", "inception_v1", "inception_resnet_v2")
 
@@ -29,7 +35,21 @@ def rows(demo_dir):
             "hit_rate": game.get("hit_rate"),
             "center": game.get("center_baseline"),
             "random": game.get("random_baseline"),
+            "skipped": game.get("skipped"),
+            "uninformative": game.get("uninformative"),
         }
+
+
+def notes(table):
+    """The lines said once below the table: each distinct skip reason, then one uninformative flag."""
+    lines = list(dict.fromkeys(pointing.skipped_line(row["skipped"]) for row in table if row["skipped"]))
+    flagged = [row["arch"] for row in table if row["uninformative"]]
+    if flagged:
+        lines.append(
+            f"{pointing.UNINFORMATIVE} ({', '.join(flagged)}): most boxes cover the whole image, "
+            "so its centre and random baselines hit too"
+        )
+    return lines
 
 
 def _fmt(value):
@@ -50,8 +70,11 @@ def main(argv):
     for row in table:
         print(
             f"{row['arch']:<22}{row['epochs']:>7}{_fmt(row['top1']):>12}{_fmt(row['top5']):>12}"
-            f"{_fmt(row['hit_rate']):>15}{_fmt(row['center']):>9}{_fmt(row['random']):>9}"
+            f"{'skipped' if row['skipped'] else _fmt(row['hit_rate']):>15}"
+            f"{_fmt(row['center']):>9}{_fmt(row['random']):>9}"
         )
+    for line in notes(table):
+        print(line)
     print()
     print("Look at the curves, augmented samples, confusion matrices and Grad-CAM panels with:")
     print(f"  tensorboard --logdir {os.path.join(demo_dir, 'jobs')}")

@@ -272,7 +272,8 @@ class Augmenter:
     Args:
         policy: One of :data:`POLICIES`.
         image_size: Side of the source images.
-        crop_size: Crop side of the ``crop`` policy.
+        crop_size: Crop side of the ``crop`` policy; ``None``: 7/8 of ``image_size``
+            (:func:`contracts.policy.default_crop_size`).
         book_params: :class:`BookParams` of the ``book`` policy.
         contrast: Contrast range of the ``crop`` policy (0 disables it).
         randaugment: ``(num_ops, magnitude)`` of :func:`trainer.randaugment.rand_augment`
@@ -285,7 +286,7 @@ class Augmenter:
         self,
         policy,
         image_size=64,
-        crop_size=56,
+        crop_size=None,
         *,
         book_params=None,
         contrast=0.3,
@@ -293,6 +294,7 @@ class Augmenter:
         random_erasing=0.0,
         flip=False,
     ):
+        crop_size = policy_lib.resolve_crop_size(image_size, crop_size)
         policy_lib.check_policy(policy, image_size, crop_size)
         if not 0 <= contrast < 1:
             raise ValueError(f"contrast must be in [0, 1), got {contrast}")

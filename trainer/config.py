@@ -18,6 +18,7 @@ PRECISIONS = ("float32", "mixed_float16", "bfloat16")
 AUGMENT_ON = ("host", "device")
 POLICIES = policy.POLICIES
 RECIPES = ("book", "modern")
+CLASS_WEIGHTS = ("none", "balanced")
 LR_SCHEDULES = ("plateau", "cosine")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "nadam", "adamax", "adagrad", "adadelta", "lion")
 
@@ -58,7 +59,9 @@ class TrainConfig:
         deterministic: Turn on TensorFlow op determinism.
         augment_on: Run augmentation in the tf.data pipeline (``host``) or in the train step.
         policy: Augmentation policy: ``book``, ``crop`` or ``none``.
-        crop_size: Crop side of the ``crop`` policy.
+        crop_size: Crop side of the ``crop`` policy; ``None``: 7/8 of the dataset's
+            image side (:func:`contracts.policy.default_crop_size`), resolved
+            by :meth:`TrainConfig.for_images` before ``config.json`` is written.
         cache: Cache decoded images in memory.
         dropout: Dropout rate of the main head.
         aux_dropout: Dropout rate of the auxiliary heads.
@@ -95,8 +98,8 @@ class TrainConfig:
             (:func:`trainer.precise_bn.auto_batches`).
         monitor_start_epoch: First epoch (0-based) early stopping and the
             best-model checkpoint consider; capped at the last epoch.
-        recipe: ``book`` (the chapter's recipe) or ``modern``, whose settings
-            :func:`trainer.recipe.settings` chooses from the budget; the
+        recipe: ``modern`` (the default), whose settings :func:`trainer.recipe.settings`
+            chooses from the budget, or ``book`` (the chapter's recipe); the
             resolved values are the fields below.
         flip: Flip half of the training images left-right (on top of the policy).
         randaugment_ops: RandAugment operations per image; 0: off.
@@ -114,6 +117,9 @@ class TrainConfig:
         ema: Decay of the exponential moving average of the weights that is
             evaluated, saved and exported; 0: off.
         sync_bn: Batch-norm batch statistics over all replicas and workers.
+        class_weight: ``none``, or ``balanced``: every example's loss weighted by
+            its class's ``n_samples / (n_classes * count)`` over the training split
+            (:mod:`trainer.class_weights`).
     """
 
     data_dir: str
@@ -134,7 +140,7 @@ class TrainConfig:
     deterministic: bool = False
     augment_on: str = "host"
     policy: str = "book"
-    crop_size: int = 56
+    crop_size: int | None = None
     cache: bool = False
     dropout: float | None = None
     aux_dropout: float | None = None
@@ -159,7 +165,7 @@ class TrainConfig:
     bn_momentum: float = 0.9
     precise_bn: int | None = None
     monitor_start_epoch: int = 0
-    recipe: str = "book"
+    recipe: str = "modern"
     flip: bool = False
     randaugment_ops: int = 0
     randaugment_magnitude: int = 9
@@ -173,6 +179,7 @@ class TrainConfig:
     clip_norm: float = 0.0
     ema: float = 0.0
     sync_bn: bool = False
+    class_weight: str = "none"
 
     def __post_init__(self):
         _check_types(self)
@@ -187,10 +194,11 @@ class TrainConfig:
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("recipe", self.recipe, RECIPES)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        for name in ("epochs", "batch_size", "crop_size", "explain_every", "shortcut_probes"):
+        _check_choice("class_weight", self.class_weight, CLASS_WEIGHTS)
+        for name in ("epochs", "batch_size", "explain_every", "shortcut_probes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("steps_per_epoch", "validation_steps"):
+        for name in ("steps_per_epoch", "validation_steps", "crop_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or unset, got {value}")
@@ -228,6 +236,16 @@ class TrainConfig:
     def to_json(self):
         """Returns the configuration as indented JSON text."""
         return jobdir.to_json(self.to_dict(), indent=2, sort_keys=True)
+
+    def for_images(self, image_size):
+        """Returns this configuration with what the dataset's image side decides resolved: the crop side.
+
+        Raises:
+            ValueError: A ``crop_size`` larger than the images.
+        """
+        crop_size = policy.resolve_crop_size(image_size, self.crop_size)
+        policy.check_policy(self.policy, image_size, crop_size)
+        return dataclasses.replace(self, crop_size=crop_size)
 
     def augment_options(self):
         """The keyword arguments of :class:`trainer.augment.Augmenter` that are on, beyond the policy."""
@@ -268,6 +286,7 @@ class TrainConfig:
             "clip_norm",
             "ema",
             "sync_bn",
+            "class_weight",
         )
         values = {key: getattr(self, key) for key in keys}
         values["precise_bn"] = -1 if self.precise_bn is None else self.precise_bn

@@ -10,6 +10,7 @@ transform either way. ``augment_on`` is validated once, in
 """
 
 from contracts import dataset
+from contracts import policy as policy_lib
 from trainer import augment
 
 
@@ -25,7 +26,7 @@ def make_dataset(
     training=False,
     policy="none",
     augment_on="host",
-    crop_size=56,
+    crop_size=None,
     augment_options=None,
     **kwargs,
 ):
@@ -37,7 +38,8 @@ def make_dataset(
         training: Shuffle and augment (only for ``train``).
         policy: Augmentation policy (:data:`contracts.policy.POLICIES`).
         augment_on: ``host`` augments here; ``device`` yields un-augmented training images.
-        crop_size: Crop side of the ``crop`` policy.
+        crop_size: Crop side of the ``crop`` policy; ``None``: 7/8 of the images' side
+            (:func:`contracts.policy.default_crop_size`).
         augment_options: Keyword arguments of :class:`trainer.augment.Augmenter` on top of
             the policy (``flip``, ``randaugment``, ``random_erasing``;
             :meth:`trainer.config.TrainConfig.augment_options`).
@@ -48,6 +50,37 @@ def make_dataset(
     augment_options = augment_options or {}
     if training and augment_on == "host" and augments(policy, **augment_options):
         augmenter = augment.Augmenter(policy, info.image_size, crop_size, **augment_options)
+    crop_size = policy_lib.resolve_crop_size(info.image_size, crop_size)
     return dataset.make_dataset(
         info, split, training=training, policy=policy, augment=augmenter, crop_size=crop_size, **kwargs
     )
+
+
+def distributed(strategy, config, info, split, training, start=None):
+    """Returns the distributed dataset of ``split`` for a run of ``config`` (a :class:`TrainConfig`).
+
+    ``start`` is ``(epoch, step, steps_per_epoch)`` of a training stream: where it begins and how long
+    its epochs are.
+    """
+    position = {}
+    if start is not None:
+        epoch, step, steps_per_epoch = start
+        position = {"initial_epoch": epoch, "initial_step": step, "steps_per_epoch": steps_per_epoch}
+
+    def make(input_context):
+        return make_dataset(
+            info,
+            split,
+            global_batch_size=config.batch_size,
+            training=training,
+            policy=config.policy,
+            augment_on=config.augment_on,
+            crop_size=config.crop_size,
+            cache=config.cache,
+            seed=config.seed,
+            augment_options=config.augment_options(),
+            input_context=input_context,
+            **position,
+        )
+
+    return strategy.distribute_datasets_from_function(make)

@@ -122,7 +122,8 @@ def run(config, out=None):
         cli.check_writable_dir(os.path.dirname(os.path.abspath(output)), "--output")
     info = dataset.load_metadata(config.data_dir)
     if info.split_counts.get(config.split, 0) < 1:
-        raise ValueError(f"{config.data_dir}: split {config.split!r} has no images")
+        other = next(split for split in SPLITS if split != config.split)
+        raise ValueError(f"{config.data_dir}: split {config.split!r} has no images; try --split {other}")
     predictor = jobdir.load(model_path, data_dir=config.data_dir)
     _check_fits(model_path, job_dir, predictor, info)
     batch_size = config.batch_size

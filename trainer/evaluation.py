@@ -5,6 +5,9 @@ Both run :func:`evaluate_split` over a
 the numbers of the job's ``metrics.json`` and ``per_class_accuracy.csv``
 (:func:`per_class` holds the same numbers as the CSV). :func:`flip_averaged`
 is the left-right flip test-time augmentation of ``trainer.evaluate --tta flip``.
+:func:`final_splits` names the splits a run's final evaluation covers: a dataset
+without test images (a folder of photos split into train and valid only) is
+evaluated on ``valid`` alone.
 """
 
 import numpy as np
@@ -15,6 +18,22 @@ from trainer import report
 # The numbers of one split's evaluation, as metrics.json keeps them.
 METRIC_KEYS = ("loss", "accuracy", "top5_accuracy", "count")
 TTA_MODES = ("none", "flip")
+VALID, TEST = "valid", "test"
+NO_TEST_WARNING = (
+    "the dataset's test split holds no images: the final evaluation, metrics.json and the "
+    "per-class report cover valid only"
+)
+
+
+def final_splits(info):
+    """Returns the splits a run's final evaluation covers: ``valid`` and ``test``, or ``valid`` alone.
+
+    A dataset without test images (a test split of 0 records) is evaluated on ``valid`` only.
+
+    Args:
+        info: A :class:`contracts.dataset.DatasetInfo`.
+    """
+    return (VALID, TEST) if info.split_counts.get(TEST, 0) > 0 else (VALID,)
 
 
 def evaluate_split(evaluator, dataset):

@@ -2,9 +2,12 @@
 
 Every signature takes ``images``: a ``tf.string [None]`` batch of encoded
 JPEG or PNG files (``tf.io.decode_image``: BMP and the first frame of a GIF
-too). Each image is decoded to 3 channels, resized to the dataset's image size
-and given the augmentation policy's evaluation transform, exactly as in
-evaluation.
+too). Each image is decoded to 3 channels, made the dataset's square size by
+the dataset's resize policy (:func:`contracts.resize.resize`, the function the
+preprocessing job resized its records with) and given the augmentation
+policy's evaluation transform, exactly as in evaluation. Both policies and the
+sizes are baked into the graph and written beside it in
+``assets.extra/preprocessing.json`` (:data:`SETTINGS_FILE`).
 
 * ``serving_default``: the top-5 ``classes`` (int32 indices), ``wnids``,
   ``names`` and ``probabilities`` (float32), best first.
@@ -18,12 +21,15 @@ evaluation.
   the heatmap covers; ``trainer.predict`` draws its panels on it).
 """
 
+import json
+import os
+
 import keras
 import numpy as np
 import tensorflow as tf
 
 from contracts import policy as policy_lib
-from contracts import storage
+from contracts import resize, storage
 from explain import tfcam
 from trainer import models
 
@@ -31,24 +37,28 @@ SIGNATURE = "serving_default"
 EXPLAIN_SIGNATURE = "explain"
 PREPROCESS_SIGNATURE = "preprocess"
 SAVED_MODEL_FILE = "saved_model.pb"
+# What the export does to an image before the model, for readers without TensorFlow.
+# assets.extra/ is the SavedModel's folder for files that loading ignores.
+SETTINGS_FILE = "assets.extra/preprocessing.json"
 _INPUT = [tf.TensorSpec([None], tf.string, name="images")]
 
 
-def preprocess_function(*, image_size, policy, crop_size):
+def preprocess_function(*, image_size, policy, crop_size, resize_policy=resize.DEFAULT_POLICY):
     """Returns a traceable ``fn(images) -> pixels`` from encoded bytes to the model's input.
 
     Args:
         image_size: Side of the dataset's images; every image is resized to it.
         policy: Augmentation policy whose evaluation transform is applied.
         crop_size: Crop side of the ``crop`` policy.
+        resize_policy: The dataset's resize policy (:data:`contracts.resize.POLICIES`).
     """
+    resize.check_policy(resize_policy)
 
     def decode(data):
         # decode_image reads JPEG, PNG, BMP and GIF; without expand_animations a
         # GIF would come back 4-D and every image would need a rank check.
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
-        image = tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size])
-        return tf.clip_by_value(image, 0.0, 255.0)
+        return tf.cast(resize.resize(image, image_size, resize_policy), tf.float32)
 
     def preprocess(images):
         pixels = tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec([image_size, image_size, 3]))
@@ -67,7 +77,9 @@ def _top_k_outputs(probabilities, wnids, class_names, top_k):
     }
 
 
-def serving_function(model, *, wnids, class_names, image_size, policy, crop_size, top_k=5):
+def serving_function(
+    model, *, wnids, class_names, image_size, policy, crop_size, resize_policy=resize.DEFAULT_POLICY, top_k=5
+):
     """Returns a ``tf.function`` mapping encoded images to the top-k predictions.
 
     Args:
@@ -77,9 +89,12 @@ def serving_function(model, *, wnids, class_names, image_size, policy, crop_size
         image_size: Side of the dataset's images.
         policy: Augmentation policy whose evaluation transform is applied.
         crop_size: Crop side of the ``crop`` policy.
+        resize_policy: The dataset's resize policy, which makes every image ``image_size`` square.
         top_k: Number of classes returned per image.
     """
-    preprocess = preprocess_function(image_size=image_size, policy=policy, crop_size=crop_size)
+    preprocess = preprocess_function(
+        image_size=image_size, policy=policy, crop_size=crop_size, resize_policy=resize_policy
+    )
 
     @tf.function(input_signature=_INPUT)
     def serve(images):
@@ -89,15 +104,29 @@ def serving_function(model, *, wnids, class_names, image_size, policy, crop_size
     return serve
 
 
-def explain_function(model, *, layer, wnids, class_names, image_size, policy, crop_size, top_k=5):
+def explain_function(
+    model,
+    *,
+    layer,
+    wnids,
+    class_names,
+    image_size,
+    policy,
+    crop_size,
+    resize_policy=resize.DEFAULT_POLICY,
+    top_k=5,
+):
     """Returns a ``tf.function`` mapping encoded images to the top-k and the top class's Grad-CAM.
 
     Args:
         model: The single-output float32 model.
         layer: Name of Grad-CAM's target layer; ``None`` picks the last spatial one.
-        wnids, class_names, image_size, policy, crop_size, top_k: As :func:`serving_function`.
+        wnids, class_names, image_size, policy, crop_size, resize_policy, top_k: As
+            :func:`serving_function`.
     """
-    preprocess = preprocess_function(image_size=image_size, policy=policy, crop_size=crop_size)
+    preprocess = preprocess_function(
+        image_size=image_size, policy=policy, crop_size=crop_size, resize_policy=resize_policy
+    )
     gradcam = tfcam.GradCam(model, layer)
 
     @tf.function(input_signature=_INPUT)
@@ -119,9 +148,15 @@ def export_saved_model(model, directory, *, layer=None, **kwargs):
         directory: Local target folder.
         layer: Grad-CAM's target layer of ``explain`` (``None``: the last spatial one).
         **kwargs: ``wnids``, ``class_names``, ``image_size``, ``policy``,
-            ``crop_size`` (and ``top_k``), as :func:`serving_function` takes them.
+            ``crop_size`` (and ``resize_policy``, ``top_k``), as :func:`serving_function` takes them.
     """
-    preprocess = preprocess_function(**{key: kwargs[key] for key in ("image_size", "policy", "crop_size")})
+    settings = {
+        "image_size": kwargs["image_size"],
+        "policy": kwargs["policy"],
+        "crop_size": kwargs["crop_size"],
+        "resize_policy": kwargs.get("resize_policy", resize.DEFAULT_POLICY),
+    }
+    preprocess = preprocess_function(**settings)
     pixels = tf.function(lambda images: {"pixels": preprocess(images)}, input_signature=_INPUT)
     signatures = {
         SIGNATURE: serving_function(model, **kwargs),
@@ -138,7 +173,20 @@ def export_saved_model(model, directory, *, layer=None, **kwargs):
     for name, function in signatures.items():
         setattr(root, name, function)
     tf.saved_model.save(root, directory, signatures=signatures)
+    _write_settings(directory, settings)
     return directory
+
+
+def _write_settings(directory, settings):
+    """Writes :data:`SETTINGS_FILE`: the resize as metadata.json records it, then the evaluation transform."""
+    path = os.path.join(directory, SETTINGS_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    document = {
+        "resize": {"policy": settings["resize_policy"], "size": settings["image_size"]},
+        "evaluation": {"policy": settings["policy"], "crop_size": settings["crop_size"]},
+    }
+    with open(path, "w") as f:
+        json.dump(document, f, indent=1)
 
 
 def export_model(main_model, directory, *, arch, build_options, info, policy, crop_size):
@@ -155,6 +203,8 @@ def export_model(main_model, directory, *, arch, build_options, info, policy, cr
         info: The dataset's :class:`contracts.dataset.DatasetInfo`.
         policy: Augmentation policy whose evaluation transform serving applies.
         crop_size: Crop side of the ``crop`` policy.
+
+    The dataset's resize policy (``info.resize_policy``) resizes every served image.
     """
     keras.mixed_precision.set_dtype_policy("float32")
     options = {**build_options, "weights": None}
@@ -169,6 +219,7 @@ def export_model(main_model, directory, *, arch, build_options, info, policy, cr
         image_size=info.image_size,
         policy=policy,
         crop_size=crop_size,
+        resize_policy=info.resize_policy,
     )
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from contracts import stream
+from trainer import class_weights as class_weights_lib
 from trainer import mixing, optimizers, step_metrics
 
 # Steps between two reads of the kept per-step losses (one device sync each).
@@ -75,6 +76,8 @@ class DistributedLoop:
             smoothing in the train step; every head's loss takes its soft targets
             while top-1/top-5 are counted against the true labels.
         clip_norm: Clip the gradients' global norm, summed over all replicas, to this; 0: off.
+        class_weights: Optional loss weight per class (``--class-weight``): every head's per-example
+            loss times :func:`trainer.class_weights.example_weights` before the batch mean.
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class DistributedLoop:
         check_every_steps=FINITE_CHECK_STEPS,
         mixer=None,
         clip_norm=0.0,
+        class_weights=None,
     ):
         self.strategy = strategy
         self.model = model
@@ -105,6 +109,8 @@ class DistributedLoop:
         self.check_every_steps = check_every_steps
         self.mixer = mixer if mixer is not None and mixer.active else None
         self.clip_norm = clip_norm
+        weights = None if class_weights is None else tf.constant(class_weights, tf.float32, [num_classes])
+        self.class_weights = weights
         # (epoch, step, objective tensor) of the steps not checked yet; the last step trained.
         self._unchecked = []
         self._position = None
@@ -132,14 +138,17 @@ class DistributedLoop:
     def _replica_update(self, images, labels, targets=None):
         model = self.model
         optimizer = model.optimizer
+        weights = self._example_weights(labels, targets)
         with tf.GradientTape() as tape:
             main, aux = step_metrics.split_outputs(model(images, training=True))
             per_example = mixing.head_loss(labels, targets, main)
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch_size)
+            loss = tf.nn.compute_average_loss(
+                per_example, sample_weight=weights, global_batch_size=self.global_batch_size
+            )
             for value in aux.values():
                 aux_loss = mixing.head_loss(labels, targets, value)
                 loss += self.aux_loss_weight * tf.nn.compute_average_loss(
-                    aux_loss, global_batch_size=self.global_batch_size
+                    aux_loss, sample_weight=weights, global_batch_size=self.global_batch_size
                 )
             if model.losses:
                 regularization = tf.add_n([tf.cast(x, tf.float32) for x in model.losses])
@@ -154,6 +163,13 @@ class DistributedLoop:
         stats = step_metrics.batch_statistics(labels, main, per_example, self.num_classes)
         stats["objective"] = loss
         return stats
+
+    def _example_weights(self, labels, targets):
+        """Each example's loss weight under ``class_weights``, or ``None`` (all 1)."""
+        if self.class_weights is None:
+            return None
+        smoothing = self.mixer.label_smoothing if self.mixer is not None else 0.0
+        return class_weights_lib.example_weights(self.class_weights, labels, targets, smoothing)
 
     def _make_train_function(self):
         update = self._replica_update

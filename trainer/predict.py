@@ -5,8 +5,10 @@ give the model and its evaluation transform), a ``.keras`` file (the
 transform is inferred: images larger than the model input are centre-cropped)
 or a SavedModel export folder such as ``J/export`` (it holds ``saved_model.pb``).
 For a job dir or a ``.keras`` file every image is decoded with PIL (JPEG, PNG,
-grayscale, ...), resized to the dataset's image size when it differs, then
-given the evaluation transform, so the model sees what it saw in evaluation.
+grayscale, ...), made the dataset's square size by the dataset's resize policy
+(:func:`contracts.resize.resize`, as the preprocessing job made its records;
+``crop`` when no metadata.json names one), then given the evaluation transform,
+so the model sees what it saw in evaluation.
 Class names come from ``--classes``, ``--data-dir``'s metadata.json,
 ``J/classes.json`` or the metadata.json of the data dir named in
 ``J/config.json``, in that order. An export does all of that itself: the bytes

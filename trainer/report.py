@@ -56,12 +56,16 @@ FINAL_METRICS = tuple(
 
 
 def write_final_scalars(log_dir, metrics, step):
-    """Writes the final valid/test metrics as scalars beside the HParams summary (``log_dir`` itself)."""
+    """Writes the final valid/test metrics as scalars beside the HParams summary (``log_dir`` itself).
+
+    A split ``metrics`` lacks (a dataset without test images) has no scalars.
+    """
     writer = tf.summary.create_file_writer(log_dir)
     with writer.as_default(step=step):
         for tag in FINAL_METRICS:
             split, name = tag.removeprefix("final/").split("_", 1)
-            tf.summary.scalar(tag, float(metrics[split][name]))
+            if split in metrics:
+                tf.summary.scalar(tag, float(metrics[split][name]))
     writer.flush()
     writer.close()
 
@@ -177,8 +181,11 @@ def final_metrics(
 ):
     """Returns the ``metrics.json`` dict of a finished run (plain values in, plain dict out).
 
-    ``explanations`` is the Grad-CAM probes' outcome, the shortcut alarm
-    included (:meth:`explain.callback.ShortcutWatch.summary`).
+    ``evaluations`` maps each evaluated split to its numbers; a dataset without
+    test images has no ``test`` entry, and ``per_class_split`` names the split
+    of ``per_class_accuracy.csv`` (``test``, else ``valid``). ``explanations``
+    is the Grad-CAM probes' outcome, the shortcut alarm included
+    (:meth:`explain.callback.ShortcutWatch.summary`).
     """
     return {
         "arch": config.arch,
@@ -190,8 +197,8 @@ def final_metrics(
         "stopped_early": bool(stopped_early),
         "steps_per_epoch": steps_per_epoch,
         "global_batch_size": config.batch_size,
-        "valid": evaluations["valid"],
-        "test": evaluations["test"],
+        **{split: evaluations[split] for split in ("valid", "test") if split in evaluations},
+        "per_class_split": "test" if "test" in evaluations else "valid",
         "chance": chance,
         "explanations": explanations,
     }

@@ -26,6 +26,8 @@ from contracts import cli
 from trainer import config as config_lib
 from trainer import stages
 
+# The architecture without --arch: the compact one, trained from scratch, no weights to download.
+DEFAULT_ARCH = "minception"
 # Keys of ArchDefaults that map to a differently named config field.
 _DEFAULT_FIELDS = {"augmentation": "policy"}
 
@@ -64,7 +66,10 @@ def build_parser():
     add = parser.add_argument
     add("--data-dir", help="Folder (or gs:// prefix) with metadata.json and the TFRecord shards.")
     add("--job-dir", help="Output folder (or gs:// prefix); default: $AIP_MODEL_DIR.")
-    add("--arch", help="Architecture: one of the registered models (inception_v1, minception, ...).")
+    add(
+        "--arch",
+        help=f"Architecture: one of the registered models (inception_v1, minception, ...; {DEFAULT_ARCH}).",
+    )
     add("--config", dest="config_file", help="YAML or JSON file of settings (flags override it).")
     add("--epochs", type=int, help="Number of epochs (default: the architecture's).")
     add("--batch-size", type=int, help="GLOBAL batch size, summed over replicas and workers.")
@@ -95,7 +100,11 @@ def build_parser():
         metavar=_one_of(config_lib.POLICIES),
         help="Augmentation policy (default: the architecture's).",
     )
-    add("--crop-size", type=int, help="Crop side of the crop policy.")
+    add(
+        "--crop-size",
+        type=int,
+        help="Crop side of the crop policy; default 7/8 of the dataset's image side (56 of 64 px).",
+    )
     add("--cache", action=cli.BooleanFlag, help="Cache decoded images in memory.")
     add("--dropout", type=float, help="Dropout rate before the main head (the book tries 0.2/0.5/0.8).")
     add("--aux-dropout", type=float, help="Dropout rate before the auxiliary heads (inception_v1).")
@@ -126,8 +135,15 @@ def build_parser():
     add(
         "--recipe",
         metavar=_one_of(config_lib.RECIPES),
-        help="book: the chapter's recipe; modern: label smoothing, and from 60 epochs on RandAugment, "
-        "mixup, AdamW and a cosine schedule (docs/models.md has the rule).",
+        help="Training recipe (default: modern): modern adds label smoothing, and from 60 epochs on "
+        "RandAugment, mixup, AdamW and a cosine schedule (docs/models.md has the rule); book is the "
+        "chapter's recipe.",
+    )
+    add(
+        "--class-weight",
+        metavar=_one_of(config_lib.CLASS_WEIGHTS),
+        help="balanced: weight each example's loss by n / (classes x its class's count) in train "
+        "(default: none).",
     )
     add("--flip", action=cli.BooleanFlag, help="Flip half of the training images left-right.")
     add(
@@ -204,8 +220,8 @@ def architecture_defaults(arch):
             values[name] = value
     if not defaults.aux_outputs:
         values.pop("aux_dropout", None)
-    if values.get("policy") == "crop":
-        values["crop_size"] = defaults.input_size
+    # No crop_size: the defaults table's input_size is for 64-px images; the run derives the
+    # crop from the dataset's image side (TrainConfig.for_images).
     return values
 
 
@@ -234,9 +250,7 @@ def resolve(argv=None, environ=None):
     environ = os.environ if environ is None else environ
     flags, config_file = split_flags(build_parser().parse_args(argv))
     from_file = read_config_file(config_file) if config_file else {}
-    arch = flags.get("arch", from_file.get("arch"))
-    if not arch:
-        raise ValueError("--arch is required")
+    arch = flags.get("arch", from_file.get("arch")) or DEFAULT_ARCH
     _split_randaugment(from_file)
     values = architecture_defaults(arch)
     values.update(from_file)
@@ -291,11 +305,13 @@ def recipe_settings(values):
     """Returns what ``values['recipe']`` sets for the run's budget (:func:`trainer.recipe.settings`)."""
     from trainer import recipe
 
-    name = values.get("recipe", "book")
+    name = values.get("recipe", config_lib.TrainConfig.recipe)
     if name == "book":
         return {}
     epochs = values.get("epochs", config_lib.TrainConfig.epochs)
     steps = values.get("steps_per_epoch")
+    if not all(_is_int(value) for value in (epochs, steps, values.get("batch_size")) if value is not None):
+        return {}  # TrainConfig names the value that is no number, in its own words.
     train_images = None
     if steps is not None:
         from contracts import dataset
@@ -303,6 +319,10 @@ def recipe_settings(values):
         train_images = dataset.load_metadata(values.get("data_dir", "")).split_counts["train"]
     run_passes = recipe.passes(epochs, steps, values.get("batch_size"), train_images)
     return recipe.settings(name, epochs=epochs, run_passes=run_passes)
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _fine_tunable(arch):

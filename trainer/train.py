@@ -68,6 +68,7 @@ def run(config, stop_flag=None, clock=None):
         augment,
         backup,
         callbacks,
+        class_weights,
         data,
         evaluation,
         export,
@@ -95,6 +96,16 @@ def run(config, stop_flag=None, clock=None):
     jobdir.check_classes(
         config.job_dir, outputs.read_text("job", jobdir.CLASSES_FILE), info.metadata["classes"]
     )
+    config = config.for_images(info.image_size)  # The crop side follows the images' (config.json has it).
+    final_splits = evaluation.final_splits(info)
+    if evaluation.TEST not in final_splits:
+        VOICE.warn(evaluation.NO_TEST_WARNING)
+    train_counts = class_weights.train_class_counts(info)
+    weights = class_weights.weights_for(config.class_weight, train_counts)
+    if weights is not None:
+        VOICE.say(class_weights.describe(weights, info.class_names))
+    elif warning := class_weights.imbalance_warning(train_counts, info.class_names):
+        VOICE.warn(warning)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
@@ -133,6 +144,7 @@ def run(config, stop_flag=None, clock=None):
             info.num_classes, mixup=config.mixup, cutmix=config.cutmix, label_smoothing=config.label_smoothing
         ),
         clip_norm=config.clip_norm,
+        class_weights=weights,
     )
     refresh_statistics = _precise_bn(config, info, strategy, model, steps_per_epoch, precise_bn)
     training_state = state.TrainingState(model, chief=chief, guard=training_loop.check_finite)
@@ -165,7 +177,7 @@ def run(config, stop_flag=None, clock=None):
     fit_args = {
         "steps_per_epoch": steps_per_epoch,
         "callbacks": keras.callbacks.CallbackList([stages.callback(clock), *run_callbacks], model=model),
-        "valid_dataset": _distributed(strategy, config, info, "valid", training=False),
+        "valid_dataset": data.distributed(strategy, config, info, "valid", training=False),
         "validation_steps": config.validation_steps,
         "stop_requested": distribute.stop_check(strategy, stop_flag, config.stop_check_every_steps),
         "batch_logs_wanted": VOICE.stream.isatty(),
@@ -178,7 +190,7 @@ def run(config, stop_flag=None, clock=None):
         for end, backbone_frozen in phases:
             # The training stream is a pure function of (seed, epoch, step): each
             # phase's stream starts where that phase starts.
-            train_dataset = _distributed(
+            train_dataset = data.distributed(
                 strategy, config, info, "train", training=True, start=(epoch, step, steps_per_epoch)
             )
             result = training_loop.fit(
@@ -200,16 +212,16 @@ def run(config, stop_flag=None, clock=None):
             VOICE.say(f"backup saved at epoch {result.epochs_completed} step {result.step_in_epoch}")
             raise Preempted(f"stopped at epoch {result.epochs_completed} step {result.step_in_epoch}")
 
-        # 6. Evaluate the best weights (early stopping restored them), or with --ema the
-        # weights' moving average, on valid and test, with the batch-norm statistics of those weights.
+        # 6. Evaluate the best weights (early stopping restored them), or with --ema the weights'
+        # moving average, on valid and test (if any), with the batch-norm statistics of those weights.
         if optimizers.use_average_weights(model):
             VOICE.say(f"evaluating, saving and exporting the weights' moving average (decay {config.ema})")
         if refresh_statistics is not None:
             refresh_statistics()
         # The code of `python -m trainer.evaluate` too, so it reproduces these numbers.
         evaluations, confusion = {}, {}
-        for split in ("valid", "test"):
-            split_dataset = _distributed(strategy, config, info, split, training=False)
+        for split in final_splits:
+            split_dataset = data.distributed(strategy, config, info, split, training=False)
             evaluations[split], confusion[split] = evaluation.evaluate_split(training_loop, split_dataset)
         clock.lap("evaluation")
     metrics = report.final_metrics(
@@ -233,8 +245,15 @@ def run(config, stop_flag=None, clock=None):
     if chief:
         report.write_metrics(outputs.local("job", jobdir.METRICS_FILE), metrics)
         per_class = outputs.local("job", jobdir.PER_CLASS_FILE)
-        report.write_per_class_csv(per_class, confusion["test"], info.wnids, info.class_names)
-        report.write_confusion_summary(outputs.local("logs"), confusion["test"], step=result.epochs_completed)
+        # The per-class report is test's, or valid's when the dataset holds no test images.
+        shown = final_splits[-1]
+        report.write_per_class_csv(per_class, confusion[shown], info.wnids, info.class_names)
+        report.write_confusion_summary(
+            outputs.local("logs"),
+            confusion[shown],
+            step=result.epochs_completed,
+            name=f"confusion_matrix/{shown}",
+        )
         report.write_final_scalars(outputs.local("logs"), metrics, step=result.epochs_completed)
         # model.keras holds the weights evaluated above (early stopping restored the
         # best), also when no epoch of this run beat the best it resumed or branched from.
@@ -254,8 +273,9 @@ def run(config, stop_flag=None, clock=None):
         outputs.delete("backup")
         outputs.sync()
     clock.lap("export")
-    valid, test = metrics["valid"]["accuracy"], metrics["test"]["accuracy"]
-    VOICE.say(f"done: valid accuracy {valid:.4f}, test accuracy {test:.4f}")
+    VOICE.say(
+        "done: " + ", ".join(f"{split} accuracy {metrics[split]['accuracy']:.4f}" for split in final_splits)
+    )
     VOICE.say(clock.summary())
     return metrics
 
@@ -337,6 +357,8 @@ def _unfreeze(config, strategy, model, training_loop, training_state, steps_per_
 
 def _precise_bn(config, info, strategy, model, steps_per_epoch, precise_bn):
     """Returns the run's precise batch-norm pass over clean training batches, or ``None`` (off)."""
+    from trainer import data
+
     batches = config.precise_bn
     if batches is None:
         train_batches = info.num_batches("train", config.batch_size)
@@ -345,40 +367,8 @@ def _precise_bn(config, info, strategy, model, steps_per_epoch, precise_bn):
         return None
     images = min(batches * config.batch_size, info.split_counts["train"])
     VOICE.say(f"precise batch norm: statistics from {images} clean training images before each validation")
-    clean_train = _distributed(strategy, config, info, "train", training=False)
+    clean_train = data.distributed(strategy, config, info, "train", training=False)
     return precise_bn.PreciseBatchNorm(strategy, model, batches, clean_train)
-
-
-def _distributed(strategy, config, info, split, training, start=None):
-    """Returns the distributed dataset of ``split`` for this run.
-
-    ``start`` is ``(epoch, step, steps_per_epoch)`` of a training stream: where it begins and how long
-    its epochs are.
-    """
-    from trainer import data
-
-    position = {}
-    if start is not None:
-        epoch, step, steps_per_epoch = start
-        position = {"initial_epoch": epoch, "initial_step": step, "steps_per_epoch": steps_per_epoch}
-
-    def make(input_context):
-        return data.make_dataset(
-            info,
-            split,
-            global_batch_size=config.batch_size,
-            training=training,
-            policy=config.policy,
-            augment_on=config.augment_on,
-            crop_size=config.crop_size,
-            cache=config.cache,
-            seed=config.seed,
-            augment_options=config.augment_options(),
-            input_context=input_context,
-            **position,
-        )
-
-    return strategy.distribute_datasets_from_function(make)
 
 
 @contextlib.contextmanager

@@ -60,11 +60,12 @@ def test_good_trainer_flags_still_dry_run(capsys, command):
     assert all(word in captured.out for word in extra)  # the spec (JSON or YAML) passes them on
 
 
-def test_checks_need_neither_data_nor_the_config_file(capsys):
-    # A modern recipe with --steps-per-epoch counts the training images of the data; the
-    # config file is a path in the image: neither is read at submit time.
-    extra = ["--recipe", "modern", "--steps-per-epoch", "500", "--lr-warmup-epochs", "2"]
-    extra += ["--config", "/etc/trainer/does-not-exist.yaml"]
+@pytest.mark.parametrize("recipe", [["--recipe", "modern"], []], ids=["explicit", "default"])
+def test_checks_need_neither_data_nor_the_config_file(capsys, recipe):
+    # A modern recipe (the default) with --steps-per-epoch counts the training images of the
+    # data; the config file is a path in the image: neither is read at submit time.
+    extra = [*recipe, "--steps-per-epoch", "500"]
+    extra += ["--lr-warmup-epochs", "2", "--config", "/etc/trainer/does-not-exist.yaml"]
     assert submit.main([*COMMANDS["vertex"], "--dry-run", "--", *extra]) == 0
     assert capsys.readouterr().err == ""
 

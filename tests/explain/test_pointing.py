@@ -129,3 +129,69 @@ def test_shift_boxes_into_a_crop():
     shifted, valid = pointing.shift_boxes(boxes, offset=(4, 4), size=(56, 56))
     assert shifted.tolist() == [[0, 0, 16, 26], [0, 0, 0, 0], [46, 6, 55, 55]]
     assert valid.tolist() == [True, False, True]
+
+
+def test_skip_reason_reads_the_box_count_then_the_selection():
+    # The count of metadata.json decides, whatever the records say.
+    assert (
+        pointing.skip_reason(0, "test", has_box=[True, True])
+        == "the dataset has no object boxes (metadata.json: 0 boxes in test)"
+    )
+    assert pointing.skip_reason(0, "valid").endswith("(metadata.json: 0 boxes in valid)")
+    # A dataset written before the count: the selected images' flags decide.
+    assert (
+        pointing.skip_reason(None, "test", has_box=np.zeros(6, bool))
+        == "none of the 6 selected test images has an object box"
+    )
+    assert pointing.skip_reason(None, "test", has_box=[False, True]) is None
+    assert pointing.skip_reason(None, "test") is None
+    # Boxes elsewhere in the split but none among the chosen images: nothing to score either.
+    assert pointing.skip_reason(3, "test", has_box=[False] * 4) == (
+        "none of the 4 selected test images has an object box"
+    )
+    assert pointing.skip_reason(3, "test", has_box=[False, True]) is None
+    assert pointing.skipped_line("why") == "pointing game skipped: why"
+
+
+def test_skipped_summary_has_a_reason_and_no_score():
+    summary = pointing.skipped_summary("no boxes", tolerance=2.0)
+    assert summary == {"n": 0, "tolerance": 2.0, "pointing_game": {"skipped": "no boxes"}}
+
+
+def test_box_areas():
+    boxes = [[0, 0, 15, 15], [0, 0, 7, 15], [4, 4, 4, 4], [0, 0, 14, 14]]
+    assert pointing.box_areas(boxes, 16, 16).tolist() == pytest.approx([1.0, 0.5, 1 / 256, 225 / 256])
+
+
+def test_whole_image_boxes_flag_the_game_and_keep_its_numbers():
+    count, size = 40, 16
+    maps = np.random.default_rng(0).uniform(size=(count, size, size))
+    game = pointing.PointingGame(seed=1)
+    # 15 x 15 of 16 x 16 is 88% of the image (not "whole"); 16 x 16 is.
+    boxes = np.array([[0, 0, 15, 15]] * 30 + [[0, 0, 14, 14]] * 10)
+    game.add(maps, boxes, labels=np.zeros(count, int))
+    summary = game.summary()
+    found = summary["pointing_game"]
+    # Every peak is in a whole-image box: the model and both baselines hit on those images.
+    assert found["center_baseline"] == 1.0 and found["random_baseline"] >= 0.75
+    assert found["hit_rate"] >= 0.75 and found["whole_image_boxes"] == 0.75
+    assert found["uninformative"] == (
+        "the pointing game cannot tell the model from its baselines: the boxes of 30 of 40 scored images "
+        "cover at least 90% of the image, so the centre and random baselines hit too "
+        f"({found['center_baseline']:.3f} and {found['random_baseline']:.3f} "
+        f"against the model's {found['hit_rate']:.3f})"
+    )
+    assert "\n" not in found["uninformative"]
+
+
+def test_half_or_fewer_whole_image_boxes_leave_the_game_informative():
+    maps = np.random.default_rng(0).uniform(size=(4, 16, 16))
+    game = pointing.PointingGame()
+    game.add(maps, np.array([[0, 0, 15, 15]] * 2 + [[2, 2, 5, 5]] * 2), labels=[0, 0, 1, 1])
+    found = game.summary()["pointing_game"]
+    assert found["whole_image_boxes"] == 0.5 and found["uninformative"] is None
+    # Ordinary boxes: no flag.
+    small = pointing.PointingGame()
+    small.add(maps, np.array([[6, 6, 10, 10]] * 4), labels=[0, 1, 2, 3])
+    assert small.summary()["pointing_game"]["whole_image_boxes"] == 0.0
+    assert small.summary()["pointing_game"]["uninformative"] is None

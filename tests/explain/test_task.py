@@ -17,14 +17,9 @@ from contracts import storage, voice
 from explain import selection, task
 from tests import tiers
 from tests.events import latest
-from tests.explain import NUM_CLASSES, tiny_cnn
+from tests.explain import NUM_CLASSES, small_cnn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _small_cnn(input_size):
-    # Three blocks: the last map (``features``, 16x16) still knows where the object is.
-    return tiny_cnn(input_size, filters=(16, 32, 64))
 
 
 @pytest.fixture(scope="module")
@@ -36,24 +31,11 @@ def trained_job(sample_records, sample_info, tmp_path_factory):
     train = data.make_dataset(
         sample_info, "train", global_batch_size=16, training=True, policy="none", seed=0
     )
-    model = _small_cnn(64)
+    model = small_cnn(64)
     model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(train, epochs=30, steps_per_epoch=12, verbose=0)
     job = tmp_path_factory.mktemp("job")
     model.save(str(job / "model.keras"))
-    config = {"arch": "small_cnn", "policy": "none", "crop_size": 56, "data_dir": data_dir}
-    (job / "config.json").write_text(json.dumps(config))
-    return str(job), data_dir
-
-
-@pytest.fixture(scope="module")
-def untrained_job(sample_records, tmp_path_factory):
-    """A job dir with the small CNN's seeded initial weights: for the tests that need a model, not
-    one that has learnt (error paths, where the outputs go)."""
-    data_dir, _ = sample_records
-    keras.utils.set_random_seed(0)
-    job = tmp_path_factory.mktemp("untrained-job")
-    _small_cnn(64).save(str(job / "model.keras"))
     config = {"arch": "small_cnn", "policy": "none", "crop_size": 56, "data_dir": data_dir}
     (job / "config.json").write_text(json.dumps(config))
     return str(job), data_dir
@@ -221,7 +203,7 @@ def test_gcs_logdir_and_out_dir(untrained_job, gcs_bucket, tmp_path):
 def test_keras_file_with_smaller_input_is_centre_cropped(sample_records, tmp_path):
     data_dir, _ = sample_records
     path = str(tmp_path / "small.keras")
-    _small_cnn(56).save(path)
+    small_cnn(56).save(path)
     logdir = str(tmp_path / "logs")
     argv = ["--model", path, "--data-dir", data_dir, "--logdir", logdir, "--num-images", "6"]
     argv += ["--method", "layercam", "--balanced", "--split", "valid", "--tolerance", "3"]

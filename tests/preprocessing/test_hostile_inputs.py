@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from contracts import images as rgb_images
-from contracts import schema
+from contracts import resize, schema
 from preprocessing import fetch, images, plan, sample, sources, task, transforms
 from trainer import predict
 
@@ -92,7 +92,7 @@ def _assert_means(pixels, expected, what):
 @pytest.mark.parametrize("name", list(mode_cases()))
 def test_modes_convert_like_the_source_in_the_job_and_in_predict(name):
     data, expected = mode_cases()[name]
-    result = images.validate_image(data, (64, 64))
+    result = images.validate_image(data, 64)
     _assert_means(tf.io.decode_jpeg(result.data, channels=3).numpy(), expected, f"stored {name}")
     _assert_means(predict.decode_image(data), expected, f"predict {name}")
     assert (result.reencoded_from is None) == (name == "cmyk_jpeg"), "a good JPEG is kept as it is"
@@ -129,13 +129,26 @@ def _jpeg_bomb(side=20000):
 )
 def test_bombs_and_unsupported_files_are_refused_before_decoding(data, reason):
     with pytest.raises(images.BadImageError, match=reason):
-        images.validate_image(data, (64, 64))
+        images.validate_image(data, 64)
     with pytest.raises((ValueError, OSError)):
         predict.decode_image(data)
 
 
+def test_an_elongated_strip_costs_only_its_own_pixels_under_every_policy():
+    # Within the pixel cap; scaling the shorter side to 64 before cutting would make it 1048576x64
+    # (256 MB as float32). crop cuts its centre square first, so it becomes one pixel scaled up.
+    strip = _encode(Image.new("RGB", (16384, 1), (10, 200, 30)), "PNG")
+    for policy in ("crop", "pad", "stretch"):
+        result = images.validate_image(strip, 64, policy)
+        assert (result.height, result.width, result.source_width, result.source_height) == (64, 64, 16384, 1)
+    pixels = np.asarray(Image.open(io.BytesIO(images.validate_image(strip, 64, "crop").data)))
+    assert np.abs(pixels.astype(int) - (10, 200, 30)).max() <= 8  # the strip's colour, up to JPEG
+
+
 SEEDS = {name: data for name, (data, _) in mode_cases().items()}
 SEEDS["jpeg"] = _encode(Image.fromarray(_noise((64, 64, 3), 9)), "JPEG")
+SEEDS["jpeg_wide"] = _encode(Image.fromarray(_noise((24, 80, 3), 11)), "JPEG")
+SEEDS["png_tall"] = _encode(Image.fromarray(_noise((90, 20, 4), 12), "RGBA"), "PNG")
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -143,13 +156,15 @@ SEEDS["jpeg"] = _encode(Image.fromarray(_noise((64, 64, 3), 9)), "JPEG")
     seed=st.sampled_from(sorted(SEEDS)),
     edits=st.lists(st.tuples(st.integers(0, 4095), st.integers(0, 255)), max_size=8),
     cut=st.integers(0, 5000),
+    policy=st.sampled_from(resize.POLICIES),
 )
-def test_mutated_images_raise_nothing_but_bad_image_error(seed, edits, cut):
+def test_mutated_images_raise_nothing_but_bad_image_error(seed, edits, cut, policy):
+    # An edited header announces another size: that image is decoded and resized, by each policy.
     data = bytearray(SEEDS[seed])
     for position, value in edits:
         data[position % len(data)] = value
     with contextlib.suppress(images.BadImageError):  # Any other exception fails the test.
-        images.validate_image(bytes(data[: len(data) - cut % len(data)]), (64, 64))
+        images.validate_image(bytes(data[: len(data) - cut % len(data)]), 64, policy)
 
 
 def test_listing_survives_deep_nesting_and_counts_each_entry_once(tmp_path):
@@ -200,6 +215,8 @@ def _write_corpus(tmp_path):
         "bomb_png.JPEG": _png(20000, 20000),
         "float.JPEG": _encode(Image.fromarray(np.zeros((64, 64), np.float32)), "TIFF"),
         "conflict_box.JPEG": good,
+        "strip.JPEG": _png(16384, 1),
+        "photo.JPEG": _encode(Image.fromarray(_noise((240, 320, 3), 13)), "JPEG"),
     }
     for name, data in files.items():
         (folder / name).write_bytes(data)
@@ -305,7 +322,8 @@ def test_hostile_corpus_through_the_job(tmp_path, capsys, caplog):
     index = {c["wnid"]: c["index"] for c in metadata["classes"]}
     wnid = info["wnids"][0]
     train = {name: r for (split, name), r in records.items() if split == "train"}
-    assert sorted(train) == sorted([*info["train_boxes"], *modes, "link_in.JPEG"])
+    assert sorted(train) == sorted([*info["train_boxes"], *modes, "link_in.JPEG", "photo.JPEG", "strip.JPEG"])
+    assert all((r["height"], r["width"]) == (64, 64) for r in records.values()), "other sizes are resized"
     for name, record in train.items():
         assert record["label"] == index[name.split("_")[0] if name in info["train_boxes"] else wnid]
     for name, want in modes.items():
@@ -343,20 +361,22 @@ def test_any_exception_of_one_file_is_a_dead_letter(tmp_path, monkeypatch):
     (folder / "boom.JPEG").write_bytes(good + b"\0")  # Padding after the end marker: still a good JPEG.
     real = images.validate_image
 
-    def buggy(data, expected_size=None):
+    def buggy(data, *args):
         if data.endswith(b"\0"):
             raise RuntimeError("decoder bug")  # Stands for any bug no test foresaw.
-        return real(data, expected_size)
+        return real(data, *args)
 
     monkeypatch.setattr(images, "validate_image", buggy)
     items = [sources.Item(f"train/n1/images/{n}", "train", 0, None) for n in ("a.JPEG", "boom.JPEG")]
     manifest = tmp_path / "manifest.json"
     manifest.write_text(sources.items_to_text(items))
-    fn = transforms.ConvertShardFn(str(tmp_path / "raw"), str(tmp_path / "out"), [("n1", "one")], (64, 64))
+    fn = transforms.ConvertShardFn(str(tmp_path / "raw"), str(tmp_path / "out"), [("n1", "one")], 64)
     fn.setup()
     outputs = list(fn.process(transforms.ShardTask("train", 0, 1, str(manifest))))
     rejected = [json.loads(output.value) for output in outputs[:-1]]
     assert rejected == [
         {"path": "train/n1/images/boom.JPEG", "reason": "unexpected error: RuntimeError: decoder bug"}
     ]
-    assert outputs[-1] == transforms.ShardSummary("train", 0, "train-00000-of-00001.tfrecord", 1)
+    assert outputs[-1] == transforms.ShardSummary(
+        "train", 0, "train-00000-of-00001.tfrecord", 1, [1], 0, 0, {"64x64": 1}
+    )

@@ -1,4 +1,4 @@
-"""The sample generator writes the real tiny-imagenet-200 layout, with or without a shortcut marker."""
+"""The sample generators: tiny-imagenet-200 (with or without a shortcut marker) and "user photos"."""
 
 import dataclasses
 import hashlib
@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from contracts import policy
-from preprocessing import sample
+from preprocessing import manifest, sample, sample_photos
 
 
 def test_layout_matches_tiny_imagenet(tmp_path):
@@ -165,3 +165,62 @@ def test_shortcut_patch_needs_a_colour_left_for_the_objects():
     sample.SampleSpec(classes=len(sample.COLOURS) - 1, shortcut_patch=True)
     with pytest.raises(ValueError, match=r"classes must be < 10 with shortcut_patch.*got 10"):
         sample.SampleSpec(classes=len(sample.COLOURS), shortcut_patch=True)
+
+
+def test_photo_tree_mixes_sizes_formats_modes_and_depths(tmp_path):
+    photos = sample_photos.write_photo_tree(str(tmp_path), sample_photos.PhotoSpec(classes=3, per_class=12))
+    on_disk = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("**/*") if p.is_file())
+    assert on_disk == sorted(p.path for p in photos)
+    for photo in photos:
+        with Image.open(tmp_path / photo.path) as image:
+            assert (image.size, image.mode) == (photo.size, photo.mode)
+            assert image.format == ("PNG" if photo.path.lower().endswith(".png") else "JPEG")
+    assert {p.size for p in photos} == set(sample_photos.SIZES)
+    assert {p.mode for p in photos} == {"RGB", "L", "RGBA"}
+    assert {os.path.splitext(p.path)[1] for p in photos} == set(sample_photos.EXTENSIONS), "upper case too"
+    assert {p.path.count("/") for p in photos} == {1, 2, 3}, "files one, two and three folders down"
+    for label in {p.label for p in photos}:
+        assert " " in label and not label.isascii()
+        assert all(p.path.startswith(f"{label}/") for p in photos if p.label == label)
+    with pytest.raises(FileExistsError, match="not empty"):
+        sample_photos.write_photo_tree(str(tmp_path))
+
+
+def test_photo_box_is_the_shape_in_the_photos_pixels():
+    rng = np.random.default_rng(4)
+    for i, size in enumerate(sample_photos.SIZES * 3):
+        index = i % 5
+        image, (x0, y0, x1, y1) = sample_photos.render_photo(index, rng, size)
+        assert image.size == size and 0 <= x0 <= x1 < size[0] and 0 <= y0 <= y1 < size[1]
+        pixels = np.asarray(image, dtype=np.float32)
+        colour = np.array(sample.COLOURS[sample.class_style(index)[1]], dtype=np.float32)
+        ys, xs = np.nonzero(np.abs(pixels - colour).sum(-1) < 30)
+        inside = (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
+        assert inside.mean() > 0.95, "the class colour lives inside the recorded box"
+
+
+def test_manifests_list_every_photo_once_with_both_split_vocabularies(tmp_path):
+    photos, rows = sample_photos.write_sample_photos(str(tmp_path), manifest=True)
+    assert sorted(os.listdir(tmp_path)) == sorted([sample_photos.TREE, *sample_photos.MANIFESTS])
+    for name in sample_photos.MANIFESTS:
+        parsed = manifest.parse((tmp_path / name).read_text(encoding="utf-8"), name)
+        assert parsed.rejected == [] and parsed.count == len(photos)
+        assert [(r.path, r.label, r.word, r.box) for r in parsed.rows] == [
+            (row["path"], row["label"], row["split"], row["box"]) for row in rows
+        ]
+    assert {r["split"] for r in rows} == {"", *sample_photos.SPLIT_WORDS}
+    assert 0 < sum(r["box"] is not None for r in rows) < len(rows)
+    for photo, row in zip(photos, rows, strict=True):
+        assert (tmp_path / row["path"]).is_file() and row["path"].endswith(photo.path)
+
+
+def test_photos_cli_documents_and_writes_the_manifests(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        sample_photos.main(["--help"])
+    assert stopped.value.code == 0
+    assert "--manifest" in capsys.readouterr().out
+    args = ["--out", str(tmp_path), "--classes", "2", "--per-class", "3", "--manifest"]
+    assert sample_photos.main(args) == 0
+    assert len(list((tmp_path / sample_photos.TREE).glob("**/img_*"))) == 6
+    assert (tmp_path / "manifest.csv").read_text().startswith("path,label,split,xmin,ymin,xmax,ymax\n")
+    assert sample_photos.main(args) == 2 and "not empty" in capsys.readouterr().err

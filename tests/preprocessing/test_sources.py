@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from preprocessing import fetch, images, sources
+from preprocessing import fetch, images, publish, sources
 
 
 def _jpeg(mode="RGB", size=(64, 64), fmt="JPEG"):
@@ -123,7 +123,7 @@ def test_shards_balanced_deterministic_and_complete():
 def test_validate_keeps_jpeg_bytes_and_accepts_gray_and_cmyk():
     for mode in ("RGB", "L", "CMYK"):
         data = _jpeg(mode)
-        result = images.validate_image(data, (64, 64))
+        result = images.validate_image(data, 64)
         assert result.data == data and (result.height, result.width) == (64, 64)
         assert result.reencoded_from is None
 
@@ -142,8 +142,9 @@ def test_validate_reencodes_png_and_rejects_bad_files():
     for data, reason in cases.items():
         with pytest.raises(images.BadImageError, match=reason):
             images.validate_image(data)
-    with pytest.raises(images.BadImageError, match="size 32x48, expected 64x64"):
-        images.validate_image(_jpeg(size=(32, 48)), (64, 64))
+    # Another size is resized (contracts.resize), not rejected.
+    resized = images.validate_image(_jpeg(size=(32, 48)), 64)
+    assert (resized.height, resized.width, resized.reencoded_from) == (64, 64, "JPEG")
     # Bytes after the end marker are harmless: a full decode accepts the file as it is.
     padded = good + b"trailing"
     assert images.validate_image(padded).data == padded
@@ -200,11 +201,58 @@ def test_resolve_finds_root_in_folder_and_archive(tmp_path):
 
 def test_output_dir_refused_unless_overwrite(tmp_path):
     out = tmp_path / "out"
-    assert fetch.prepare_output_dir(str(out), overwrite=False) == 0 and not out.exists()
+    assert publish.prepare_output_dir(str(out), overwrite=False) == 0 and not out.exists()
     out.mkdir()
     for name in ("train-00000-of-00002.tfrecord", "metadata.json", "rejected.jsonl", "notes.txt"):
         (out / name).write_text("old")
     with pytest.raises(fetch.SourceError, match=r"not empty \(4 files\); pass --overwrite"):
-        fetch.prepare_output_dir(str(out), overwrite=False)
-    assert fetch.prepare_output_dir(str(out), overwrite=True) == 3
+        publish.prepare_output_dir(str(out), overwrite=False)
+    assert publish.prepare_output_dir(str(out), overwrite=True) == 3
     assert sorted(os.listdir(out)) == ["notes.txt"], "only files of an earlier run are removed"
+
+
+def test_output_dir_holding_only_a_failed_runs_rejects_is_free_for_its_retry(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / fetch.FAILED_REJECTS_FILE).write_text('{"path": "a.jpg", "reason": "x"}\n')
+    assert publish.check_output_dir(str(out), overwrite=False) == [str(out / fetch.FAILED_REJECTS_FILE)]
+    assert publish.prepare_output_dir(str(out), overwrite=False) == 1 and os.listdir(out) == []
+    for leftover in (".incomplete-0123/train-00000-of-00001.tfrecord", f"sub/{fetch.FAILED_REJECTS_FILE}"):
+        (out / leftover).parent.mkdir(parents=True, exist_ok=True)
+        (out / leftover).write_text("x")
+        (out / fetch.FAILED_REJECTS_FILE).write_text("x")
+        with pytest.raises(fetch.SourceError, match="pass --overwrite"):
+            publish.check_output_dir(str(out), overwrite=False)
+        (out / leftover).unlink()
+
+
+def test_manifest_sources_and_their_paths(tmp_path):
+    (tmp_path / "m.csv").write_text("path,label\n")
+    assert fetch.fetch_raw_dir(str(tmp_path / "m.csv"), str(tmp_path)) == str(tmp_path / "m.csv")
+    relative = os.path.relpath(tmp_path / "m.csv")
+    assert fetch.fetch_raw_dir(relative, str(tmp_path)) == str(tmp_path / "m.csv"), "made absolute"
+    with pytest.raises(fetch.SourceError, match="no such manifest file"):
+        fetch.fetch_raw_dir(str(tmp_path / "gone.jsonl"), str(tmp_path))
+    with pytest.raises(fetch.SourceError, match=r"must be a \.zip archive"):
+        fetch.fetch_raw_dir("https://example.com/m.csv", str(tmp_path))
+    assert fetch.resolve("/data", "a/b.jpg") == os.path.join("/data", "a/b.jpg")
+    assert fetch.resolve("/data", "/abs/b.jpg") == "/abs/b.jpg"
+    assert fetch.resolve("gs://bucket/lists", "gs://other/b.jpg") == "gs://other/b.jpg"
+    assert fetch.resolve("gs://bucket/lists", "a/b.jpg") == "gs://bucket/lists/a/b.jpg"
+
+
+@pytest.mark.parametrize("name", ["red fox", "Mañana café", "猫", "👩‍👩‍👧", " padded ", "n01443537"])
+def test_class_names_are_kept_as_written(name):
+    assert sources.check_class_name(name, "here") == name
+    if " " in name:
+        # Only tiny-imagenet's wnids must stay one plain folder name.
+        with pytest.raises(sources.LayoutError, match="is not a wnid"):
+            sources.check_wnid(name, "wnids.txt line 1")
+
+
+@pytest.mark.parametrize(
+    "name", ["", "   ", "\u3000", "tab\there", "new\nline", "bell\x07", "\udcff", "a\u2028b"]
+)
+def test_a_class_name_that_is_no_name_is_refused(name):
+    with pytest.raises(sources.LayoutError, match=r"^here: class name .*(empty or only whitespace|control)"):
+        sources.check_class_name(name, "here")

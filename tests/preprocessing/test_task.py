@@ -38,6 +38,9 @@ METADATA_KEYS = {
     "splits",
     "rejected",
     "inputs",
+    "layout",
+    "resize",
+    "source_sizes",
 }
 SHARDS = [
     "--num-shards-train",
@@ -99,7 +102,16 @@ def test_every_image_once_with_labels_boxes_and_bytes(sample_raw, converted):
     names = {c["wnid"]: c["name"] for c in classes}
     assert set(metadata) == METADATA_KEYS
     assert set(metadata["splits"]) == {"train", "valid", "test", "unlabeled"}
-    assert all(set(entry) == {"count", "shards"} for entry in metadata["splits"].values())
+    assert set(metadata["splits"]["unlabeled"]) == {"count", "shards", "boxes"}
+    labelled = ("train", "valid", "test")
+    assert all(set(metadata["splits"][s]) == {"count", "shards", "boxes", "class_counts"} for s in labelled)
+    assert metadata["layout"] == "tiny-imagenet" and metadata["resize"] == {"policy": "crop", "size": 64}
+    assert metadata["source_sizes"] == {"64x64": sum(len(r) for r in records.values())}
+    for split in labelled:
+        labels = [r["label"] for r in records[split].values()]
+        assert metadata["splits"][split]["class_counts"] == [labels.count(i) for i in range(len(classes))]
+    for split, entry in metadata["splits"].items():
+        assert entry["boxes"] == sum(r["box"] is not None for r in records[split].values())
     assert metadata["schema_version"] == schema.SCHEMA_VERSION
     assert metadata["seed"] == 7 and metadata["valid_fraction"] == 0.1 and metadata["image_size"] == [64, 64]
     assert metadata["rejected"] == {"count": 0, "file": schema.REJECTED_FILE}

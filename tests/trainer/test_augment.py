@@ -265,6 +265,29 @@ def test_crop_without_contrast_is_an_exact_random_crop():
     assert len(offsets) > 1
 
 
+def test_crop_of_larger_images_keeps_seven_eighths_of_them():
+    """128-px images: random 112-px crops and the centre 112 (the book's 56/64), not a 56-px corner."""
+    images = _random_images(batch=4, size=128)
+    augmenter = augment.Augmenter("crop", image_size=128, contrast=0.0)
+    assert augmenter.crop_size == augmenter.output_size == policy_lib.output_size("crop", 128) == 112
+    out = augmenter(images, SEED).numpy()
+    assert out.shape == (4, 112, 112, 3)
+    for i in range(4):
+        windows = [
+            (y, x)
+            for y in range(17)
+            for x in range(17)
+            if np.array_equal(out[i], images.numpy()[i, y : y + 112, x : x + 112])
+        ]
+        assert len(windows) == 1
+    centre = policy_lib.eval_transform("crop", images, image_size=128).numpy()
+    np.testing.assert_array_equal(augmenter.eval_transform(images).numpy(), centre)
+    np.testing.assert_array_equal(centre, images.numpy()[:, 8:120, 8:120])
+    assert policy_lib.crop_offset("crop", 128) == 8
+    # An explicit side still wins.
+    assert augment.Augmenter("crop", image_size=128, crop_size=56).output_size == 56
+
+
 def test_random_contrast_scales_around_the_mean_within_30_percent():
     rng = np.random.default_rng(1)
     images = tf.constant(rng.uniform(100, 150, (16, 56, 56, 3)), tf.float32)

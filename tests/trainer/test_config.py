@@ -8,7 +8,7 @@ import pytest
 
 from tests.trainer import helpers
 from trainer import config as config_lib
-from trainer import distribute, models, task
+from trainer import distribute, models, task, train
 
 
 def test_defaults_then_file_then_flags(tmp_path):
@@ -24,7 +24,9 @@ def test_defaults_then_file_then_flags(tmp_path):
     assert config.dropout == 0.2
     assert config.batch_size == 64
     assert config.policy == defaults.augmentation  # defaults table
-    assert config.crop_size == defaults.input_size
+    # The crop side waits for the dataset's images: 7/8 of them, the table's 56 for 64-px images.
+    assert config.crop_size is None
+    assert config.for_images(64).crop_size == defaults.input_size == 56
     assert config.early_stopping_patience == defaults.early_stopping_patience
     assert config.log_dir == "j/logs" and config.backup_dir == "j/backup"
 
@@ -259,3 +261,38 @@ def test_export_is_on_unless_turned_off():
     assert task.resolve(base, environ={}).export is True
     assert task.resolve([*base, "--export", "false"], environ={}).export is False
     assert task.resolve([*base, "--no-export"], environ={}).export is False
+
+
+@pytest.mark.parametrize(("image_size", "crop_size"), [(64, 56), (128, 112), (224, 196), (96, 84), (8, 7)])
+def test_the_crop_is_seven_eighths_of_the_images_unless_set(image_size, crop_size):
+    """The book's 56 of 64 as a fraction: 128-px images keep 112 px, not a 56-px corner (19%)."""
+    base = ["--data-dir", "d", "--job-dir", "j", "--arch", "minception"]
+    config = task.resolve(base, environ={}).for_images(image_size)
+    assert config.policy == "crop" and config.crop_size == crop_size
+    # What config.json holds is the resolved side, and it reads back as the same configuration.
+    saved = json.loads(config.to_json())
+    assert saved["crop_size"] == crop_size and config_lib.from_dict(saved) == config
+    # Minception's input is the crop policy's output, so the model takes the resolved crop.
+    options = train.model_build_options(config, models.get_defaults("minception"), image_size)
+    assert options["input_size"] == crop_size
+
+
+def test_an_explicit_crop_size_wins_and_must_fit_the_images():
+    base = ["--data-dir", "d", "--job-dir", "j", "--arch", "minception", "--crop-size", "48"]
+    config = task.resolve(base, environ={})
+    assert config.crop_size == 48 and config.for_images(128).crop_size == 48
+    options = train.model_build_options(config.for_images(128), models.get_defaults("minception"), 128)
+    assert options["input_size"] == 48
+    with pytest.raises(ValueError, match=r"crop_size must be in \[1, image_size=32\], got 48"):
+        config.for_images(32)
+    with pytest.raises(ValueError, match="crop_size must be >= 1 or unset, got 0"):
+        task.resolve([*base[:-1], "0"], environ={})
+
+
+def test_class_weight_flag():
+    base = ["--data-dir", "d", "--job-dir", "j", "--arch", "minception"]
+    assert task.resolve(base, environ={}).class_weight == "none"
+    config = task.resolve([*base, "--class-weight", "balanced"], environ={})
+    assert config.class_weight == "balanced" and config.hparams()["class_weight"] == "balanced"
+    with pytest.raises(ValueError, match="class_weight must be one of none, balanced; got 'inverse'"):
+        task.resolve([*base, "--class-weight", "inverse"], environ={})

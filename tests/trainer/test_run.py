@@ -20,8 +20,10 @@ def mirrored_run(sample_records, tmp_path_factory):
     data_dir, _ = sample_records
     job = str(tmp_path_factory.mktemp("mirrored") / "job")
     args = helpers.quick_args(data_dir, job, 2, "--num-cpu-devices", "2", "--export", "true")
-    # Options whose all-reduces only a strategy with replicas exercises, and the soft-target loss.
-    args += ["--sync-bn", "--clip-norm", "5", "--label-smoothing", "0.1"]
+    # An option whose all-reduce only a strategy with replicas exercises, and the soft-target loss.
+    # Not --sync-bn: it doubles this run's first step (one cross-replica merge per batch-norm
+    # layer while tracing), and test_optimizers checks it on two replicas numerically.
+    args += ["--clip-norm", "5", "--label-smoothing", "0.1"]
     proc = helpers.run_cli(args)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return job, data_dir, proc
@@ -187,7 +189,7 @@ def test_tensorboard_hparams_match_the_job(tensorboard, mirrored_run):
                 split,
                 name,
             )
-    assert hparams["label_smoothing"] == 0.1 and hparams["sync_bn"] is True
+    assert hparams["label_smoothing"] == 0.1 and hparams["clip_norm"] == 5
 
 
 @tiers.long("a two-worker cluster")

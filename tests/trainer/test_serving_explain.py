@@ -25,13 +25,16 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from contracts import dataset, jobdir, storage
+from contracts import dataset, jobdir, resize, storage
 from explain import gradcam, render
 from trainer import export, models, predict
 
 ARCH = "minception"
 IMAGE_SIZE, CROP = 64, 56
 TOLERANCE = 1e-4
+# The dataset's resize policy, not the default: export_model must take it from the DatasetInfo.
+# The sample's 64x64 images are left as they are by every policy.
+RESIZE = "pad"
 
 
 def _trainer_pixels(data):
@@ -51,7 +54,7 @@ def _info(wnids, names, image_size):
         image_size=image_size,
         split_counts={},
         shards={},
-        metadata={},
+        metadata={"resize": {"policy": RESIZE, "size": image_size}},
     )
 
 
@@ -137,6 +140,19 @@ def test_explain_matches_serving_and_tf_keras_vis(job, loaded, encoded, form):
         pixels, explained["classes"].numpy()[:, 0]
     )
     assert np.abs(heatmap - reference).max() < TOLERANCE
+
+
+def test_the_export_resizes_by_the_datasets_policy(job, loaded, encoded):
+    root, _ = job
+    with open(os.path.join(root, "export", export.SETTINGS_FILE)) as f:
+        assert json.load(f)["resize"] == {"policy": RESIZE, "size": IMAGE_SIZE}
+    # A 90x40 strip: letterboxed to 64x64 (black bands above and below), then centre-cropped.
+    strip = np.asarray(Image.open(encoded["png"][0]).resize((90, 40), Image.BICUBIC))
+    pixels = loaded.signatures["preprocess"](images=tf.constant([_png(strip)]))["pixels"].numpy()[0]
+    offset = (IMAGE_SIZE - CROP) // 2
+    expected = resize.resize(strip, IMAGE_SIZE, RESIZE).numpy()[offset:-offset, offset:-offset]
+    np.testing.assert_array_equal(pixels, expected.astype(np.float32))
+    assert not pixels[0].any()
 
 
 def test_png_is_served_like_the_jpeg_it_holds(loaded, encoded):
