@@ -218,7 +218,7 @@ def _decode_batch(serialized, image_size, all_features):
     """Parses a batch of serialized examples and decodes every JPEG to uint8 [B, S, S, 3]."""
     parsed = schema.parse_batch(serialized)
     images = tf.map_fn(
-        lambda data: tf.io.decode_jpeg(data, channels=3),
+        schema.decode_jpeg,
         parsed[schema.IMAGE],
         fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8),
         parallel_iterations=16,

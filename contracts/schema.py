@@ -151,6 +151,18 @@ def parse_batch(serialized):
     return features
 
 
+# PIL (the Beam job's conversion, trainer.predict) decodes JPEG with libjpeg's accurate integer
+# DCT; TensorFlow's default is the fast one, up to 6 levels apart on the same file. Every
+# TensorFlow decode of the project (records, the export's inputs) uses the accurate one, so a
+# photo reaches the model as the same pixels whichever path decodes it.
+JPEG_DCT_METHOD = "INTEGER_ACCURATE"
+
+
+def decode_jpeg(data):
+    """Decodes JPEG bytes to uint8 ``[H, W, 3]`` exactly as PIL's ``convert("RGB")`` does."""
+    return tf.io.decode_jpeg(data, channels=3, dct_method=JPEG_DCT_METHOD)
+
+
 def decode_example(serialized):
     """Decodes one serialized example into plain Python/numpy values (for tests and tools)."""
     example = tf.train.Example.FromString(serialized)

@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from contracts import policy as policy_lib
-from contracts import resize, storage
+from contracts import resize, schema, storage
 from explain import tfcam
 from trainer import models
 
@@ -55,9 +55,14 @@ def preprocess_function(*, image_size, policy, crop_size, resize_policy=resize.D
     resize.check_policy(resize_policy)
 
     def decode(data):
-        # decode_image reads JPEG, PNG, BMP and GIF; without expand_animations a
-        # GIF would come back 4-D and every image would need a rank check.
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        # decode_image reads PNG, BMP and GIF (without expand_animations a GIF would come
+        # back 4-D and every image would need a rank check); JPEG takes the project's one
+        # JPEG decoder, whose pixels are PIL's (trainer.predict, the Beam job).
+        image = tf.cond(
+            tf.io.is_jpeg(data),
+            lambda: schema.decode_jpeg(data),
+            lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
+        )
         return tf.cast(resize.resize(image, image_size, resize_policy), tf.float32)
 
     def preprocess(images):

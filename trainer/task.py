@@ -275,6 +275,7 @@ def resolve(argv=None, environ=None):
         values["mixed_precision"] = "float32"
     values.setdefault("data_dir", "")
     values.setdefault("job_dir", "")
+    values["arch"] = arch
     if values.get("frozen_epochs") and not _fine_tunable(arch):
         raise ValueError(f"--frozen-epochs needs an architecture with a pretrained backbone, not {arch!r}")
     return config_lib.from_dict(values)

@@ -296,3 +296,16 @@ def test_class_weight_flag():
     assert config.class_weight == "balanced" and config.hparams()["class_weight"] == "balanced"
     with pytest.raises(ValueError, match="class_weight must be one of none, balanced; got 'inverse'"):
         task.resolve([*base, "--class-weight", "inverse"], environ={})
+
+
+def test_arch_defaults_to_minception_with_its_defaults_and_a_file_or_flag_overrides_it(tmp_path):
+    config = task.resolve(["--data-dir", "d", "--job-dir", "j"], environ={})
+    assert config.arch == task.DEFAULT_ARCH == "minception"
+    assert config.epochs == task.architecture_defaults("minception")["epochs"]
+    path = tmp_path / "c.yaml"
+    path.write_text("arch: inception_v1\n")
+    from_file = task.resolve(["--data-dir", "d", "--job-dir", "j", "--config", str(path)], environ={})
+    assert from_file.arch == "inception_v1"
+    assert from_file.epochs == task.architecture_defaults("inception_v1")["epochs"]
+    flag = ["--data-dir", "d", "--job-dir", "j", "--config", str(path), "--arch", "minception"]
+    assert task.resolve(flag, environ={}).arch == "minception"

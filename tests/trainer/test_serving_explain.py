@@ -25,7 +25,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from contracts import dataset, jobdir, resize, storage
+from contracts import dataset, jobdir, resize, schema, storage
 from explain import gradcam, render
 from trainer import export, models, predict
 
@@ -40,7 +40,7 @@ RESIZE = "pad"
 def _trainer_pixels(data):
     """What the trainer's input pipeline gives the model: decode_jpeg, then the centre crop."""
     offset = (IMAGE_SIZE - CROP) // 2
-    image = tf.io.decode_jpeg(data, channels=3).numpy().astype(np.float32)
+    image = schema.decode_jpeg(data).numpy().astype(np.float32)
     return image[offset : offset + CROP, offset : offset + CROP]
 
 
@@ -98,7 +98,7 @@ def encoded(sample_raw, tmp_path_factory):
     root = tmp_path_factory.mktemp("serving-images")
     pngs = []
     for path in jpegs:
-        decoded = tf.io.decode_jpeg(open(path, "rb").read(), channels=3).numpy()
+        decoded = schema.decode_jpeg(open(path, "rb").read()).numpy()
         pngs.append(str(root / (os.path.splitext(os.path.basename(path))[0] + ".png")))
         Image.fromarray(decoded).save(pngs[-1])
     return {"jpeg": jpegs, "png": pngs}

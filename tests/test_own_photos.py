@@ -1,0 +1,120 @@
+"""A user's own photos, end to end: a class-per-folder tree and a CSV manifest to an exported model.
+
+The photos come from preprocessing.sample_photos (mixed sizes, JPEG and PNG,
+grayscale and RGBA, class names with a space and a non-ASCII letter, files
+nested below their class folder). Each source goes through the real Beam job
+with only ``--raw-dir``, ``--output-dir`` and ``--image-size`` (the README's
+"Your own photos" commands), then through the trainer's CLI with its defaults
+(cut to a few steps), and the exported model and ``model.keras`` (through
+``trainer.predict``) must agree on the raw non-square files.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from contracts import schema
+from preprocessing import sample_photos, task
+from tests import tiers
+from tests.trainer import helpers
+from trainer import export, predict
+
+IMAGE_SIZE = 48
+SPEC = sample_photos.PhotoSpec(classes=3, per_class=10, seed=4)
+# Only what the README's two commands give, plus a short budget: the test checks the path, not accuracy.
+SHORT = ["--epochs", "1", "--steps-per-epoch", "2", "--validation-steps", "1", "--batch-size", "8"]
+
+
+def _records(data_dir, metadata, split):
+    shards = [os.path.join(data_dir, name) for name in metadata["splits"][split]["shards"]]
+    return [schema.decode_example(r.numpy()) for r in tf.data.TFRecordDataset(shards)]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    out = tmp_path_factory.mktemp("own-photos")
+    written, rows = sample_photos.write_sample_photos(str(out), SPEC, manifest=True)
+    return out, written, rows
+
+
+@pytest.fixture(scope="module", params=["folders", "manifest"])
+@tiers.long("a user's photos through the Beam job, the trainer and the export")
+def trained(request, photos, tmp_path_factory):
+    out, written, rows = photos
+    raw = out / (sample_photos.TREE if request.param == "folders" else sample_photos.MANIFESTS[0])
+    work = tmp_path_factory.mktemp(request.param)
+    data_dir, job_dir = str(work / "data"), str(work / "job")
+    code = task.run(["--raw-dir", str(raw), "--output-dir", data_dir, "--image-size", str(IMAGE_SIZE)])
+    assert code == 0
+    proc = helpers.run_cli(["--data-dir", data_dir, "--job-dir", job_dir, *SHORT])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with open(os.path.join(data_dir, schema.METADATA_FILE)) as f:
+        metadata = json.load(f)
+    return request.param, data_dir, job_dir, metadata, written, rows
+
+
+def test_every_photo_is_a_record_with_its_class_name(trained):
+    layout, data_dir, _, metadata, written, _ = trained
+    assert metadata["layout"] == layout
+    assert metadata["inputs"] == {"found": len(written), "written": len(written), "rejected": 0}
+    names = sorted({photo.label for photo in written})
+    assert [c["name"] for c in metadata["classes"]] == names, "names as written, in sorted order"
+    assert metadata["resize"] == {"policy": "crop", "size": IMAGE_SIZE}
+    assert sum(metadata["source_sizes"].values()) == len(written)
+    assert len(metadata["source_sizes"]) == len(sample_photos.SIZES)
+    for split in ("train", "valid", "test"):
+        records = _records(data_dir, metadata, split)
+        assert records, f"{split} is carved where the source has none"
+        assert all((r["height"], r["width"]) == (IMAGE_SIZE, IMAGE_SIZE) for r in records)
+        assert all(r["class_name"] == names[r["label"]] for r in records)
+        labels = [r["label"] for r in records]
+        assert metadata["splits"][split]["class_counts"] == [labels.count(i) for i in range(len(names))]
+
+
+def test_the_manifest_splits_are_kept_exactly(trained):
+    layout, data_dir, _, metadata, written, rows = trained
+    if layout != "manifest":
+        pytest.skip("the tree has no split folders")
+    words = {"train": "train", "training": "train", "valid": "valid", "validation": "valid", "test": "test"}
+    # Each photo's file name is unique within its class; a record keeps the name and the class.
+    given = {
+        (row["label"], row["path"].rsplit("/", 1)[-1]): words[row["split"].lower()]
+        for row in rows
+        if row["split"]
+    }
+    assert given
+    found = {}
+    for split in ("train", "valid", "test"):
+        for record in _records(data_dir, metadata, split):
+            found[(record["class_name"], record["filename"])] = split
+    assert len(found) == len(written)
+    assert {key: found[key] for key in given} == given
+
+
+def test_the_export_and_model_keras_agree_on_raw_non_square_files(trained, photos, capsys):
+    _, _, job_dir, metadata, written, _ = trained
+    out, _, _ = photos
+    # Alpha is composited on white by predict but dropped by the export's decoder: a known gap
+    # of its own, outside the resize policy this test is about.
+    chosen = [p for p in written if p.size[0] != p.size[1] and p.mode != "RGBA"][:6]
+    assert {p.mode for p in chosen} == {"RGB", "L"} and len({p.size for p in chosen}) > 1
+    files = [str(out / sample_photos.TREE / p.path) for p in chosen]
+    num_classes = len(metadata["classes"])
+    assert predict.main(["--model", job_dir, "--json", "--top-k", str(num_classes), *files]) == 0
+    document = json.loads(capsys.readouterr().out)
+    from_keras = np.zeros((len(files), num_classes))
+    for row, entry in enumerate(document["predictions"]):
+        for top in entry["top"]:
+            from_keras[row, top["index"]] = top["probability"]
+    loaded = export.LoadedExport(os.path.join(job_dir, "export"))
+    served = loaded(export.SIGNATURE, [open(f, "rb").read() for f in files])
+    from_export = np.zeros_like(from_keras)
+    for row, indices in enumerate(served["classes"]):
+        from_export[row, np.asarray(indices)] = served["probabilities"][row]
+    # JPEG photos decode through PIL in predict and through TensorFlow in the export (libjpeg
+    # in both; RGBA PNGs are not among the files: alpha is composited only in predict).
+    np.testing.assert_allclose(from_export, from_keras, atol=1e-3)
+    assert from_keras.sum(axis=1) == pytest.approx(np.ones(len(files)), abs=1e-4)
