@@ -69,18 +69,8 @@ def plain_fit(argv):
     keras.mixed_precision.set_dtype_policy(config.mixed_precision)
     steps = config.steps_per_epoch
     streams = {
-        split: data.make_dataset(
-            info,
-            split,
-            global_batch_size=config.batch_size,
-            training=split == "train",
-            policy=config.policy,
-            augment_on=config.augment_on,
-            crop_size=config.crop_size,
-            cache=config.cache,
-            seed=config.seed,
-            augment_options=config.augment_options(),
-            **({"steps_per_epoch": steps} if split == "train" else {}),
+        split: data.for_run(
+            config, info, split, split == "train", **({"steps_per_epoch": steps} if split == "train" else {})
         )
         for split in ("train", "valid", "test")
     }

@@ -70,7 +70,9 @@ def build_parser():
     parser = cli.ArgumentParser(
         prog="python -m preprocessing.task",
         description=DESCRIPTION,
-        epilog="Any other flag must be a Beam pipeline option, e.g. --runner DataflowRunner.",
+        epilog="Your own photos: --raw-dir myphotos --output-dir data/mine --image-size 128 (a folder per "
+        "class), then python -m trainer.task --data-dir data/mine --job-dir jobs/mine. Any other flag "
+        "must be a Beam pipeline option, e.g. --runner DataflowRunner.",
         # Abbreviations would let our flags swallow Beam's (e.g. --output for --output-dir).
         allow_abbrev=False,
     )

@@ -56,6 +56,24 @@ def make_dataset(
     )
 
 
+def for_run(config, info, split, training, **kwargs):
+    """The dataset of ``split`` with a run's settings (a :class:`TrainConfig`); ``kwargs`` as
+    :func:`make_dataset`'s (``input_context``, a training stream's position)."""
+    return make_dataset(
+        info,
+        split,
+        global_batch_size=config.batch_size,
+        training=training,
+        policy=config.policy,
+        augment_on=config.augment_on,
+        crop_size=config.crop_size,
+        cache=config.cache,
+        seed=config.seed,
+        augment_options=config.augment_options(),
+        **kwargs,
+    )
+
+
 def distributed(strategy, config, info, split, training, start=None):
     """Returns the distributed dataset of ``split`` for a run of ``config`` (a :class:`TrainConfig`).
 
@@ -68,19 +86,6 @@ def distributed(strategy, config, info, split, training, start=None):
         position = {"initial_epoch": epoch, "initial_step": step, "steps_per_epoch": steps_per_epoch}
 
     def make(input_context):
-        return make_dataset(
-            info,
-            split,
-            global_batch_size=config.batch_size,
-            training=training,
-            policy=config.policy,
-            augment_on=config.augment_on,
-            crop_size=config.crop_size,
-            cache=config.cache,
-            seed=config.seed,
-            augment_options=config.augment_options(),
-            input_context=input_context,
-            **position,
-        )
+        return for_run(config, info, split, training, input_context=input_context, **position)
 
     return strategy.distribute_datasets_from_function(make)

@@ -60,7 +60,8 @@ def build_parser():
     """Returns the argument parser; absent flags are left out of the namespace."""
     parser = cli.ArgumentParser(
         prog="python -m trainer.task",
-        description="Train an Inception-family classifier on tiny-imagenet-style TFRecords.",
+        description="Train an Inception-family classifier on the TFRecords python -m preprocessing.task "
+        "wrote from your photos (class folders, a manifest or tiny-imagenet-200).",
         argument_default=argparse.SUPPRESS,
     )
     add = parser.add_argument

@@ -192,3 +192,16 @@ def read_backup_weights(model, backup_dir):
 def snapshot(model):
     """Returns ``variable path -> numpy copy`` of every weight of ``model``."""
     return {variable.path: variable.numpy().copy() for variable in model.weights}
+
+
+def two_head_model(num_classes, inputs=3):
+    """A tiny compiled model with a main and an auxiliary softmax head, as Inception v1 has."""
+    import keras
+
+    features = keras.Input((inputs,))
+    hidden = keras.layers.Dense(5, activation="relu")(features)
+    main = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(hidden)
+    aux = keras.layers.Dense(num_classes, activation="softmax", name="aux1_predictions")(hidden)
+    model = keras.Model(features, {"predictions": main, "aux1_predictions": aux})
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    return model

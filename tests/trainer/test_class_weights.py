@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.trainer import helpers
 from trainer import class_weights, loop, mixing
 
 CLASSES = 3
@@ -32,21 +33,11 @@ def test_balanced_weights_are_n_over_classes_times_count():
     assert class_weights.weights_for("balanced", COUNTS) == class_weights.balanced(COUNTS)
 
 
-def _two_head_model():
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((3,))
-    hidden = keras.layers.Dense(5, activation="relu")(inputs)
-    main = keras.layers.Dense(CLASSES, activation="softmax", name="predictions")(hidden)
-    aux = keras.layers.Dense(CLASSES, activation="softmax", name="aux1_predictions")(hidden)
-    model = keras.Model(inputs, {"predictions": main, "aux1_predictions": aux})
-    model.compile(optimizer=keras.optimizers.SGD(0.0))
-    return model
-
-
 @pytest.mark.parametrize("smoothing", [0.0, 0.2])
 def test_the_loss_is_the_weighted_mean_of_every_heads_cross_entropy(smoothing):
     """Keras' class_weight: sum_i w(y_i) * loss_i / batch, on every head; smoothing keeps w(y_i)."""
-    model = _two_head_model()
+    keras.utils.set_random_seed(0)
+    model = helpers.two_head_model(CLASSES)
     features = np.random.default_rng(1).normal(size=(6, 3)).astype(np.float32)
     labels = np.array([0, 1, 2, 2, 2, 0], np.int32)
     training_loop = loop.DistributedLoop(

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.trainer import helpers
 from trainer import loop, mixing
 
 CLASSES = 4
@@ -89,20 +90,10 @@ def test_an_inactive_mixer_is_not_used():
     assert training_loop.mixer is None
 
 
-def _two_head_model():
-    inputs = keras.Input((3,))
-    hidden = keras.layers.Dense(5, activation="relu")(inputs)
-    main = keras.layers.Dense(CLASSES, activation="softmax", name="predictions")(hidden)
-    aux = keras.layers.Dense(CLASSES, activation="softmax", name="aux1_predictions")(hidden)
-    model = keras.Model(inputs, {"predictions": main, "aux1_predictions": aux})
-    model.compile(optimizer=keras.optimizers.SGD(0.0))
-    return model
-
-
 @pytest.mark.parametrize("smoothing", [0.0, 0.3])
 def test_every_head_takes_the_smoothed_loss_and_accuracy_counts_the_true_labels(smoothing):
     keras.utils.set_random_seed(0)
-    model = _two_head_model()
+    model = helpers.two_head_model(CLASSES)
     features = np.random.default_rng(1).normal(size=(8, 3)).astype(np.float32)
     labels = np.array([0, 1, 2, 3, 0, 1, 2, 3], np.int32)
     training_loop = loop.DistributedLoop(
