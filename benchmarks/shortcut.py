@@ -1,19 +1,30 @@
-"""Shortcut alarm: how often it fires on data with a shortcut and on the same data without one.
+"""Shortcut alarm: how often it fires, with the trainer's default flags, on data with a shortcut and without.
 
-For every seed, two runs of ``python -m trainer.task`` with the same flags:
-one on a generated sample whose images carry a small marker in a
-class-specific colour (``preprocessing.sample --shortcut-patch``: only the
-marker separates the classes), one on the clean sample of the same seed. Both
-are converted by the project's Beam job with a fifth of ``train/`` held out as
-``valid``, the Grad-CAM callback's probe set. Each run probes every epoch
-(``--explain-every 1``) with the alarm's streak ``--shortcut-probes``. Prints
-one row per run (validation accuracy, pointing game and its centre baseline
-at the last probe, the alarm and its epoch), then ``alarm_rate_marked=X``
-and ``alarm_rate_clean=Y``: the alarm is right when the first is 1 and the
-second 0. Usage::
+For every seed, two runs of ``python -m trainer.task`` with the trainer's
+defaults (only the data, the job dir, the architecture, the epochs, the batch
+size and the seed are given; the Grad-CAM probes every ``--explain-every``
+epochs and the streak ``--shortcut-probes`` are left at their defaults): one
+on a generated sample whose images carry a small marker in a class-specific
+colour (``preprocessing.sample --shortcut-patch``: the marker's is the only
+colour that follows the class; the shape still does too), one on the clean
+sample of the same seed. Both are converted by the project's Beam job with a
+fifth of ``train/`` held out as ``valid``, the Grad-CAM callback's probe set.
+Prints one row per run (the kept weights' validation accuracy, pointing game
+and centre baseline of the final check, the alarm, what raised it and its
+epoch), then ``alarm_rate_marked=X`` and
+``alarm_rate_clean=Y``: the alarm is right when the first is 1 and the second
+0. The issue's case is the default: 8 classes, 12 epochs, batches of 8.
 
-    python benchmarks/shortcut.py                       # seeds 1-3, 3 classes, 3 epochs
-    python benchmarks/shortcut.py --seeds 5 --epochs 6 --probes 3
+Batches of 8 (48 steps an epoch on this sample) let Minception learn the
+marker: with them the marked run's pointing game falls far below the centre
+baseline (0.13 against 0.41). With the trainer's default of 128 (3 steps an
+epoch) it learned the marker and the shapes together, slowly (validation
+accuracy 0.72 at epoch 5, 0.96 at 12), and its pointing game stayed at the
+baseline (0.42 against 0.41; the clean twin's 0.81): no alarm, as the rule
+intends, since nothing then shows the attention off the objects. Usage::
+
+    python benchmarks/shortcut.py                          # seeds 1-3, 8 classes, 12 epochs
+    python benchmarks/shortcut.py --seeds 1 --epochs 6     # a short run: the final check judges it
 """
 
 import argparse
@@ -29,24 +40,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from benchmarks import _data  # noqa: E402
 from benchmarks.small_data import train  # noqa: E402
 
-# The flags of tests/trainer/test_shortcut.py: dropout off and no precise
-# batch-norm pass keep a 3-epoch run short and let it learn the marker.
-FLAGS = ["--dropout", "0", "--precise-bn", "0", "--monitor-start-epoch", "0", "--explain-every", "1"]
-
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", default="minception")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--classes", type=int, default=3, help="At most 9 (one marker colour each).")
+    parser.add_argument("--classes", type=int, default=8, help="At most 9 (one marker colour each).")
     parser.add_argument("--per-class", type=int, default=60, help="train/ images per class.")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--probes", type=int, default=2, help="The alarm's streak, --shortcut-probes.")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=8, help="Global batch size.")
     parser.add_argument("--work-dir", help="Keep the data and runs here (default: a temporary folder).")
     args = parser.parse_args(argv)
     work = args.work_dir or tempfile.mkdtemp(prefix="shortcut-bench-")
-    print(f"arch={args.arch} classes={args.classes} epochs={args.epochs} work_dir={work}", flush=True)
+    print(
+        f"arch={args.arch} classes={args.classes} per_class={args.per_class} epochs={args.epochs} "
+        f"batch_size={args.batch_size} work_dir={work}",
+        flush=True,
+    )
     alarms = {"marked": [], "clean": []}
     for seed in range(1, args.seeds + 1):
         for name, marked in (("marked", True), ("clean", False)):
@@ -66,19 +76,26 @@ def main(argv=None):
                 epochs=args.epochs,
                 batch_size=args.batch_size,
                 seed=seed,
-                extra=[*FLAGS, "--shortcut-probes", str(args.probes)],
+                extra=[],
                 explain=True,
             )
             found = metrics["explanations"]
+            final = found["final_check"] or {}
             alarms[name].append(found["shortcut_alarm"])
             print(
-                f"seed={seed} {name:6s}: val_top1={found['val_accuracy']:.3f} "
-                f"pointing_game={found['pointing_game']:.3f} centre={found['center_baseline']:.3f} "
-                f"alarm={found['shortcut_alarm']} epoch={found['epoch']} ({took:.0f}s)",
+                f"seed={seed} {name:6s}: val_top1={_fmt(final.get('val_accuracy'))} "
+                f"pointing_game={_fmt(final.get('pointing_game'))} "
+                f"centre={_fmt(final.get('center_baseline'))} probes={found['probes']} "
+                f"alarm={found['shortcut_alarm']} raised_by={found['raised_by']} epoch={found['epoch']} "
+                f"({took:.0f}s)",
                 flush=True,
             )
     for name, raised in alarms.items():
         print(f"alarm_rate_{name}={statistics.mean(raised):.2f}")
+
+
+def _fmt(value):
+    return "-" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":

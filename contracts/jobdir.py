@@ -151,6 +151,17 @@ def parse_class_list(text):
     return tuple(str(name) for name in value)
 
 
+def read_temperature(job_dir):
+    """Returns the softmax temperature the run fitted (``metrics.json``'s ``calibration``), or ``None``.
+
+    ``None`` for a ``.keras`` file alone (``job_dir`` ``None``), a run with ``--calibration none``
+    and a job dir written before calibration existed.
+    """
+    metrics = read_json(storage.join(job_dir, METRICS_FILE)) if job_dir else None
+    temperature = ((metrics or {}).get("calibration") or {}).get("temperature")
+    return None if temperature is None else float(temperature)
+
+
 def read_config(job_dir):
     """Returns the job dir's ``config.json`` as a dict (empty when there is none).
 
@@ -196,6 +207,8 @@ class Predictor:
         class_names: Names in label order, or ``None`` when unknown.
         resize_policy: How inputs are made ``image_size`` square (:mod:`contracts.resize`): the
             dataset's, so a photo is resized as the preprocessing job resized its training images.
+        temperature: The job's fitted softmax temperature (:func:`read_temperature`), or ``None``;
+            :meth:`predict` gives the raw softmax, ``trainer.calibration`` applies it.
     """
 
     model: object
@@ -205,6 +218,7 @@ class Predictor:
     crop_size: int
     class_names: tuple | None
     resize_policy: str
+    temperature: float | None = None
 
     def prepare(self, images):
         """Turns uint8 RGB images of any sizes into the model's float32 ``[B, S, S, 3]`` input."""
@@ -310,4 +324,5 @@ def load(model_path, *, data_dir=None, classes=None):
 
     # No metadata.json: the default, as for a dataset written before the policy was recorded.
     resize_policy = resize_policy or resize.DEFAULT_POLICY
-    return Predictor(model, input_size, image_size, policy, crop_size, names, resize_policy)
+    temperature = read_temperature(job_dir)
+    return Predictor(model, input_size, image_size, policy, crop_size, names, resize_policy, temperature)

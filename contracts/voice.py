@@ -19,7 +19,7 @@ import re
 import sys
 import time
 
-COMMANDS = ("preprocessing", "sample", "trainer", "explain", "predict", "evaluate", "submit")
+COMMANDS = ("preprocessing", "sample", "trainer", "explain", "predict", "evaluate", "export", "submit")
 TIME_FORMAT = "%H:%M:%S"
 BAR_WIDTH = 24
 # Reads a line back (log scrapers, the tests): groups time, command, message.

@@ -15,6 +15,12 @@ Every ``every_n_epochs`` epochs the callback explains the same probe images
   the epoch's validation accuracy; when it raises the alarm the callback logs
   one warning line and writes it as a text summary (``gradcam/shortcut_alarm``).
 
+After training, once the weights the run keeps are in place (the best epoch's,
+or their moving average), :meth:`GradCamCallback.final_check` scores the probe
+set once more with them: the watch's final check, which needs no streak of
+probes, so a short run is judged too. The trainer reaches it through the watch
+(:meth:`ShortcutWatch.final_summary`), which the callback hands the check.
+
 Without boxes (the dataset's ``metadata.json`` counts none in the probe split,
 or, for a dataset written before that count, no probe image has one) the
 pointing game is skipped: one line says so and why, no score joins the logs
@@ -101,8 +107,9 @@ class GradCamCallback(keras.callbacks.Callback):
         boxes: Optional ``[N, 4]`` object boxes in the images' coordinates, drawn on
             the panels and scored against; a row with a negative ``xmin`` means "no box".
             ``None``: panels only, silently.
-        watch: The :class:`ShortcutWatch` fed with each probe's scores; a new
-            one (streak of 3) when ``None``.
+        watch: The :class:`ShortcutWatch` fed with each probe's scores and the final
+            check's (it is handed :meth:`final_check` as its ``final_probe``); a new
+            one (the default streak) when ``None``.
         log: Called with each warning line (the alarm, a failed probe, a skipped or
             uninformative pointing game); default: this module's logger.
         skipped: Why the pointing game is not played (:func:`explain.pointing.skip_reason`);
@@ -140,6 +147,7 @@ class GradCamCallback(keras.callbacks.Callback):
         self.every_n_epochs = every_n_epochs
         self.layer = layer
         self.watch = ShortcutWatch() if watch is None else watch
+        self.watch.final_probe = self.final_check
         self.log = log or LOGGER.warning
         self._writer = None
         self._last_epoch = None
@@ -167,7 +175,7 @@ class GradCamCallback(keras.callbacks.Callback):
         probabilities = np.asarray(model(self.images[shown], training=False), dtype=np.float32)
         predicted = probabilities.argmax(axis=1)
         # Every probe image is explained for the scores; only the first few are drawn.
-        maps = gradcam.Explainer(model, self.method, self.layer)(self.images, self.labels)
+        maps = self._maps()
         panels = []
         for i, heatmap in enumerate(maps[shown]):
             label, guess = int(self.labels[i]), int(predicted[i])
@@ -182,6 +190,9 @@ class GradCamCallback(keras.callbacks.Callback):
             return {}
         scores, self.uninformative = score(maps, self.boxes, self.labels)
         return scores
+
+    def _maps(self):
+        return gradcam.Explainer(self.explained, self.method, self.layer)(self.images, self.labels)
 
     def _summary_writer(self):
         if self._writer is None:
@@ -207,26 +218,57 @@ class GradCamCallback(keras.callbacks.Callback):
             return
         if logs is not None:
             logs.update(scores)
+        self._say_uninformative()
+        if self.watch.add(epoch, (logs or {}).get("val_accuracy"), *_judged(scores), self.uninformative):
+            self._raise_alarm(epoch)
+
+    def final_check(self, val_accuracy):
+        """The final check: scores the probe set with the current weights (:meth:`ShortcutWatch.finish`).
+
+        Call it once after training, when the model holds the weights the run
+        keeps; the trainer does, through :meth:`ShortcutWatch.final_summary`.
+        No panel is drawn (the last epoch's are). Without a pointing game
+        (no boxes) there is nothing to check; a failure is logged, not raised.
+
+        Args:
+            val_accuracy: Those weights' validation accuracy.
+
+        Returns:
+            Whether the final check raised the alarm.
+        """
+        if self.boxes is None:
+            return False
+        try:
+            scores, self.uninformative = score(self._maps(), self.boxes, self.labels)
+        except Exception as error:  # An optional check must not fail the run's reports.
+            self.log(f"Grad-CAM final check failed: {type(error).__name__}: {error}")
+            return False
+        if not scores:
+            return False
+        self._say_uninformative()
+        history = self.watch.history
+        # The last epoch trained (a run resumed after its last epoch trained none: its last probe's).
+        epoch = (
+            self._last_epoch if self._last_epoch is not None else (history[-1]["epoch"] if history else None)
+        )
+        raised = self.watch.finish(epoch, val_accuracy, *_judged(scores), self.uninformative)
+        if raised:
+            self._raise_alarm(epoch)
+            self._writer.close()
+            self._writer = None
+        return raised
+
+    def _say_uninformative(self):
         if self.uninformative is not None and not self._said_uninformative:
             # The probe set is fixed, so its boxes are: one line for the run, the numbers stay in the logs.
             self._said_uninformative = True
             self.log(self.uninformative)
-        raised = self.watch.add(
-            epoch,
-            (logs or {}).get("val_accuracy"),
-            scores["gradcam_pointing_game"],
-            scores["gradcam_pointing_game_center_baseline"],
-            scores["gradcam_energy_in_box"],
-            uninformative=self.uninformative,
-        )
-        if raised:
-            self._raise_alarm(epoch)
 
     def _raise_alarm(self, epoch):
         message = self.watch.message()
         self.log(message)
         with self._summary_writer().as_default():
-            tf.summary.text(ALARM_TAG, message, step=epoch + 1)
+            tf.summary.text(ALARM_TAG, message, step=0 if epoch is None else epoch + 1)
         self._writer.flush()
 
     def on_train_end(self, logs=None):
@@ -243,6 +285,16 @@ class GradCamCallback(keras.callbacks.Callback):
     def set_state(self, state, arrays=None):
         """Restores the watch's state; this callback resets nothing when training begins."""
         self.watch.load_state(state)
+
+
+def _judged(scores):
+    """The scores a :class:`ShortcutWatch` entry takes, in its order: pointing game, its centre baseline,
+    energy in the box."""
+    return (
+        scores["gradcam_pointing_game"],
+        scores["gradcam_pointing_game_center_baseline"],
+        scores["gradcam_energy_in_box"],
+    )
 
 
 def probe_split(info):

@@ -12,6 +12,7 @@ import math
 import typing
 
 from contracts import jobdir, policy
+from trainer import calibration
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "bfloat16")
@@ -19,6 +20,7 @@ AUGMENT_ON = ("host", "device")
 POLICIES = policy.POLICIES
 RECIPES = ("book", "modern")
 CLASS_WEIGHTS = ("none", "balanced")
+CALIBRATIONS = calibration.MODES
 LR_SCHEDULES = ("plateau", "cosine")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "nadam", "adamax", "adagrad", "adadelta", "lion")
 
@@ -80,9 +82,10 @@ class TrainConfig:
             a test run that only needs ``metrics.json`` and ``model.keras``).
         explain_every: The Grad-CAM callback explains and scores its probe set
             after every this many epochs.
-        shortcut_probes: Consecutive probes (``K``) of rising validation
-            accuracy with the pointing game at or below its centre baseline
-            that raise the shortcut alarm (:class:`explain.callback.ShortcutWatch`).
+        shortcut_probes: Consecutive probes (``K``) of high validation accuracy
+            with the pointing game clearly below its centre baseline that raise the
+            shortcut alarm during training; the final check of the kept weights
+            needs no streak (:mod:`explain.shortcut`, docs/explain.md).
         hypertune_metric: Tag under which the validation accuracy is reported to
             Vertex AI hyperparameter tuning; ``None`` outside a tuning trial.
         debug_dump_weights: Test-only: folder where every worker dumps its final weights.
@@ -120,6 +123,9 @@ class TrainConfig:
         class_weight: ``none``, or ``balanced``: every example's loss weighted by
             its class's ``n_samples / (n_classes * count)`` over the training split
             (:mod:`trainer.class_weights`).
+        calibration: ``temperature``: fit one softmax temperature on valid, report the
+            calibration error before and after, and serve calibrated probabilities from the
+            export (:mod:`trainer.calibration`); ``none``: the raw softmax.
     """
 
     data_dir: str
@@ -157,7 +163,7 @@ class TrainConfig:
     explain: bool = True
     export: bool = True
     explain_every: int = 5
-    shortcut_probes: int = 3
+    shortcut_probes: int = 2
     hypertune_metric: str | None = None
     debug_dump_weights: str | None = None
     backup_every_steps: int = 0
@@ -180,6 +186,7 @@ class TrainConfig:
     ema: float = 0.0
     sync_bn: bool = False
     class_weight: str = "none"
+    calibration: str = "temperature"
 
     def __post_init__(self):
         _check_types(self)
@@ -195,6 +202,7 @@ class TrainConfig:
         _check_choice("recipe", self.recipe, RECIPES)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("class_weight", self.class_weight, CLASS_WEIGHTS)
+        _check_choice("calibration", self.calibration, CALIBRATIONS)
         for name in ("epochs", "batch_size", "explain_every", "shortcut_probes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

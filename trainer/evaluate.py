@@ -17,10 +17,16 @@ The evaluation is the trainer's final evaluation:
 of a job dir reproduces its ``metrics.json`` and ``per_class_accuracy.csv``.
 ``--tta flip`` averages the softmax of each image and its left-right mirror.
 
-Prints one summary line and writes JSON (``--output``; default
+Prints two summary lines (top-1, top-5, loss and the macro precision, recall
+and F1; the most confused pairs) and writes JSON (``--output``; default
 ``J/evaluation_<split>[_tta-flip].json``, or ``<stem>_evaluation_<split>...json``
 beside a ``.keras`` file) with ``accuracy`` (top-1), ``top5_accuracy``,
-``loss``, ``count``, ``per_class`` and ``confusion`` (rows: true labels). Bad
+``loss``, ``count``, ``macro_precision``, ``macro_recall``, ``macro_f1``,
+``most_confused``, ``never_predicted`` (as ``metrics.json``), ``per_class``
+(the columns of ``per_class_accuracy.csv``), ``confusion`` (rows: true labels) and
+``calibration`` (:func:`trainer.calibration.measure`: the 15-bin ECE and NLL of the
+softmax, and after the job's fitted temperature when it has one and
+``--calibration`` is ``temperature``). Bad
 input (a missing model, a model of another class count or input size, an
 unknown split, a bad flag value) ends with one ``error:`` line on stderr and
 exit code 2.
@@ -37,6 +43,7 @@ if __name__ == "__main__":
     quiet.quiet_tensorflow()
 
 from contracts import cli, jobdir, storage
+from trainer import calibration, class_metrics
 
 SPLITS = ("valid", "test")
 TTA_MODES = ("none", "flip")
@@ -61,6 +68,13 @@ def build_parser():
         help=f"Batch size (default: the job's, or {DEFAULT_BATCH_SIZE} for a .keras file).",
     )
     parser.add_argument("--output", help="JSON file to write (default: in the job dir / beside the file).")
+    parser.add_argument(
+        "--calibration",
+        default="temperature",
+        choices=calibration.MODES,
+        help="temperature: also report the calibration error after the job's fitted temperature "
+        "(default); none: the raw softmax's only.",
+    )
     quiet.add_verbose_flag(parser)
     return parser
 
@@ -75,12 +89,15 @@ class EvaluateConfig:
     tta: str = "none"
     batch_size: int | None = None
     output: str | None = None
+    calibration: str = "temperature"
 
     def __post_init__(self):
         if self.split not in SPLITS:
             raise ValueError(f"--split must be one of {SPLITS}, got {self.split!r}")
         if self.tta not in TTA_MODES:
             raise ValueError(f"--tta must be one of {TTA_MODES}, got {self.tta!r}")
+        if self.calibration not in calibration.MODES:
+            raise ValueError(f"--calibration must be one of {calibration.MODES}, got {self.calibration!r}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
 
@@ -129,7 +146,10 @@ def run(config, out=None):
     batch_size = config.batch_size
     if batch_size is None:
         batch_size = (jobdir.read_config(job_dir) if job_dir else {}).get("batch_size", DEFAULT_BATCH_SIZE)
-    metrics, confusion = _evaluate(predictor, info, config.split, config.tta, int(batch_size))
+    metrics, confusion, outputs = _evaluate(predictor, info, config.split, config.tta, int(batch_size))
+    # The job's fitted temperature (none for a bare .keras file or --calibration none).
+    temperature = predictor.temperature if config.calibration == "temperature" else None
+    metrics["calibration"] = calibration.measure(*outputs, temperature)
     result = {
         "model": model_path,
         "data_dir": config.data_dir,
@@ -144,12 +164,19 @@ def run(config, out=None):
         "confusion": confusion.tolist(),
     }
     storage.write_bytes(output, (jobdir.to_json(result, indent=2, sort_keys=True) + "\n").encode("utf-8"))
-    out.write(
-        f"evaluate: {config.split} top-1 {metrics['accuracy']:.4f} top-5 {metrics['top5_accuracy']:.4f} "
-        f"loss {metrics['loss']:.4f} on {metrics['count']} images\n"
-    )
+    out.write(summary_lines(config.split, metrics, info.class_names))
     result["output"] = output
     return result
+
+
+def summary_lines(split, metrics, class_names):
+    """Returns the two lines printed for a split's ``metrics``: the numbers, then the most confused pairs."""
+    return (
+        f"evaluate: {split} top-1 {metrics['accuracy']:.4f} top-5 {metrics['top5_accuracy']:.4f} "
+        f"loss {metrics['loss']:.4f} macro precision {metrics['macro_precision']:.4f} "
+        f"recall {metrics['macro_recall']:.4f} f1 {metrics['macro_f1']:.4f} on {metrics['count']} images\n"
+        f"evaluate: {class_metrics.describe_confused(split, metrics, class_names)}\n"
+    )
 
 
 def _check_fits(model_path, job_dir, predictor, info):
@@ -173,7 +200,11 @@ def _check_fits(model_path, job_dir, predictor, info):
 
 
 def _evaluate(predictor, info, split, tta, batch_size):
-    """Runs the trainer's final evaluation code over ``split``; returns ``(metrics, confusion)``."""
+    """Runs the trainer's final evaluation code over ``split``.
+
+    Returns ``(metrics, confusion, (probabilities, labels))``, the last the per-image softmax
+    the calibration error is measured on.
+    """
     import tensorflow as tf
 
     from contracts import dataset
@@ -198,7 +229,10 @@ def _evaluate(predictor, info, split, tta, batch_size):
         )
 
     with dataset.translate_data_errors(info, splits=(split,)):
-        return evaluation.evaluate_split(evaluator, strategy.distribute_datasets_from_function(make))
+        metrics, confusion = evaluation.evaluate_split(
+            evaluator, strategy.distribute_datasets_from_function(make), info.class_names
+        )
+        return metrics, confusion, evaluation.split_probabilities(eval_model, make(None))
 
 
 def main(argv=None):
@@ -215,6 +249,7 @@ def main(argv=None):
             tta=args.tta,
             batch_size=args.batch_size,
             output=args.output,
+            calibration=args.calibration,
         )
         run(config)
     except (

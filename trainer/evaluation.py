@@ -3,17 +3,20 @@
 Both run :func:`evaluate_split` over a
 :class:`trainer.loop.DistributedLoop`, so a saved model evaluated later gives
 the numbers of the job's ``metrics.json`` and ``per_class_accuracy.csv``
-(:func:`per_class` holds the same numbers as the CSV). :func:`flip_averaged`
+(:func:`per_class` holds the same numbers as the CSV; precision, recall, F1,
+their macro averages and the most confused pairs come from
+:mod:`trainer.class_metrics`). :func:`flip_averaged`
 is the left-right flip test-time augmentation of ``trainer.evaluate --tta flip``.
 :func:`final_splits` names the splits a run's final evaluation covers: a dataset
 without test images (a folder of photos split into train and valid only) is
-evaluated on ``valid`` alone.
+evaluated on ``valid`` alone. :func:`calibrate` fits the softmax temperature
+(:mod:`trainer.calibration`) on valid and measures it on the last of those splits.
 """
 
 import numpy as np
 import tensorflow as tf
 
-from trainer import report
+from trainer import calibration, class_metrics, report
 
 # The numbers of one split's evaluation, as metrics.json keeps them.
 METRIC_KEYS = ("loss", "accuracy", "top5_accuracy", "count")
@@ -36,38 +39,81 @@ def final_splits(info):
     return (VALID, TEST) if info.split_counts.get(TEST, 0) > 0 else (VALID,)
 
 
-def evaluate_split(evaluator, dataset):
+def evaluate_split(evaluator, dataset, class_names):
     """Evaluates a model over one whole split.
 
     Args:
         evaluator: A :class:`trainer.loop.DistributedLoop` (its ``eval_model`` is evaluated).
         dataset: The split's finite distributed dataset of ``(images, labels)``.
+        class_names: The dataset's class names (the most confused pairs name them).
 
     Returns:
-        ``(metrics, confusion)``: ``loss``, ``accuracy`` (top-1), ``top5_accuracy`` and
-        ``count`` (the ``metrics.json`` entry of the split), and the int64 ``[C, C]``
+        ``(metrics, confusion)``: the ``metrics.json`` entry of the split (``loss``,
+        ``accuracy`` (top-1), ``top5_accuracy``, ``count``, and from the confusion matrix
+        :func:`trainer.class_metrics.split_summary`'s ``macro_precision``, ``macro_recall``,
+        ``macro_f1``, ``most_confused`` and ``never_predicted``), and the int64 ``[C, C]``
         confusion matrix, rows the true labels.
     """
     logs, confusion = evaluator.evaluate(dataset, confusion=True)
-    return {key: logs[key] for key in METRIC_KEYS}, confusion
+    metrics = {key: logs[key] for key in METRIC_KEYS}
+    return {**metrics, **class_metrics.split_summary(confusion, class_names)}, confusion
+
+
+def split_probabilities(model, dataset):
+    """Returns ``(probabilities, labels)`` of a whole split: float32 ``[N, C]`` and int64 ``[N]``.
+
+    The per-image softmax temperature scaling is fitted on and measured with
+    (:mod:`trainer.calibration`); ``dataset`` is a finite, non-distributed stream
+    of ``(images, labels)`` batches, ``model`` the single-output model.
+    """
+    predict = tf.function(
+        lambda images: tf.cast(model(images, training=False), tf.float32), reduce_retracing=True
+    )
+    probabilities, labels = [], []
+    for images, batch_labels in dataset:
+        probabilities.append(predict(images).numpy())
+        labels.append(np.asarray(batch_labels, dtype=np.int64).reshape(-1))
+    return np.concatenate(probabilities), np.concatenate(labels)
+
+
+def calibrate(model, datasets):
+    """Fits the softmax temperature on valid and measures it on the last split of ``datasets``.
+
+    Args:
+        model: The single-output model.
+        datasets: ``{split: dataset}`` of :func:`final_splits` (``valid`` first), each a finite,
+            non-distributed stream of ``(images, labels)``.
+
+    Returns:
+        ``(summary, (probabilities, labels))``: metrics.json's ``calibration`` entry
+        (:func:`trainer.calibration.summary`, measured on test, or valid without test) and the
+        uncalibrated outputs of the measured split (the reliability diagram's input).
+    """
+    outputs = {split: split_probabilities(model, dataset) for split, dataset in datasets.items()}
+    measured = list(datasets)[-1]
+    return calibration.summary(outputs[VALID], outputs[measured], measured), outputs[measured]
 
 
 def per_class(confusion, wnids, class_names):
-    """Returns one dict per class: ``index``, ``wnid``, ``name``, ``count``, ``correct``, ``accuracy``.
+    """Returns one dict per class: the columns of ``per_class_accuracy.csv`` (``report.PER_CLASS_COLUMNS``).
 
-    The numbers of ``per_class_accuracy.csv`` (:func:`trainer.report.per_class_accuracy`);
-    the accuracy of a class without images is NaN.
+    ``index``, ``wnid``, ``name``, ``count``, ``correct``, ``accuracy`` (NaN for a class
+    without images), ``precision``, ``recall``, ``f1`` (:func:`trainer.class_metrics.per_class`:
+    a 0/0 is 0) and ``support``.
     """
     confusion = np.asarray(confusion)
     accuracy = report.per_class_accuracy(confusion)
+    numbers = class_metrics.per_class(confusion)
     return [
         {
             "index": index,
             "wnid": wnid,
             "name": name,
-            "count": int(confusion[index].sum()),
-            "correct": int(confusion[index, index]),
+            "count": int(numbers["support"][index]),
+            "correct": int(numbers["correct"][index]),
             "accuracy": float(accuracy[index]),
+            **{key: float(numbers[key][index]) for key in ("precision", "recall", "f1")},
+            "support": int(numbers["support"][index]),
         }
         for index, (wnid, name) in enumerate(zip(wnids, class_names, strict=True))
     ]

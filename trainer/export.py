@@ -10,7 +10,8 @@ sizes are baked into the graph and written beside it in
 ``assets.extra/preprocessing.json`` (:data:`SETTINGS_FILE`).
 
 * ``serving_default``: the top-5 ``classes`` (int32 indices), ``wnids``,
-  ``names`` and ``probabilities`` (float32), best first.
+  ``names`` and ``probabilities`` (float32), best first; calibrated by the job's
+  softmax temperature (:mod:`trainer.calibration`) when the run fitted one.
 * ``explain``: the same four plus the Grad-CAM of the top class on the
   registry's ``feature_layer``: ``heatmap`` float32 ``[B, S, S]`` at the model
   input side ``S``, in ``[0, 1]`` with maximum 1 (all zeros when nothing in the
@@ -23,6 +24,13 @@ sizes are baked into the graph and written beside it in
 
 import json
 import os
+import sys
+
+# First, before anything imports TensorFlow: it reads its log settings once, when it loads.
+from contracts import quiet
+
+if __name__ == "__main__":
+    quiet.quiet_tensorflow()
 
 import keras
 import numpy as np
@@ -31,7 +39,7 @@ import tensorflow as tf
 from contracts import policy as policy_lib
 from contracts import resize, schema, storage
 from explain import tfcam
-from trainer import models
+from trainer import calibration, models
 
 SIGNATURE = "serving_default"
 EXPLAIN_SIGNATURE = "explain"
@@ -72,7 +80,10 @@ def preprocess_function(*, image_size, policy, crop_size, resize_policy=resize.D
     return preprocess
 
 
-def _top_k_outputs(probabilities, wnids, class_names, top_k):
+def _top_k_outputs(probabilities, wnids, class_names, top_k, temperature=None):
+    if temperature is not None:
+        # The same top classes; calibrated probabilities (trainer.calibration).
+        probabilities = calibration.apply_temperature_tf(probabilities, temperature)
     top, classes = tf.math.top_k(probabilities, k=min(top_k, len(wnids)))
     return {
         "classes": classes,
@@ -83,7 +94,16 @@ def _top_k_outputs(probabilities, wnids, class_names, top_k):
 
 
 def serving_function(
-    model, *, wnids, class_names, image_size, policy, crop_size, resize_policy=resize.DEFAULT_POLICY, top_k=5
+    model,
+    *,
+    wnids,
+    class_names,
+    image_size,
+    policy,
+    crop_size,
+    resize_policy=resize.DEFAULT_POLICY,
+    top_k=5,
+    temperature=None,
 ):
     """Returns a ``tf.function`` mapping encoded images to the top-k predictions.
 
@@ -96,6 +116,8 @@ def serving_function(
         crop_size: Crop side of the ``crop`` policy.
         resize_policy: The dataset's resize policy, which makes every image ``image_size`` square.
         top_k: Number of classes returned per image.
+        temperature: The job's softmax temperature (metrics.json's ``calibration``): the
+            probabilities served are calibrated; ``None``: the model's softmax.
     """
     preprocess = preprocess_function(
         image_size=image_size, policy=policy, crop_size=crop_size, resize_policy=resize_policy
@@ -104,7 +126,7 @@ def serving_function(
     @tf.function(input_signature=_INPUT)
     def serve(images):
         probabilities = tf.cast(model(preprocess(images), training=False), tf.float32)
-        return _top_k_outputs(probabilities, wnids, class_names, top_k)
+        return _top_k_outputs(probabilities, wnids, class_names, top_k, temperature)
 
     return serve
 
@@ -120,13 +142,14 @@ def explain_function(
     crop_size,
     resize_policy=resize.DEFAULT_POLICY,
     top_k=5,
+    temperature=None,
 ):
     """Returns a ``tf.function`` mapping encoded images to the top-k and the top class's Grad-CAM.
 
     Args:
         model: The single-output float32 model.
         layer: Name of Grad-CAM's target layer; ``None`` picks the last spatial one.
-        wnids, class_names, image_size, policy, crop_size, resize_policy, top_k: As
+        wnids, class_names, image_size, policy, crop_size, resize_policy, top_k, temperature: As
             :func:`serving_function`.
     """
     preprocess = preprocess_function(
@@ -139,7 +162,7 @@ def explain_function(
         # One forward pass gives both: top_k and GradCam break ties alike, so
         # the heatmap is always that of classes[:, 0].
         cam = gradcam(preprocess(images))
-        outputs = _top_k_outputs(cam["probabilities"], wnids, class_names, top_k)
+        outputs = _top_k_outputs(cam["probabilities"], wnids, class_names, top_k, temperature)
         return {**outputs, "heatmap": cam["heatmap"], "peak": cam["peak"]}
 
     return explain
@@ -153,7 +176,8 @@ def export_saved_model(model, directory, *, layer=None, **kwargs):
         directory: Local target folder.
         layer: Grad-CAM's target layer of ``explain`` (``None``: the last spatial one).
         **kwargs: ``wnids``, ``class_names``, ``image_size``, ``policy``,
-            ``crop_size`` (and ``resize_policy``, ``top_k``), as :func:`serving_function` takes them.
+            ``crop_size`` (and ``resize_policy``, ``top_k``, ``temperature``), as :func:`serving_function`
+            takes them.
     """
     settings = {
         "image_size": kwargs["image_size"],
@@ -194,7 +218,7 @@ def _write_settings(directory, settings):
         json.dump(document, f, indent=1)
 
 
-def export_model(main_model, directory, *, arch, build_options, info, policy, crop_size):
+def export_model(main_model, directory, *, arch, build_options, info, policy, crop_size, temperature=None):
     """Exports the trained main model as a SavedModel, rebuilt in float32 outside any strategy.
 
     A plain copy avoids tracing distributed variables into the SavedModel and
@@ -208,6 +232,7 @@ def export_model(main_model, directory, *, arch, build_options, info, policy, cr
         info: The dataset's :class:`contracts.dataset.DatasetInfo`.
         policy: Augmentation policy whose evaluation transform serving applies.
         crop_size: Crop side of the ``crop`` policy.
+        temperature: The fitted softmax temperature the signatures apply; ``None``: none.
 
     The dataset's resize policy (``info.resize_policy``) resizes every served image.
     """
@@ -225,6 +250,7 @@ def export_model(main_model, directory, *, arch, build_options, info, policy, cr
         policy=policy,
         crop_size=crop_size,
         resize_policy=info.resize_policy,
+        temperature=temperature,
     )
 
 
@@ -282,3 +308,19 @@ class LoadedExport:
 def decode_names(values):
     """Returns a ``tf.string`` output (bytes) as a list of ``str``."""
     return [value.decode("utf-8") for value in np.asarray(values).ravel()]
+
+
+def main(argv=None):
+    """``python -m trainer.export --model J --format tflite|tflite-int8 --output FILE`` (trainer/tflite.py).
+
+    Returns:
+        The exit code (0 done, 2 bad input).
+    """
+    # Imported here: the trainer's SavedModel export needs nothing of the TFLite converter.
+    from trainer import tflite
+
+    return tflite.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,10 @@
-"""Top-5 predictions for image files: ``python -m trainer.predict --model J img.jpg gs://b/x.png``.
+"""Top-5 predictions for images and folders: ``python -m trainer.predict --model J img.jpg photos/ gs://b/x/``.
+
+Inputs are image files (local or ``gs://``), folders and ``gs://`` prefixes
+(:func:`list_images`: every file below them, at any depth, whose name ends
+with an image extension of :data:`preprocessing.layouts.IMAGE_EXTENSIONS` in
+any letter case; hidden and system files left out, as the preprocessing job
+lists a class-per-folder tree), in the order given, each folder sorted.
 
 ``--model`` takes a job dir ``J`` (its ``model.keras`` and ``config.json``
 give the model and its evaluation transform), a ``.keras`` file (the
@@ -15,11 +21,14 @@ Class names come from ``--classes``, ``--data-dir``'s metadata.json,
 go through its signatures (``serving_default``; ``explain`` for ``--gradcam``,
 Grad-CAM only), which name the classes and return at most 5 of them.
 
-Prints a table per image (``--json``: one JSON document); ``--gradcam DIR``
-saves an original | heatmap | overlay panel per image. An unreadable image is
-reported on stderr and the others still run (exit code 1); bad arguments (a
-``--gradcam`` folder that is a file included) end with one line on stderr and
-exit code 2.
+Prints a table per image (``--json``: one JSON document); ``--output
+preds.csv`` or ``preds.jsonl`` writes one row per image instead, batch by
+batch as the images are predicted (:mod:`trainer.predict_output` describes
+the columns), so memory does not grow with the number of images. ``--gradcam
+DIR`` saves an original | heatmap | overlay panel per image. An unreadable
+image is reported on stderr (and as an error row) and the others still run
+(exit code 1); bad arguments (a ``--gradcam`` folder that is a file included)
+end with one line on stderr and exit code 2.
 """
 
 import dataclasses
@@ -37,6 +46,7 @@ if __name__ == "__main__":
 
 from contracts import cli, jobdir, storage, voice
 from contracts import images as rgb_images
+from trainer import calibration, predict_output
 
 TOP_K = 5
 # Images read and predicted together: bounds the memory of a call over many files.
@@ -69,7 +79,9 @@ def top_k(probabilities, k=TOP_K):
 def build_parser():
     """Returns the command-line parser."""
     parser = cli.ArgumentParser(prog="python -m trainer.predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("images", nargs="+", help="Image files or gs:// URIs.")
+    parser.add_argument(
+        "images", nargs="+", help="Image files, folders (every image below them) or gs:// URIs and prefixes."
+    )
     parser.add_argument(
         "--model",
         required=True,
@@ -82,9 +94,21 @@ def build_parser():
     parser.add_argument("--top-k", type=int, default=TOP_K, help="Number of classes to print.")
     parser.add_argument("--json", action="store_true", help="Print one JSON document instead of tables.")
     parser.add_argument(
+        "--output",
+        metavar="FILE",
+        help="Write one row per image to FILE.csv or FILE.jsonl (local or gs://) instead of printing.",
+    )
+    parser.add_argument(
         "--gradcam", metavar="DIR", help="Save an original|heatmap|overlay panel per image here."
     )
     parser.add_argument("--method", default="gradcam", help="Explanation method for --gradcam.")
+    parser.add_argument(
+        "--calibration",
+        default="temperature",
+        choices=calibration.MODES,
+        help="temperature: a job dir's probabilities scaled by its fitted temperature (default); none: "
+        "the raw softmax. An export serves what it was exported with.",
+    )
     quiet.add_verbose_flag(parser)
     return parser
 
@@ -101,10 +125,18 @@ class PredictConfig:
     json: bool = False
     gradcam: str | None = None
     method: str = "gradcam"
+    output: str | None = None
+    calibration: str = "temperature"
 
     def __post_init__(self):
         if self.top_k < 1:
             raise ValueError(f"--top-k must be >= 1, got {self.top_k}")
+        if self.calibration not in calibration.MODES:
+            raise ValueError(f"--calibration must be one of {calibration.MODES}, got {self.calibration!r}")
+        if self.output:
+            predict_output.output_format(self.output)
+            if self.json:
+                raise ValueError("--json prints to stdout, --output writes a file: give one of them")
 
 
 def _read_files(paths, convert):
@@ -134,17 +166,62 @@ def _top_entries(indices, names, probabilities, k):
     ][:k]
 
 
-def _panel_names(paths):
-    names, used = {}, set()
-    for path in paths:
-        stem = os.path.splitext(os.path.basename(path.rstrip("/")))[0] or "image"
-        name, n = stem, 1
-        while name in used:
-            n += 1
-            name = f"{stem}_{n}"
-        used.add(name)
-        names[path] = f"{name}.png"
-    return names
+def list_images(inputs, speaker):
+    """Returns the image paths of ``inputs``: a file as given, a folder's images in sorted order.
+
+    A local folder, or a ``gs://`` URI that names no object but prefixes some
+    (listed through :func:`contracts.storage.list_files`), stands for every file
+    below it whose name ends with an image extension, hidden and system files
+    left out: the rules by which the preprocessing job lists a class-per-folder
+    tree (:mod:`preprocessing.layouts`). Each folder gets one line on
+    ``speaker`` saying what it held. Anything else is a file: one that cannot
+    be read becomes an error row. Only path strings are held.
+
+    Raises:
+        ValueError: When no input is a file and the folders hold no image.
+    """
+    # Imported here: the module loads TensorFlow (through the record schema), which --help does without.
+    from preprocessing import layouts
+
+    paths, empty = [], []
+    for item in inputs:
+        files = _folder_files(item)
+        if files is None:
+            paths.append(item)
+            continue
+        root = item.rstrip("/")
+        images, other, hidden = [], 0, 0
+        for path in files:
+            relative = path[len(root) + 1 :].replace(os.sep, "/")
+            if layouts.is_hidden(relative):
+                hidden += 1
+            elif relative.lower().endswith(layouts.IMAGE_EXTENSIONS):
+                images.append(path)
+            else:
+                other += 1
+        left_out = [f"{other} other files (not an image extension)"] if other else []
+        left_out += [f"{hidden} hidden or system files"] if hidden else []
+        speaker.say(
+            f"{item}: {len(images)} images" + (f"; left out {', '.join(left_out)}" if left_out else "")
+        )
+        empty += [] if images else [item]
+        paths += images
+    if not paths:
+        extensions = ", ".join(layouts.IMAGE_EXTENSIONS)
+        raise ValueError(f"no image files ({extensions}, any letter case) in {', '.join(empty)}")
+    return paths
+
+
+def _folder_files(item):
+    """Every file below ``item`` when it is a folder or a ``gs://`` prefix; ``None`` for a file."""
+    if not storage.is_gcs(item):
+        return storage.list_files(item, recursive=True) if os.path.isdir(item) else None
+    try:
+        if not item.endswith("/") and storage.exists(item):
+            return None
+        return storage.list_files(item, recursive=True) or None
+    except OSError:  # No access, no such bucket: reading it as a file gives its error row.
+        return None
 
 
 def _batches(paths, speaker):
@@ -163,36 +240,49 @@ def _batches(paths, speaker):
         steps.close()
 
 
-def _predict_keras(config, err, speaker):
+def _error_rows(chunk, rows, failures):
+    """The rows of ``chunk`` in its order: its prediction, or ``{"image", "error"}`` for a failed file."""
+    return [rows[path] if path in rows else {"image": path, "error": failures[path]} for path in chunk]
+
+
+def _keras_predictor(config, names, err):
+    """Loads a job dir or ``.keras`` file; returns ``predict(chunk) -> rows`` for a batch of paths.
+
+    The decoded images live only while their batch is predicted.
+    """
     predictor = jobdir.load(config.model, data_dir=config.data_dir, classes=config.classes)
     explainer = None
     if config.gradcam:
         from explain import gradcam
 
         explainer = gradcam.Explainer(predictor.model, method=config.method)
-    names = _panel_names(config.images)
-    results, failures = [], {}
-    for chunk in _batches(list(config.images), speaker):
-        images, failed = _read_files(chunk, decode_image)
-        _report(failed, err)
-        failures.update(failed)
+
+    def predict_chunk(chunk):
+        images, failures = _read_files(chunk, decode_image)
+        _report(failures, err)
         paths = [p for p in chunk if p in images]
+        rows = {}
         if not paths:
-            continue
+            return _error_rows(chunk, rows, failures)
         batch = predictor.prepare([images[p] for p in paths])
         probabilities = predictor.predict(batch)
+        if config.calibration == "temperature" and predictor.temperature is not None:
+            probabilities = calibration.apply_temperature(probabilities, predictor.temperature)
         maps = explainer(batch, probabilities.argmax(axis=1)) if explainer else [None] * len(paths)
         for path, image, heatmap, probs in zip(paths, batch, maps, probabilities, strict=True):
             indices = [i for i, _ in top_k(probs, config.top_k)]
             top = _top_entries(
                 indices, [predictor.class_name(i) for i in indices], probs[indices], config.top_k
             )
-            result = {"image": path, "top": top}
+            rows[path] = {"image": path, "top": top}
             if explainer:
-                result["gradcam"] = storage.join(config.gradcam, names[path])
-                _save_panel(result["gradcam"], image, heatmap, top[0]["class"], top[0]["probability"])
-            results.append(result)
-    return results, failures
+                rows[path]["gradcam"] = storage.join(config.gradcam, names[path])
+                predict_output.save_panel(
+                    rows[path]["gradcam"], image, heatmap, top[0]["class"], top[0]["probability"]
+                )
+        return _error_rows(chunk, rows, failures)
+
+    return predict_chunk
 
 
 def _check_export_options(config, model):
@@ -235,38 +325,35 @@ def _readable_by_export(model, paths, err):
     return data, pixels, failures
 
 
-def _predict_export(config, err, speaker):
+def _export_predictor(config, names, err):
+    """Loads a SavedModel export; returns ``predict(chunk) -> rows`` through its signatures."""
     from trainer import export
 
     model = export.LoadedExport(config.model)
     _check_export_options(config, model)
     signature = export.EXPLAIN_SIGNATURE if config.gradcam else export.SIGNATURE
-    names = _panel_names(config.images)
-    results, failures = [], {}
-    for chunk in _batches(list(config.images), speaker):
-        data, pixels, failed = _readable_by_export(model, chunk, err)
-        failures.update(failed)
+
+    def predict_chunk(chunk):
+        data, pixels, failures = _readable_by_export(model, chunk, err)
         paths = [p for p in chunk if p in data]
+        rows = {}
         if not paths:
-            continue
+            return _error_rows(chunk, rows, failures)
         outputs = model(signature, [data[p] for p in paths])
         for row, path in enumerate(paths):
             classes = export.decode_names(outputs["names"][row])
             top = _top_entries(outputs["classes"][row], classes, outputs["probabilities"][row], config.top_k)
-            result = {"image": path, "top": top}
+            rows[path] = {"image": path, "top": top}
             if config.gradcam:
-                result["gradcam"] = storage.join(config.gradcam, names[path])
+                rows[path]["gradcam"] = storage.join(config.gradcam, names[path])
                 best = top[0]
                 heatmap = outputs["heatmap"][row]
-                _save_panel(result["gradcam"], pixels[path], heatmap, best["class"], best["probability"])
-            results.append(result)
-    return results, failures
+                predict_output.save_panel(
+                    rows[path]["gradcam"], pixels[path], heatmap, best["class"], best["probability"]
+                )
+        return _error_rows(chunk, rows, failures)
 
-
-def _save_panel(target, pixels, heatmap, name, probability):
-    from explain import render
-
-    render.save_png(render.panel(pixels, heatmap, None, name, probability), target)
+    return predict_chunk
 
 
 def _report(failures, err):
@@ -277,8 +364,9 @@ def _report(failures, err):
 def run(config, out=None, err=None):
     """Predicts every image of ``config``; returns the exit code (1 when an image failed).
 
-    Tables or JSON go to ``out``, one line per unreadable image to ``err``
-    (default: the current ``sys.stdout`` and ``sys.stderr``).
+    Tables or JSON go to ``out``, or the rows to ``config.output`` batch by
+    batch; one line per unreadable image goes to ``err`` (default: the current
+    ``sys.stdout`` and ``sys.stderr``).
     """
     out = out or sys.stdout
     err = err or sys.stderr
@@ -286,27 +374,23 @@ def run(config, out=None, err=None):
     from trainer import export
 
     speaker = voice.Voice("predict", err)
-    if export.is_export(config.model):
-        results, failures = _predict_export(config, err, speaker)
-    else:
-        results, failures = _predict_keras(config, err, speaker)
+    paths = list_images(config.images, speaker)
+    names = predict_output.panel_names(paths) if config.gradcam else {}
+    loader = _export_predictor if export.is_export(config.model) else _keras_predictor
+    predict_chunk = loader(config, names, err)
+    batches = (predict_chunk(chunk) for chunk in _batches(paths, speaker))
+    if config.output:
+        with predict_output.open_rows(config.output, config.top_k, gradcam=bool(config.gradcam)) as writer:
+            for rows in batches:
+                writer.write(rows)
+        speaker.say(f"{writer.images} rows, {writer.errors} of them errors, written to {config.output}")
+        return 1 if writer.errors else 0
+    rows = [row for batch in batches for row in batch]
     if config.json:
-        errors = [{"image": path, "error": message} for path, message in failures.items()]
-        out.write(jobdir.to_json({"predictions": results, "errors": errors}, indent=2))
-        out.write("\n")
+        predict_output.write_document(rows, out)
     else:
-        for result in results:
-            out.write(_table(result))
-    return 1 if failures else 0
-
-
-def _table(result):
-    width = max(len(entry["class"]) for entry in result["top"])
-    lines = [result["image"]]
-    lines += [f"  {e['rank']}. {e['class']:<{width}}  {100 * e['probability']:6.2f}%" for e in result["top"]]
-    if "gradcam" in result:
-        lines.append(f"  gradcam: {result['gradcam']}")
-    return "\n".join(lines) + "\n\n"
+        predict_output.write_tables(rows, out)
+    return 1 if any("error" in row for row in rows) else 0
 
 
 def main(argv=None):
@@ -322,8 +406,11 @@ def main(argv=None):
             json=args.json,
             gradcam=args.gradcam,
             method=args.method,
+            output=args.output,
+            calibration=args.calibration,
         )
         cli.check_writable_dir(config.gradcam, "--gradcam")
+        predict_output.check_output_file(config.output)
         return run(config)
     except ValueError as error:  # ModelLoadError, unknown method, bad option values.
         print(f"error: {error}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Final reports: pure writers of metrics.json, per-class accuracy, confusion matrix, tuning metric."""
+"""Final reports: pure writers of metrics.json, the per-class report, confusion matrix, reliability
+diagram, tuning metric."""
 
 import csv
 import math
@@ -8,7 +9,11 @@ import numpy as np
 import tensorflow as tf
 
 from contracts import jobdir
-from trainer import distribute
+from trainer import calibration, class_metrics, distribute
+
+# The per-class CSV's columns: the first six are the older file's, so its readers keep working.
+PER_CLASS_COLUMNS = ("index", "wnid", "name", "count", "correct", "accuracy")
+PER_CLASS_COLUMNS += ("precision", "recall", "f1", "support")
 
 
 def write_metrics(path, metrics):
@@ -26,15 +31,24 @@ def per_class_accuracy(confusion):
 
 
 def write_per_class_csv(path, confusion, wnids, class_names):
-    """Writes ``index, wnid, name, count, correct, accuracy`` per class."""
+    """Writes :data:`PER_CLASS_COLUMNS` per class (``per_class_accuracy.csv``).
+
+    ``accuracy`` is empty for a class without images; ``precision``, ``recall`` and
+    ``f1`` follow :mod:`trainer.class_metrics` (a 0/0 is 0), so ``recall`` is
+    ``accuracy`` wherever the class has images; ``support`` repeats ``count``
+    under the name scikit-learn's reports use.
+    """
     confusion = np.asarray(confusion)
     accuracy = per_class_accuracy(confusion)
+    numbers = class_metrics.per_class(confusion)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["index", "wnid", "name", "count", "correct", "accuracy"])
+        writer.writerow(PER_CLASS_COLUMNS)
         for i, (wnid, name) in enumerate(zip(wnids, class_names, strict=True)):
             value = "" if np.isnan(accuracy[i]) else f"{accuracy[i]:.6f}"
-            writer.writerow([i, wnid, name, int(confusion[i].sum()), int(confusion[i, i]), value])
+            scores = [f"{numbers[key][i]:.6f}" for key in ("precision", "recall", "f1")]
+            count = int(numbers["support"][i])
+            writer.writerow([i, wnid, name, count, int(numbers["correct"][i]), value, *scores, count])
 
 
 def confusion_image(confusion, cell=8):
@@ -51,7 +65,9 @@ def confusion_image(confusion, cell=8):
 
 # Scalars of the final evaluation, written where the HParams dashboard reads its metrics.
 FINAL_METRICS = tuple(
-    f"final/{split}_{name}" for split in ("valid", "test") for name in ("accuracy", "top5_accuracy", "loss")
+    f"final/{split}_{name}"
+    for split in ("valid", "test")
+    for name in ("accuracy", "top5_accuracy", "loss", "macro_f1")
 )
 
 
@@ -70,11 +86,59 @@ def write_final_scalars(log_dir, metrics, step):
     writer.close()
 
 
-def write_confusion_summary(log_dir, confusion, step, name="confusion_matrix/test"):
-    """Writes the confusion matrix image to TensorBoard under ``log_dir/evaluation``."""
+def write_confusion_summary(log_dir, confusion, step, split="test", most_confused=None):
+    """Writes a split's confusion matrix to TensorBoard under ``log_dir/evaluation``.
+
+    The image is ``confusion_matrix/<split>``; with ``most_confused`` (the pairs of
+    :func:`trainer.class_metrics.most_confused`) a text summary ``most_confused/<split>``
+    beside it tables them.
+    """
     writer = tf.summary.create_file_writer(os.path.join(log_dir, "evaluation"))
     with writer.as_default(step=step):
-        tf.summary.image(name, confusion_image(confusion), max_outputs=1)
+        tf.summary.image(f"confusion_matrix/{split}", confusion_image(confusion), max_outputs=1)
+        if most_confused is not None:
+            tf.summary.text(f"most_confused/{split}", class_metrics.markdown_table(most_confused))
+    writer.flush()
+    writer.close()
+
+
+def reliability_image(before, after, height=120, cell=8):
+    """Renders a reliability diagram as a uint8 image ``[1, height, W, 3]``.
+
+    Each equal-width confidence bin is a pair of bars, its accuracy before (blue) and after
+    (orange) temperature scaling; the black steps mark accuracy = the bin's confidence
+    midpoint (a calibrated model's bars end there). An empty bin has no bar.
+
+    Args:
+        before, after: ``(confidence, accuracy, counts)`` of :func:`trainer.calibration.reliability_bins`.
+    """
+    bins = len(before[1])
+    image = np.full((height, bins * 2 * cell, 3), 255, np.uint8)
+    for index in range(bins):
+        for half, (colour, (_, accuracy, counts)) in enumerate(
+            zip(((31, 119, 180), (255, 127, 14)), (before, after), strict=True)
+        ):
+            if counts[index]:
+                top = height - round(float(accuracy[index]) * height)
+                left = (2 * index + half) * cell
+                image[top:, left : left + cell] = colour
+        ideal = min(height - 1, height - round((index + 0.5) / bins * height))
+        image[ideal, 2 * index * cell : 2 * (index + 1) * cell] = 0
+    return image[None]
+
+
+def write_reliability_summary(log_dir, probabilities, labels, summary, step):
+    """Writes the reliability diagram of the calibration's split to TensorBoard under ``log_dir/evaluation``.
+
+    The image is ``reliability/<split>`` (:func:`reliability_image`), before and after
+    ``summary["temperature"]`` (metrics.json's ``calibration`` entry).
+    """
+    calibrated = calibration.apply_temperature(probabilities, summary["temperature"])
+    before = calibration.reliability_bins(probabilities, labels)
+    after = calibration.reliability_bins(calibrated, labels)
+    writer = tf.summary.create_file_writer(os.path.join(log_dir, "evaluation"))
+    with writer.as_default(step=step):
+        tf.summary.image(f"reliability/{summary['split']}", reliability_image(before, after), max_outputs=1)
     writer.flush()
     writer.close()
 
@@ -181,9 +245,11 @@ def final_metrics(
 ):
     """Returns the ``metrics.json`` dict of a finished run (plain values in, plain dict out).
 
-    ``evaluations`` maps each evaluated split to its numbers; a dataset without
-    test images has no ``test`` entry, and ``per_class_split`` names the split
-    of ``per_class_accuracy.csv`` (``test``, else ``valid``). ``explanations``
+    ``evaluations`` maps each evaluated split to its numbers
+    (:func:`trainer.evaluation.evaluate_split`'s, the macro averages and most
+    confused pairs included); a dataset without test images has no ``test``
+    entry, and ``per_class_split`` names the split of ``per_class_accuracy.csv``
+    (``test``, else ``valid``). ``explanations``
     is the Grad-CAM probes' outcome, the shortcut alarm included
     (:meth:`explain.callback.ShortcutWatch.summary`).
     """
@@ -202,6 +268,33 @@ def final_metrics(
         "chance": chance,
         "explanations": explanations,
     }
+
+
+def summary_lines(metrics, splits, class_names):
+    """Returns the run's last result lines: the most confused pairs of the per-class split, then ``done``.
+
+    Args:
+        metrics: The run's ``metrics.json`` dict (:func:`final_metrics`).
+        splits: The evaluated splits, the per-class report's last (``valid, test`` or ``valid``).
+        class_names: The class names.
+    """
+    done = ", ".join(
+        f"{split} accuracy {metrics[split]['accuracy']:.4f} macro f1 {metrics[split]['macro_f1']:.4f}"
+        for split in splits
+    )
+    lines = [class_metrics.describe_confused(splits[-1], metrics[splits[-1]], class_names)]
+    if "calibration" in metrics:
+        lines.append(calibration_line(metrics["calibration"]))
+    return [*lines, f"done: {done}"]
+
+
+def calibration_line(summary):
+    """Returns the log line of metrics.json's ``calibration`` entry."""
+    return (
+        f"calibration: temperature {summary['temperature']:.3f}; on {summary['split']} ECE "
+        f"{summary['ece_before']:.4f} -> {summary['ece_after']:.4f}, NLL {summary['nll_before']:.4f} -> "
+        f"{summary['nll_after']:.4f}"
+    )
 
 
 def dump_weights(model, directory):

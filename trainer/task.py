@@ -146,6 +146,12 @@ def build_parser():
         help="balanced: weight each example's loss by n / (classes x its class's count) in train "
         "(default: none).",
     )
+    add(
+        "--calibration",
+        metavar=_one_of(config_lib.CALIBRATIONS),
+        help="temperature: fit a softmax temperature on valid and export calibrated probabilities "
+        "(default); none: the raw softmax.",
+    )
     add("--flip", action=cli.BooleanFlag, help="Flip half of the training images left-right.")
     add(
         "--randaugment", type=_randaugment, metavar="N,M", help="RandAugment: N ops per image at magnitude M."
@@ -167,8 +173,8 @@ def build_parser():
         "--shortcut-probes",
         type=int,
         metavar="K",
-        help="Shortcut alarm after K probes of rising accuracy with the pointing game at or below "
-        "the centre baseline (default 3).",
+        help="Shortcut alarm after K probes in a row of high accuracy with the pointing game clearly "
+        "below the centre baseline (default 2); the kept weights are checked once more at the end.",
     )
     add("--debug-dump-weights", help="For tests: every worker writes its final weights to this folder.")
     add("--backup-every-steps", type=int, help="Also back up every N steps within an epoch (0: off).")

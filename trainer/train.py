@@ -222,7 +222,13 @@ def run(config, stop_flag=None, clock=None):
         evaluations, confusion = {}, {}
         for split in final_splits:
             split_dataset = data.distributed(strategy, config, info, split, training=False)
-            evaluations[split], confusion[split] = evaluation.evaluate_split(training_loop, split_dataset)
+            evaluations[split], confusion[split] = evaluation.evaluate_split(
+                training_loop, split_dataset, info.class_names
+            )
+        calibrated = None
+        if config.calibration == "temperature":
+            plain = {split: data.for_run(config, info, split, training=False) for split in final_splits}
+            calibrated, measured = evaluation.calibrate(main_model, plain)
         clock.lap("evaluation")
     metrics = report.final_metrics(
         config=config,
@@ -234,8 +240,11 @@ def run(config, stop_flag=None, clock=None):
         steps_per_epoch=steps_per_epoch,
         evaluations=evaluations,
         chance=report.chance_level(confusion["valid"]),
-        explanations=shortcut_watch.summary(),
+        # The shortcut alarm's final check: Grad-CAM of the kept weights on the probe set.
+        explanations=shortcut_watch.final_summary(evaluations["valid"]["accuracy"]),
     )
+    if calibrated is not None:
+        metrics["calibration"] = calibrated
     if not metrics["chance"]["better_than_chance"]:
         VOICE.warn(report.chance_warning(metrics["chance"]))
     if config.debug_dump_weights:
@@ -252,9 +261,14 @@ def run(config, stop_flag=None, clock=None):
             outputs.local("logs"),
             confusion[shown],
             step=result.epochs_completed,
-            name=f"confusion_matrix/{shown}",
+            split=shown,
+            most_confused=metrics[shown]["most_confused"],
         )
         report.write_final_scalars(outputs.local("logs"), metrics, step=result.epochs_completed)
+        if calibrated is not None:
+            report.write_reliability_summary(
+                outputs.local("logs"), *measured, calibrated, step=result.epochs_completed
+            )
         # model.keras holds the weights evaluated above (early stopping restored the
         # best), also when no epoch of this run beat the best it resumed or branched from.
         main_model.save(outputs.local("job", jobdir.MODEL_FILE))
@@ -267,15 +281,15 @@ def run(config, stop_flag=None, clock=None):
                 info=info,
                 policy=config.policy,
                 crop_size=config.crop_size,
+                temperature=None if calibrated is None else calibrated["temperature"],
             )
         if tuning is not None:  # After the per-epoch reports (steps 1..N): the trial's final measurement.
             tuning.report(evaluations["valid"]["accuracy"], step=result.epochs_completed + 1)
         outputs.delete("backup")
         outputs.sync()
     clock.lap("export")
-    VOICE.say(
-        "done: " + ", ".join(f"{split} accuracy {metrics[split]['accuracy']:.4f}" for split in final_splits)
-    )
+    for line in report.summary_lines(metrics, final_splits, info.class_names):
+        VOICE.say(line)
     VOICE.say(clock.summary())
     return metrics
 

@@ -1,5 +1,5 @@
-"""explain.callback: GradCamCallback during a real model.fit, its scores and shortcut alarm,
-ShortcutWatch, probe_batch and from_dataset."""
+"""explain.callback: GradCamCallback during a real model.fit, its scores, shortcut alarm and final
+check, probe_batch and from_dataset (the alarm's rule itself: tests/explain/test_shortcut.py)."""
 
 import dataclasses
 import json
@@ -173,137 +173,123 @@ def test_from_dataset_without_images_is_a_no_op_with_a_warning(sample_info, tmp_
     assert os.listdir(tmp_path) == []
 
 
-def _probe(watch, scores):
-    """Feeds ``(epoch, val_accuracy, pointing_game, center_baseline)`` probes; returns the alarm epochs."""
-    return [epoch for epoch, *values in scores if watch.add(epoch, *values)]
+def _centre_boxed_callback(sample_info, logdir, messages, every_n_epochs, images=12, boxes=True):
+    """A tiny CNN's callback on the first ``images`` valid images, boxed around the centre (or unboxed).
 
-
-def test_shortcut_alarm_after_k_probes_of_rising_accuracy_off_the_objects():
-    watch = callback.ShortcutWatch(probes=3, chance=0.2)
-    probes = [
-        (4, 0.3, 0.5, 0.4),
-        (9, 0.4, 0.3, 0.4),
-        (14, 0.5, 0.2, 0.4),
-        (19, 0.6, 0.4, 0.4),
-        (24, 0.7, 0.1, 0.4),
-    ]
-    # Off the objects from epoch 9 on (at the baseline counts), more accurate than epoch 4's 0.3 since.
-    assert _probe(watch, probes) == [19]
-    summary = watch.summary()
-    assert summary == {
-        "shortcut_alarm": True,
-        "epoch": 19,
-        "probes": 5,
-        "streak": 3,
-        "val_accuracy": 0.6,
-        "pointing_game": 0.4,
-        "center_baseline": 0.4,
-        "energy_in_box": None,
-        "pointing_game_skipped": None,
-        "pointing_game_uninformative": None,
-    }
-    json.dumps(summary)  # plain values for metrics.json
-    assert watch.message().startswith(
-        "shortcut alarm at epoch 19: over 3 Grad-CAM probes the validation accuracy rose (to 0.600) while "
-        "the pointing game stayed at or below its centre baseline (now 0.400 against 0.400): "
-    )
-
-
-def test_the_first_probes_are_compared_with_chance():
-    assert _probe(
-        callback.ShortcutWatch(probes=2, chance=0.25), [(0, 0.3, 0.1, 0.5), (1, 0.5, 0.1, 0.5)]
-    ) == [1]
-    # Not above chance: no alarm, however far the attention is off the objects.
-    assert (
-        _probe(callback.ShortcutWatch(probes=2, chance=0.25), [(0, 0.25, 0.0, 0.5), (1, 0.5, 0.0, 0.5)]) == []
-    )
-
-
-def test_no_alarm_when_accuracy_falls():
-    watch = callback.ShortcutWatch(probes=2, chance=0.1)
-    # On the objects at 0.9; then off them while the accuracy falls.
-    probes = [(0, 0.9, 0.6, 0.5), (1, 0.8, 0.1, 0.5), (2, 0.7, 0.1, 0.5), (3, 0.6, 0.1, 0.5)]
-    assert _probe(watch, probes) == []
-    # Rising at one probe, then back below where the streak began: no alarm either.
-    assert _probe(watch, [(4, 0.7, 0.1, 0.5), (5, 0.55, 0.1, 0.5)]) == []
-    assert watch.summary()["shortcut_alarm"] is False and watch.summary()["epoch"] is None
-
-
-def test_no_alarm_while_the_pointing_game_beats_the_centre_baseline():
-    watch = callback.ShortcutWatch(probes=2, chance=0.1)
-    rising = [(epoch, 0.2 + 0.1 * epoch, 0.41, 0.4) for epoch in range(8)]
-    assert _probe(watch, rising) == []
-    assert watch.summary()["probes"] == 8 and watch.summary()["pointing_game"] == 0.41
-
-
-def test_the_streak_resets_and_the_alarm_is_raised_once():
-    watch = callback.ShortcutWatch(probes=3, chance=0.1)
-    probes = [(0, 0.2, 0.1, 0.5), (1, 0.3, 0.1, 0.5), (2, 0.4, 0.6, 0.5)]  # on the object at epoch 2
-    probes += [(3, 0.5, 0.1, 0.5), (4, 0.6, 0.1, 0.5)]  # two of three again: not yet
-    assert _probe(watch, probes) == []
-    probes = [(5, 0.7, 0.1, 0.5), (6, 0.8, 0.1, 0.5), (7, 0.9, 0.1, 0.5)]
-    assert _probe(watch, probes) == [5]
-    # A probe without a validation accuracy (no valid split) breaks a streak too.
-    other = callback.ShortcutWatch(probes=2, chance=0.1)
-    assert _probe(other, [(0, 0.5, 0.1, 0.5), (1, None, 0.1, 0.5), (2, 0.6, 0.1, 0.5)]) == []
-    # ...and cannot start one: probe 3's streak would be compared with probe 1.
-    assert _probe(other, [(3, 0.7, 0.1, 0.5), (4, 0.8, 0.1, 0.5)]) == [4]
-
-
-def test_watch_state_survives_a_restart():
-    watch = callback.ShortcutWatch(probes=2, chance=0.1)
-    _probe(watch, [(0, 0.3, 0.1, 0.5)])
-    state = json.loads(json.dumps(watch.get_state()))  # as a backup's state.json holds it
-    resumed = callback.ShortcutWatch(probes=2, chance=0.1)
-    resumed.load_state(state)
-    assert _probe(resumed, [(1, 0.4, 0.1, 0.5)]) == [1]
-    with pytest.raises(ValueError, match="probes must be >= 1, got 0"):
-        callback.ShortcutWatch(probes=0)
-
-
-def test_callback_scores_the_probe_set_into_the_logs_and_raises_the_alarm(sample_info, tmp_path):
-    images, labels, _ = callback.probe_batch(sample_info, policy="none", crop_size=56, max_images=12)
-    # Boxes around the centre (a quarter of the image): the centre baseline always hits, so the
-    # pointing game is at or below it whatever the maps look like.
-    boxes = np.tile([16, 16, 47, 47], (len(images), 1))
+    Boxes around the centre (a quarter of the image): the centre baseline always hits (1.0), and
+    this seed's untrained maps peak elsewhere, so the pointing game is clearly below it.
+    """
+    found, labels, _ = callback.probe_batch(sample_info, policy="none", crop_size=56, max_images=images)
     keras.utils.set_random_seed(2)
-    messages = []
-    probe = callback.GradCamCallback(
+    return callback.GradCamCallback(
         tiny_cnn(64),
-        images,
+        found,
         labels,
         sample_info.class_names,
-        str(tmp_path / "gradcam"),
-        every_n_epochs=2,
+        logdir,
+        every_n_epochs=every_n_epochs,
         max_images=4,
-        boxes=boxes,
+        boxes=np.tile([16, 16, 47, 47] if boxes else [-1, -1, -1, -1], (len(found), 1)),
         watch=callback.ShortcutWatch(probes=2, chance=0.2),
         log=messages.append,
     )
+
+
+def _train(probe, accuracies):
+    """Ends one epoch per accuracy (as ``val_accuracy``), then training; returns each epoch's logs."""
     epoch_logs = []
-    for epoch, accuracy in enumerate([0.3, 0.1, 0.4, 0.2, 0.5, 0.6]):
+    for epoch, accuracy in enumerate(accuracies):
         logs = {"val_accuracy": accuracy}
         probe.on_epoch_end(epoch, logs)
         epoch_logs.append(logs)
     probe.on_train_end()
-    # Probes after epochs 1, 3 and 5 (0-based): accuracies 0.1, 0.2, 0.6.
+    return epoch_logs
+
+
+def _expected_scores(probe):
+    """The probe set's scores with the explained model's current weights."""
+    maps = gradcam.Explainer(probe.explained)(probe.images, probe.labels)
+    scores, _ = callback.score(maps, probe.boxes, probe.labels)
+    return scores
+
+
+def test_callback_scores_the_probe_set_into_the_logs_and_raises_the_alarm(sample_info, tmp_path):
+    messages = []
+    logdir = str(tmp_path / "gradcam")
+    probe = _centre_boxed_callback(sample_info, logdir, messages, every_n_epochs=2)
+    # "High" with chance 0.2: at least 0.6.
+    epoch_logs = _train(probe, [0.3, 0.5, 0.4, 0.7, 0.5, 0.9])
+    # Probes after epochs 1, 3 and 5 (0-based): accuracies 0.5, 0.7, 0.9.
     assert [sorted(logs) for logs in epoch_logs[::2]] == [["val_accuracy"]] * 3
     for logs in epoch_logs[1::2]:
         assert set(logs) == {"val_accuracy", *callback.SCORES}
         assert logs["gradcam_pointing_game_center_baseline"] == 1.0
-        assert 0.0 <= logs["gradcam_pointing_game"] <= 1.0
+        assert logs["gradcam_pointing_game"] <= 0.85  # clearly below: 0.15 short
         # An all-zero map (nothing supports the class) has no energy anywhere.
         assert 0.0 <= logs["gradcam_energy_in_box"] <= 1.0
     assert [entry["epoch"] for entry in probe.watch.history] == [1, 3, 5]
-    # 0.1 is below chance; after it, 0.2 and 0.6 both beat 0.1: the alarm at epoch 5, once.
-    assert probe.watch.summary()["epoch"] == 5 and messages == [probe.watch.message()]
-    texts = events.read_events(str(tmp_path / "gradcam"), "text")
+    # 0.5 is not high; 0.7 and 0.9 are: two in a row, the alarm at epoch 5, once.
+    summary = probe.watch.summary()
+    assert (summary["epoch"], summary["raised_by"]) == (5, "probes") and messages == [probe.watch.message()]
+    texts = events.read_events(logdir, "text")
     assert list(texts) == [callback.ALARM_TAG] and list(texts[callback.ALARM_TAG]) == [6]
     assert texts[callback.ALARM_TAG][6].item().decode() == messages[0]
-    assert sorted(_written_images(str(tmp_path / "gradcam"))[callback.TAG]) == [2, 4, 6]
+    assert sorted(_written_images(logdir)[callback.TAG]) == [2, 4, 6]
+    # The final check is still recorded, and raises nothing twice.
+    assert probe.watch.final_summary(0.9)["final_check"]["epoch"] == 5 and len(messages) == 1
     # The watch travels with the callback's state (a trainer backup).
     restored = callback.GradCamCallback(
-        tiny_cnn(64), images, labels, sample_info.class_names, str(tmp_path / "other"), boxes=boxes
+        tiny_cnn(64),
+        probe.images,
+        probe.labels,
+        sample_info.class_names,
+        str(tmp_path / "o"),
+        boxes=probe.boxes,
     )
     restored.set_state(json.loads(json.dumps(probe.get_state())))
     assert restored.watch.summary()["epoch"] == 5 and restored.watch.summary()["probes"] == 3
+
+
+def test_final_check_judges_the_kept_weights_of_a_run_too_short_for_a_streak(sample_info, tmp_path):
+    messages = []
+    logdir = str(tmp_path / "gradcam")
+    # Probes every 5 epochs, a 3-epoch run: no probe, only the panels after the last epoch.
+    probe = _centre_boxed_callback(sample_info, logdir, messages, every_n_epochs=5)
+    _train(probe, [0.9, 0.95, 0.9])
+    assert probe.watch.history == [] and probe.watch.summary()["shortcut_alarm"] is False
+    last_weights_scores = _expected_scores(probe)
+    # The kept weights (early stopping restores the best epoch's) differ from the last epoch's.
+    keras.utils.set_random_seed(7)
+    probe.explained.set_weights(tiny_cnn(64).get_weights())
+    kept = _expected_scores(probe)
+    assert kept["gradcam_energy_in_box"] != last_weights_scores["gradcam_energy_in_box"]
+    summary = probe.watch.final_summary(0.95)  # what the trainer calls after its final evaluation
+    final = summary["final_check"]
+    assert (final["epoch"], final["val_accuracy"], final["center_baseline"]) == (2, 0.95, 1.0)
+    assert final["pointing_game"] == pytest.approx(kept["gradcam_pointing_game"])
+    assert final["energy_in_box"] == pytest.approx(kept["gradcam_energy_in_box"])
+    assert final["pointing_game"] <= 0.85
+    assert (summary["shortcut_alarm"], summary["raised_by"], summary["epoch"]) == (True, "final_check", 2)
+    assert summary["probes"] == 0 and messages == [probe.watch.message()]
+    assert messages[0].startswith("shortcut alarm at epoch 2: the kept weights' validation accuracy is high")
+    # Written beside the panels, at the last epoch's step.
+    texts = events.read_events(logdir, "text")
+    assert (
+        list(texts[callback.ALARM_TAG]) == [3] and texts[callback.ALARM_TAG][3].item().decode() == messages[0]
+    )
+
+
+def test_final_check_without_high_accuracy_or_boxes_raises_nothing(sample_info, tmp_path):
+    messages = []
+    probe = _centre_boxed_callback(sample_info, str(tmp_path / "low"), messages, every_n_epochs=5)
+    _train(probe, [0.3, 0.4])
+    summary = probe.watch.final_summary(0.5)  # below 0.6: the model learned too little to tell
+    assert summary["shortcut_alarm"] is False and summary["final_check"]["val_accuracy"] == 0.5
+    assert summary["pointing_game"] <= 0.85 and messages == []
+    assert callback.ALARM_TAG not in events.read_events(str(tmp_path / "low"), "text")
+    # Without boxes the pointing game is skipped, at the end as at every probe: no final check.
+    unboxed = _centre_boxed_callback(sample_info, str(tmp_path / "none"), messages, 5, boxes=False)
+    _train(unboxed, [0.9, 0.95])
+    summary = unboxed.watch.final_summary(0.95)
+    assert summary["shortcut_alarm"] is False and summary["final_check"] is None
+    assert summary["pointing_game_skipped"] == "none of the 12 selected probe images has an object box"

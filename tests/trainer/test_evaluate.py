@@ -12,15 +12,27 @@ import numpy as np
 import pytest
 
 from tests.trainer import helpers
-from trainer import evaluate, evaluation
+from trainer import class_metrics, evaluate, evaluation
 
-SUMMARY = "evaluate: {split} top-1 {accuracy:.4f} top-5 {top5_accuracy:.4f} loss {loss:.4f} on {count} images"
+SUMMARY = (
+    "evaluate: {split} top-1 {accuracy:.4f} top-5 {top5_accuracy:.4f} loss {loss:.4f} "
+    "macro precision {macro_precision:.4f} recall {macro_recall:.4f} f1 {macro_f1:.4f} on {count} images"
+)
 
 
 def _summary(result):
-    """The one line printed for ``result``."""
-    keys = ("split", "accuracy", "top5_accuracy", "loss", "count")
-    return SUMMARY.format(**{key: result[key] for key in keys})
+    """The two lines printed for ``result``: the numbers, then its most confused pairs (or none)."""
+    keys = ("split", "accuracy", "top5_accuracy", "loss", "count", *class_metrics.MACRO_KEYS)
+    pairs = result["most_confused"][: class_metrics.SHOWN_CONFUSED]
+    if pairs:
+        named = ", ".join(f"{p['true_name']!r} as {p['predicted_name']!r} {p['count']}" for p in pairs)
+        confused = f"evaluate: most confused on {result['split']} (true as predicted, images): {named}"
+    else:
+        confused = f"evaluate: no class confused with another on {result['split']}"
+    if result["never_predicted"]:
+        names = ", ".join(repr(result["per_class"][i]["name"]) for i in result["never_predicted"])
+        confused += f"; never predicted (precision 0): {names}"
+    return [SUMMARY.format(**{key: result[key] for key in keys}), confused]
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +65,16 @@ def _per_class_csv(job_dir):
 
 
 def _assert_same_numbers(result, expected):
-    """Top-1, top-5 and count exactly, the loss to 1e-5: the trainer's numbers."""
-    for key in ("accuracy", "top5_accuracy", "count"):
+    """Top-1, top-5, count, macro scores and most confused pairs exactly, the loss to 1e-5: the trainer's."""
+    keys = (
+        "accuracy",
+        "top5_accuracy",
+        "count",
+        *class_metrics.MACRO_KEYS,
+        "most_confused",
+        "never_predicted",
+    )
+    for key in keys:
         assert result[key] == expected[key], key
     assert result["loss"] == pytest.approx(expected["loss"], abs=1e-5)
 
@@ -66,6 +86,20 @@ def _assert_consistent(result, num_classes=5):
     assert result["accuracy"] == np.trace(confusion) / result["count"]
     assert [row["count"] for row in result["per_class"]] == confusion.sum(axis=1).tolist()
     assert [row["correct"] for row in result["per_class"]] == np.diag(confusion).tolist()
+    # Precision, recall and F1 from the matrix, by their definitions (0/0 is 0).
+    predicted, support = confusion.sum(axis=0), confusion.sum(axis=1)
+    for index, row in enumerate(result["per_class"]):
+        assert row["support"] == support[index]
+        assert row["precision"] == (confusion[index, index] / predicted[index] if predicted[index] else 0.0)
+        assert row["recall"] == (confusion[index, index] / support[index] if support[index] else 0.0)
+    present = [row for row, p, t in zip(result["per_class"], predicted, support, strict=True) if p or t]
+    assert result["macro_precision"] == pytest.approx(np.mean([row["precision"] for row in present]))
+    assert result["macro_recall"] == pytest.approx(np.mean([row["recall"] for row in present]))
+    assert result["macro_f1"] == pytest.approx(np.mean([row["f1"] for row in present]))
+    counts = [pair["count"] for pair in result["most_confused"]]
+    assert counts == sorted(counts, reverse=True) and all(
+        pair["true"] != pair["predicted"] for pair in result["most_confused"]
+    )
 
 
 def test_job_dir_test_split_reproduces_metrics_and_per_class_csv(job):
@@ -84,7 +118,7 @@ def test_job_dir_test_split_reproduces_metrics_and_per_class_csv(job):
     result = _read(os.path.join(job_dir, "evaluation_test.json"))
     _assert_same_numbers(result, expected)
     _assert_consistent(result)
-    assert proc.stdout.splitlines() == [_summary(result)]
+    assert proc.stdout.splitlines() == _summary(result)
     assert (result["policy"], result["crop_size"], result["batch_size"]) == ("crop", 56, 8)
     # The per-class numbers are the job's per_class_accuracy.csv.
     rows = _per_class_csv(job_dir)
@@ -93,6 +127,9 @@ def test_job_dir_test_split_reproduces_metrics_and_per_class_csv(job):
         assert (int(row["index"]), row["wnid"], row["name"]) == (entry["index"], entry["wnid"], entry["name"])
         assert (int(row["count"]), int(row["correct"])) == (entry["count"], entry["correct"])
         assert row["accuracy"] == f"{entry['accuracy']:.6f}"
+        for key in ("precision", "recall", "f1"):
+            assert row[key] == f"{entry[key]:.6f}", key
+        assert int(row["support"]) == entry["support"]
 
 
 def test_valid_split_reproduces_metrics(job, tmp_path, capsys):
@@ -104,7 +141,7 @@ def test_valid_split_reproduces_metrics(job, tmp_path, capsys):
     result = _read(output)
     _assert_same_numbers(result, helpers.read_job_json(job_dir, "metrics.json")["valid"])
     _assert_consistent(result)
-    assert out.splitlines() == [_summary(result)]
+    assert out.splitlines() == _summary(result)
     assert result["split"] == "valid" and result["count"] == 20
     assert not os.path.exists(os.path.join(job_dir, "evaluation_valid.json")), "--output replaces the default"
 
@@ -164,7 +201,7 @@ def test_flip_tta_is_the_average_of_image_and_mirror(job, capsys):
     result = _read(os.path.join(job_dir, "evaluation_test_tta-flip.json"))
     assert result["tta"] == "flip"
     _assert_consistent(result)
-    assert out.splitlines() == [_summary(result)]
+    assert out.splitlines() == _summary(result)
 
     model = keras.saving.load_model(os.path.join(job_dir, "model.keras"))
     images, labels = _test_split(data_dir)
