@@ -2,13 +2,16 @@
 #
 #   docker build -t REGION-docker.pkg.dev/PROJECT/REPO/tiny-inception:TAG .
 #
-# The base is pinned by version. For reproducible builds pin it by digest as
-# well: `docker buildx imagetools inspect tensorflow/tensorflow:2.21.0-gpu`
-# prints the index digest; write it as
-#   FROM tensorflow/tensorflow:2.21.0-gpu@sha256:<digest>
+# The base image is a build argument. Its default is pinned by version only
+# (a tag can move); for production pin it by digest as well:
+# `docker buildx imagetools inspect tensorflow/tensorflow:2.21.0-gpu` prints
+# the index digest, then build with
+#   --build-arg BASE_IMAGE=tensorflow/tensorflow:2.21.0-gpu@sha256:<digest>
+# (or write that digest into the default below).
 # The base image already carries TensorFlow, CUDA and cuDNN, so pip keeps its
 # TensorFlow and installs only what else setup.py asks for.
-FROM tensorflow/tensorflow:2.21.0-gpu
+ARG BASE_IMAGE=tensorflow/tensorflow:2.21.0-gpu
+FROM ${BASE_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -171,11 +171,28 @@ def count_records(path):
         raise DataError(f"{path}: truncated or corrupt TFRecord shard ({error.message})") from error
 
 
+def check_train_classes(info, named=10):
+    """Refuses a class without train images (``class_counts``; older metadata is not checked).
+
+    The model would predict it but never train on it, silently. The job refuses to write one
+    (``--min-train-per-class``); this catches ``--min-train-per-class 0`` and edited metadata.
+    """
+    counts = info.class_counts("train") or ()
+    empty = [name for name, count in zip(info.class_names, counts, strict=False) if count == 0]
+    if empty:
+        more = f" and {len(empty) - named} more" if len(empty) > named else ""
+        raise DataError(
+            f"{info.metadata_path}: {len(empty)} of {info.num_classes} classes have no train images "
+            f"(class_counts of train): {', '.join(map(repr, empty[:named]))}{more}; a model cannot learn "
+            "them: give them train images or leave them out, and run python -m preprocessing.task again"
+        )
+
+
 def verify_data(info, splits=None):
     """Reads every shard once and checks the record counts against metadata.json.
 
-    The trainer calls this at startup, so a truncated shard or a stale
-    metadata.json fails before training starts.
+    The trainer calls this at startup, so a truncated shard, a stale metadata.json
+    or a class without train images (when ``train`` is checked) fails before training starts.
 
     Args:
         info: A :class:`DatasetInfo`.
@@ -185,8 +202,11 @@ def verify_data(info, splits=None):
         ``{split: {shard_path: count}}``.
 
     Raises:
-        DataError: A shard is corrupt, or a split's count disagrees with metadata.json.
+        DataError: A shard is corrupt, a split's count disagrees with metadata.json, or a class
+            has no train images (:func:`check_train_classes`).
     """
+    if "train" in (splits or info.shards):
+        check_train_classes(info)
     report = {}
     for split in splits or tuple(info.shards):
         counts = {path: count_records(path) for path in info.shards[split]}

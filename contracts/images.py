@@ -33,6 +33,9 @@ SUPPORTED_MODES = WIDE_GRAY_MODES | ALPHA_MODES | DIRECT_MODES
 # containers; none of them holds a training image.
 FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
 WHITE = 255
+# The refusal of too many pixels, in ``str.format``'s and ``tf.strings.format``'s "{}" placeholders
+# (width, height, limit): PIL's check here and the export's graph check (contracts/decode.py) say the same.
+TOO_MANY_PIXELS = "image of {}x{} pixels exceeds the limit of {} pixels (possible decompression bomb)"
 
 
 class ImageTooLargeError(ValueError):
@@ -46,10 +49,7 @@ def check_pixels(width, height, max_pixels=MAX_PIXELS):
         ImageTooLargeError: When ``width * height`` exceeds ``max_pixels``.
     """
     if width * height > max_pixels:
-        raise ImageTooLargeError(
-            f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels "
-            "(possible decompression bomb)"
-        )
+        raise ImageTooLargeError(TOO_MANY_PIXELS.format(width, height, max_pixels))
 
 
 def open_image(data, max_pixels=MAX_PIXELS):
@@ -79,26 +79,46 @@ def open_image(data, max_pixels=MAX_PIXELS):
     return image
 
 
+def over_white(rgb, alpha):
+    """Composites 8-bit colour values on white: the one formula of every decode.
+
+    Integer "over" with rounding: alpha 255 keeps the pixel, alpha 0 gives white.
+    Plain arithmetic, so numpy arrays (here) and TensorFlow tensors (the export's
+    decode, :mod:`contracts.decode`) compute it alike.
+
+    Args:
+        rgb: Colour values in ``[0, 255]`` (``[..., 3]``), of an integer type at least 32 bits wide.
+        alpha: Alpha values in ``[0, 255]`` (``[..., 1]``), of the same type.
+
+    Returns:
+        The composited values, of the inputs' type.
+    """
+    return (rgb * alpha + WHITE * (255 - alpha) + 127) // 255
+
+
 def _wide_gray(image):
     # Mode "I" is 32-bit signed; PNG and TIFF decode 16-bit gray into it (or into I;16*),
     # so its range is taken as 0..65535, and values outside it are clipped.
-    values = np.asarray(image, dtype=np.int64)
-    gray = (np.clip(values, 0, 0xFFFF) >> 8).astype(np.uint8)
-    return np.repeat(gray[..., np.newaxis], 3, axis=-1)
+    values = np.clip(np.asarray(image, dtype=np.int64), 0, 0xFFFF)
+    gray = np.repeat((values >> 8)[..., np.newaxis], 3, axis=-1)
+    transparent = image.info.get("transparency")
+    if isinstance(transparent, int):
+        # A 16-bit PNG's tRNS gray level (compared at 16 bits, as libpng does): white there.
+        gray = np.where((values == transparent)[..., np.newaxis], WHITE, gray)
+    return gray.astype(np.uint8)
 
 
 def _on_white(rgba):
     rgb = rgba[..., :3].astype(np.uint32)
     alpha = rgba[..., 3:4].astype(np.uint32)
-    # Integer "over" compositing with rounding: alpha 255 keeps the pixel, 0 gives white.
-    mixed = (rgb * alpha + WHITE * (255 - alpha) + 127) // 255
-    return mixed.astype(np.uint8)
+    return over_white(rgb, alpha).astype(np.uint8)
 
 
 def to_rgb(image):
     """Converts a PIL image of any supported mode to uint8 RGB pixels.
 
-    16-bit grayscale (``I;16``, ``I;16B``, ``I``) is scaled by ``>> 8``;
+    16-bit grayscale (``I;16``, ``I;16B``, ``I``) is scaled by ``>> 8`` (its transparent
+    gray level, if any, becomes white);
     images with alpha (``RGBA``, ``LA``, ``PA``, or a transparent colour such
     as a palette's transparent index) are composited on white; ``P``, ``L``, ``1``, ``CMYK`` and
     ``YCbCr`` use PIL's standard conversion. Decodes the image if it is not

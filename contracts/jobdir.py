@@ -13,6 +13,8 @@ summary read them back through :func:`load` and :func:`read_json`.
 import dataclasses
 import json
 import sys
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -175,6 +177,8 @@ def read_config(job_dir):
         config = json.loads(storage.read_bytes(path))
     except ValueError as error:
         raise ModelLoadError(f"{path}: not valid JSON ({error})") from None
+    except OSError as error:  # A FIFO or device in its place, a gs:// error.
+        raise ModelLoadError(str(error)) from None
     if not isinstance(config, dict):
         raise ModelLoadError(f"{path}: expected a JSON object, got {type(config).__name__}")
     return config
@@ -243,6 +247,24 @@ class Predictor:
         return self.class_names[index]
 
 
+def _check_archive(path, local):
+    """Refuses a ``.keras`` file that is no zip archive, or one whose members fail their CRC-32.
+
+    Keras answers "File not found" for a file that is no zip archive, and reads
+    the weights' member without its checksum: a flipped byte would load as a
+    silently different model. Reading every member once costs a fraction of the load.
+    """
+    try:
+        with zipfile.ZipFile(local) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError) as error:
+        raise ModelLoadError(
+            f"{path}: damaged file: not a readable .keras (zip) archive, truncated or no model ({error})"
+        ) from None
+    if bad is not None:
+        raise ModelLoadError(f"{path}: damaged file: its member {bad} fails its CRC-32 check")
+
+
 def _load_keras(path):
     # Imported here: Keras (and TensorFlow) load only when a model does; the
     # module also registers the custom layers a saved model needs.
@@ -251,13 +273,68 @@ def _load_keras(path):
     from contracts import model as model_contract
 
     try:
+        storage.check_file(path)  # A FIFO would block the loader, a device feed it forever.
         with storage.local_file(path) as local:
+            _check_archive(path, local)
             model = keras.saving.load_model(local, compile=False)
+    except (ModelLoadError, storage.UnreadableFileError) as error:
+        raise ModelLoadError(str(error)) from None
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"{path}: cannot load the model ({error})") from None
     if len(model.outputs) > 1:
         model = model_contract.main_output_model(model)
     return model
+
+
+def _read_class_file(path):
+    try:
+        return parse_class_list(storage.read_bytes(path).decode("utf-8"))
+    except (OSError, ValueError) as error:  # Missing, a FIFO or device, not UTF-8.
+        raise ModelLoadError(f"{path}: cannot read classes ({error})") from None
+    except KeyError as error:
+        raise ModelLoadError(f"{path}: cannot read classes (an entry has no {error})") from None
+
+
+def _check_count(model_path, num_classes, names, what, where):
+    if len(names) != num_classes:
+        raise ModelLoadError(
+            f"{model_path}: the model has {num_classes} classes, {what} {len(names)} ({where}); "
+            "give the classes the model was trained on"
+        )
+
+
+def _class_names(model_path, model, job_dir, config, data_dir, classes):
+    """Returns ``(names, image_size, resize_policy)`` from the first source that has them (see :func:`load`).
+
+    A class list of another length than the model's output is refused, not padded with
+    ``class_<i>`` names or cut: the names would belong to other classes.
+
+    Raises:
+        ModelLoadError: For an unreadable named source, or one naming another number of classes.
+    """
+    num_classes = int(model.outputs[0].shape[-1])
+    names, image_size, resize_policy = None, None, None
+    if classes:
+        names = _read_class_file(classes)
+        _check_count(model_path, num_classes, names, "the classes file names", classes)
+    if data_dir:
+        found, image_size, resize_policy = _metadata_classes(data_dir)
+        _check_count(model_path, num_classes, found, "the dataset", data_dir)
+        names = names or found
+    classes_file = storage.join(job_dir, CLASSES_FILE) if job_dir else None
+    if names is None and classes_file and storage.exists(classes_file):
+        names = _read_class_file(classes_file)
+        _check_count(model_path, num_classes, names, f"{CLASSES_FILE} names", classes_file)
+    if (names is None or image_size is None) and config.get("data_dir"):
+        try:
+            found, image_size, resize_policy = _metadata_classes(config["data_dir"])
+        except ModelLoadError as error:
+            print(f"warning: {error}", file=sys.stderr)
+        else:
+            if names is None:
+                _check_count(model_path, num_classes, found, "its training dataset", config["data_dir"])
+                names = found
+    return names, image_size, resize_policy
 
 
 def load(model_path, *, data_dir=None, classes=None):
@@ -272,7 +349,9 @@ def load(model_path, *, data_dir=None, classes=None):
         A :class:`Predictor`.
 
     Raises:
-        ModelLoadError: When the model or a named classes source is missing or unusable.
+        ModelLoadError: When the model or a named classes source is missing or unusable (a
+            damaged ``.keras`` file, a FIFO or device in a file's place), or when a class list
+            names another number of classes than the model predicts.
     """
     model_path = str(model_path).rstrip("/")
     if model_path.endswith(".keras"):
@@ -286,25 +365,7 @@ def load(model_path, *, data_dir=None, classes=None):
         )
     config = read_config(job_dir) if job_dir else {}
     model = _load_keras(model_file)
-
-    names, image_size, resize_policy = None, None, None
-    if classes:
-        try:
-            names = parse_class_list(storage.read_bytes(classes).decode("utf-8"))
-        except OSError as error:
-            raise ModelLoadError(f"{classes}: cannot read classes ({error})") from None
-    if data_dir:
-        found, image_size, resize_policy = _metadata_classes(data_dir)
-        names = names or found
-    classes_file = storage.join(job_dir, CLASSES_FILE) if job_dir else None
-    if names is None and classes_file and storage.exists(classes_file):
-        names = parse_class_list(storage.read_bytes(classes_file).decode("utf-8"))
-    if (names is None or image_size is None) and config.get("data_dir"):
-        try:
-            found, image_size, resize_policy = _metadata_classes(config["data_dir"])
-            names = names or found
-        except ModelLoadError as error:
-            print(f"warning: {error}", file=sys.stderr)
+    names, image_size, resize_policy = _class_names(model_path, model, job_dir, config, data_dir, classes)
 
     input_size = int(model.inputs[0].shape[1])
     if config.get("policy"):

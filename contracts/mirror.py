@@ -45,19 +45,33 @@ class Mirror:
     def download(self, subdir=""):
         """Copies ``uri/subdir`` (if any) into the working folder; a no-op for local URIs.
 
+        Folder placeholders (names ending with ``/``) are skipped. An object name
+        with an empty, ``.`` or ``..`` segment (``backup/../../x``, ``backup//x``)
+        is refused before anything is written: joined to the working folder it
+        would land outside it (:func:`contracts.storage.local_path`).
+
         Returns:
             The number of files downloaded.
+
+        Raises:
+            contracts.storage.UnsafeNameError: For such a name.
         """
         if not self.remote:
             return 0
-        bucket_name, prefix = storage.split_gcs(storage.join(self.uri, subdir) if subdir else self.uri)
+        uri = storage.join(self.uri, subdir) if subdir else self.uri
+        bucket_name, prefix = storage.split_gcs(uri)
         client = storage.gcs_client()
+        folder = os.path.join(self.local, subdir)
+        blobs = []
+        with storage.translated(uri):
+            for blob in client.list_blobs(bucket_name, prefix=prefix + "/" if prefix else None):
+                if blob.name.endswith("/"):
+                    continue
+                relative = blob.name[len(prefix) + 1 :] if prefix else blob.name
+                # Every name is checked before the first download: a refused listing leaves nothing behind.
+                blobs.append((blob, storage.local_path(folder, relative, uri)))
         count = 0
-        for blob in client.list_blobs(bucket_name, prefix=prefix + "/" if prefix else None):
-            relative = blob.name[len(prefix) :].lstrip("/") if prefix else blob.name
-            if not relative or relative.endswith("/"):
-                continue
-            target = os.path.join(self.local, subdir, relative)
+        for blob, target in blobs:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             blob.download_to_filename(target)
             self._uploaded[os.path.relpath(target, self.local)] = _signature(target)
@@ -122,8 +136,7 @@ class Mirror:
             path = os.path.join(self.local, relative)
             if not os.path.exists(path):
                 return None
-            with open(path) as f:
-                return f.read()
+            return storage.read_bytes(path).decode("utf-8")  # Refuses a FIFO rather than block on it.
         bucket_name, prefix = storage.split_gcs(storage.join(self.uri, relative))
         blob = storage.gcs_client().bucket(bucket_name).blob(prefix)
         if not blob.exists():

@@ -13,6 +13,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import stat
 import tempfile
 
 GCS_SCHEME = "gs://"
@@ -107,31 +108,154 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
-def read_bytes(uri):
-    """Reads a local file or a ``gs://`` object.
+class UnreadableFileError(OSError):
+    """A file refused unread: no regular file (a FIFO would block, a device never end), or too large."""
+
+
+NOT_A_REGULAR_FILE = "not a regular file (a folder, device, FIFO or socket)"
+
+
+def _check_file(uri, mode, size, max_bytes):
+    if mode is not None and not stat.S_ISREG(mode):
+        raise UnreadableFileError(f"{uri}: {NOT_A_REGULAR_FILE}")
+    if max_bytes is not None and size > max_bytes:
+        raise UnreadableFileError(f"{uri}: {size} bytes, over the limit of {max_bytes} bytes")
+
+
+def check_file(uri, max_bytes=None):
+    """Refuses, without opening it, a local path that is no regular file or a file over ``max_bytes``.
+
+    A ``gs://`` object is always a regular file; its size is asked only when ``max_bytes`` is given.
 
     Raises:
         FileNotFoundError: When the file or object does not exist.
+        UnreadableFileError: For a folder, device, FIFO or socket, or a file over ``max_bytes``.
+    """
+    if not is_gcs(uri):
+        info = os.stat(uri)
+        _check_file(uri, info.st_mode, info.st_size, max_bytes)
+    elif max_bytes is not None:
+        bucket, name = split_gcs(uri)
+        with translated(uri):
+            blob = gcs_client().bucket(bucket).blob(name)
+            blob.reload()
+        _check_file(uri, None, blob.size, max_bytes)
+
+
+def read_bytes(uri, max_bytes=None):
+    """Reads a local file or a ``gs://`` object; only a regular file, and at most ``max_bytes``.
+
+    A FIFO, device, socket or folder is refused without a read (``/dev/zero`` never
+    ends, a FIFO blocks), and a file over ``max_bytes`` before it reaches memory.
+
+    Raises:
+        FileNotFoundError: When the file or object does not exist.
+        UnreadableFileError: For no regular file, or one over ``max_bytes``.
         StorageError: When ``gs://`` cannot be reached (an ``OSError`` too).
     """
     if not is_gcs(uri):
-        with open(uri, "rb") as f:
-            return f.read()
+        # O_NONBLOCK: opening a FIFO without a writer returns at once (fstat then refuses it)
+        # instead of waiting forever; a regular file reads as without it.
+        fd = os.open(uri, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            info = os.fstat(fd)
+            _check_file(uri, info.st_mode, info.st_size, max_bytes)
+            with open(fd, "rb", closefd=False) as f:
+                # A read of n bytes allocates n first: ask for the size fstat gave, and one more byte,
+                # which shows a file that grew since (or one that reports no size, as /proc's do).
+                data = f.read(info.st_size + 1)
+                if len(data) > info.st_size:
+                    data += f.read() if max_bytes is None else f.read(max_bytes + 1 - len(data))
+        finally:
+            os.close(fd)
+        _check_file(uri, None, len(data), max_bytes)  # It grew since fstat.
+        return data
     bucket, name = split_gcs(uri)
     with translated(uri):
-        return gcs_client().bucket(bucket).blob(name).download_as_bytes()
+        blob = gcs_client().bucket(bucket).blob(name)
+        if max_bytes is None:
+            return blob.download_as_bytes()
+        blob.reload()
+        _check_file(uri, None, blob.size, max_bytes)
+        # The generation read is the one whose size was checked.
+        return blob.download_as_bytes(if_generation_match=blob.generation)
 
 
 def write_bytes(uri, data):
-    """Writes ``data`` to a local file (creating its folder) or a ``gs://`` object."""
+    """Writes ``data`` to a local file (creating its folder; whole or not at all) or a ``gs://`` object.
+
+    Raises:
+        WriteError: A local file could not be written (:func:`write_atomically`).
+    """
     if not is_gcs(uri):
-        os.makedirs(os.path.dirname(uri) or ".", exist_ok=True)
-        with open(uri, "wb") as f:
-            f.write(data)
+
+        def write(path):
+            with open(path, "wb") as f:
+                f.write(data)
+
+        write_atomically(uri, write)
         return
     bucket, name = split_gcs(uri)
     with translated(uri):
         gcs_client().bucket(bucket).blob(name).upload_from_string(data)
+
+
+def _remove_quietly(path):
+    with contextlib.suppress(OSError):
+        os.remove(path)
+
+
+class WriteError(OSError, ValueError):
+    """A file was not written (a full disk, a file-size limit, no permission); the message names it.
+
+    Also a ``ValueError`` (as ``io.UnsupportedOperation`` is both), so every command line's
+    one-line handler of bad input catches it, the trainer's whole run included.
+    """
+
+
+def write_atomically(uri, write):
+    """Writes a whole file or nothing: ``write(path)`` fills a temporary file that then replaces ``uri``.
+
+    Locally the temporary file lies in ``uri``'s folder (a rename within one file system is
+    atomic) under a hidden name that keeps the extension (Keras saves only to ``*.keras``);
+    it is synced before the rename (a full disk can first show at the flush) and removed on
+    any failure, so a failed write leaves the file that was there, if any, unchanged and no
+    temporary file behind. A ``gs://`` object is written to a local temporary folder, then
+    uploaded: an upload replaces an object whole.
+
+    Args:
+        uri: The file (local or ``gs://``); its folder is created.
+        write: Called with a local path; writes the whole file there.
+
+    Raises:
+        WriteError: An ``OSError`` while writing, naming ``uri`` and the cause.
+    """
+    uri = os.fspath(uri)  # A pathlib.Path too, as open() takes one.
+    name = os.path.basename(uri.rstrip("/"))
+    with contextlib.ExitStack() as stack:
+        if is_gcs(uri):
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="storage-"))
+            temporary = os.path.join(folder, name)
+        else:
+            folder = os.path.dirname(os.path.abspath(uri))
+            temporary = os.path.join(folder, f".{name}.{os.urandom(4).hex()}.tmp{os.path.splitext(name)[1]}")
+            stack.callback(_remove_quietly, temporary)  # Gone after the rename; left by a failure.
+        try:
+            os.makedirs(folder, exist_ok=True)
+            write(temporary)
+            if is_gcs(uri):
+                upload_file(temporary, uri)
+            else:
+                with open(temporary, "rb") as f:
+                    os.fsync(f.fileno())
+                os.replace(temporary, uri)
+        except WriteError:
+            raise
+        except OSError as error:
+            cause = error.strerror or str(error)
+            failed = WriteError(f"{uri}: not written ({cause}); a file already there is unchanged")
+            failed.errno = error.errno  # ENOSPC stays ENOSPC; the message stays this one line.
+            raise failed from error
 
 
 def exists(uri):
@@ -229,6 +353,28 @@ def local_file(uri, suffix=""):
         yield local
 
 
+class UnsafeNameError(ValueError):
+    """An object name that, joined to a local folder, would land outside it or on a folder's place."""
+
+
+def local_path(folder, relative, uri):
+    """Returns local ``folder`` joined with the ``/``-separated object name ``relative`` (below ``uri``).
+
+    An object name is any string: ``a/../../x`` or ``/x`` joined to a folder would write
+    outside it, ``a//b`` or ``./a`` collide with other names; each is refused, nothing written.
+
+    Raises:
+        UnsafeNameError: For an empty, ``.`` or ``..`` segment (an absolute name has an empty one).
+    """
+    parts = relative.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise UnsafeNameError(
+            f"{uri}: object {relative!r} has an empty, '.' or '..' path segment; refused, as a local "
+            "copy of it would be written outside the folder or over another name"
+        )
+    return os.path.join(folder, *parts)
+
+
 @contextlib.contextmanager
 def local_folder(uri):
     """Yields a local folder holding every file under ``uri`` (the folder counterpart of :func:`local_file`).
@@ -237,6 +383,9 @@ def local_folder(uri):
     copied into a temporary folder, keeping their relative paths, that is
     removed on exit. The project's client is used (it honours the GCS emulator)
     rather than TensorFlow's own ``gs://`` file system.
+
+    Raises:
+        UnsafeNameError: For an object name that would leave the folder (:func:`local_path`).
     """
     if not is_gcs(uri):
         yield uri
@@ -244,7 +393,7 @@ def local_folder(uri):
     root = uri.rstrip("/") + "/"
     with tempfile.TemporaryDirectory(prefix="storage-") as folder:
         for remote in list_files(uri, recursive=True):
-            local = os.path.join(folder, *remote[len(root) :].split("/"))
+            local = local_path(folder, remote[len(root) :], uri)
             os.makedirs(os.path.dirname(local), exist_ok=True)
             download_file(remote, local)
         yield folder

@@ -6,6 +6,15 @@ Indexed Job (``completions = parallelism = workers``) plus a headless Service:
 every pod wraps the trainer in :mod:`deploy.tf_config`, which builds
 ``TF_CONFIG`` from ``JOB_COMPLETION_INDEX`` and the Service's DNS names
 (MultiWorkerMirroredStrategy). Kubeflow's TFJob is not needed.
+
+Every pod runs under Kubernetes' "restricted" Pod Security Standard
+(:func:`pod_security_context`, :func:`container_security_context`): not as
+root (the image's ``USER``), no privilege escalation, no Linux capabilities,
+the runtime's default seccomp profile, and a read-only root file system. The
+job dir of a cloud job is ``gs://`` (:func:`deploy.checks.require_gcs`); what
+the trainer writes locally (the job dir's staging folder, temporary files,
+Keras' and CUDA's caches below ``HOME``) goes to the two ``emptyDir`` volumes
+of :data:`SCRATCH_VOLUMES`, mounted at ``/tmp`` and at the image's home folder.
 """
 
 import yaml
@@ -16,6 +25,23 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # In-place restarts keep an Indexed Job pod's hostname, so the other workers
 # find it again and training resumes from the backup in the job dir.
 RESTART_BACKOFF_LIMIT = 3
+# Writable scratch on a read-only root file system: volume name -> mount path. /home/trainer is the
+# Dockerfile's trainer user's HOME and WORKDIR (Keras' and CUDA's caches, a relative path's files).
+SCRATCH_VOLUMES = {"tmp": "/tmp", "home": "/home/trainer"}
+
+
+def pod_security_context():
+    """The pod's securityContext: never root, the container runtime's default seccomp profile."""
+    return {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def container_security_context():
+    """The trainer container's securityContext: no privilege escalation, no capabilities, read-only root."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+    }
 
 
 def labels(job):
@@ -55,22 +81,29 @@ def container(spec):
             "trainer.task",
         ]
     result["args"] = job.trainer_argv()
+    # A restarted pod's trainer takes over the job dir's lease its earlier attempt left (contracts/lease.py).
+    result["env"] = [{"name": "TRAINER_JOB_ID", "value": job.name}]
     if machines.workers > 1:
         result["ports"] = [{"name": "tf-worker", "containerPort": spec.port}]
-        result["env"] = [
+        result["env"].append(
             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
-        ]
+        )
     if machines.gpus:
         result["resources"] = {"limits": {GPU_RESOURCE: machines.gpus}}
+    result["securityContext"] = container_security_context()
+    result["volumeMounts"] = [{"name": name, "mountPath": path} for name, path in SCRATCH_VOLUMES.items()]
     return result
 
 
 def pod_spec(spec):
-    """Returns the pod spec: GPU node selector and toleration, service account, restart policy."""
+    """Returns the pod spec: security context, scratch volumes, GPU node selector and toleration,
+    service account, restart policy."""
     job, machines = spec.job, spec.job.machines
     result = {
         "restartPolicy": "OnFailure" if job.restart_on_worker_restart else "Never",
+        "securityContext": pod_security_context(),
         "containers": [container(spec)],
+        "volumes": [{"name": name, "emptyDir": {}} for name in SCRATCH_VOLUMES],
     }
     selector = {}
     if machines.gpus:

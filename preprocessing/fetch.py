@@ -17,10 +17,10 @@ import shutil
 import tempfile
 
 from contracts import storage
-from preprocessing import archive
+from preprocessing import archive, textfiles
 
 WEB_SCHEMES = archive.WEB_SCHEMES
-READ_CHUNK = 1 << 20
+READ_CHUNK = textfiles.READ_CHUNK
 # Working files the job keeps in --output-dir while it runs (removed at the end).
 PLAN_DIR = ".plan"
 COUNTS_FILE = ".counts.jsonl"
@@ -95,15 +95,14 @@ def read_bytes(path):
 
 
 def read_text(path):
-    """Returns the UTF-8 text of a local or remote file.
+    """Returns the UTF-8 text of one of the job's own files, local or remote.
+
+    The dataset's text files are read by :func:`preprocessing.textfiles.read_text_input`, with a bound.
 
     Raises:
-        SourceError: When the file is not UTF-8 text (e.g. a corrupt ``words.txt``).
+        SourceError: When the file is not UTF-8 text.
     """
-    try:
-        return read_bytes(path).decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise SourceError(f"{path} is not UTF-8 text: {error}") from None
+    return textfiles.decode_utf8(path, read_bytes(path))
 
 
 def exists(path):
@@ -317,8 +316,10 @@ def fetch_raw_dir(src, work_dir, limits=None):
     if src.startswith(WEB_SCHEMES):
         raise SourceError(f"--raw-dir {src}: an http(s) source must be a .zip archive")
     if is_manifest(src):
-        if not exists(src) or (is_local(src) and not os.path.isfile(src)):
+        if not exists(src):
             raise SourceError(f"--raw-dir {src}: no such manifest file")
+        if is_local(src):
+            textfiles.check_text_input(src)  # A FIFO or device would block or never end: refused now, unread.
         return os.path.abspath(src) if is_local(src) else src
     if is_local(src) and not os.path.isdir(src):
         raise SourceError(f"--raw-dir {src} does not exist or is not a folder")

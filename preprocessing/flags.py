@@ -32,6 +32,7 @@ class JobConfig:
     num_shards: tuple = tuple(DEFAULT_SHARDS.items())
     overwrite: bool = False
     max_reject_fraction: float = 0.01
+    min_train_per_class: int = 1
     image_size: int = 64
     resize: str = resize.DEFAULT_POLICY
     limits: archive.Limits = dataclasses.field(default_factory=archive.Limits)
@@ -51,6 +52,8 @@ class JobConfig:
         resize.check_policy(self.resize)
         if not 0.0 <= self.max_reject_fraction <= 1.0:
             raise ValueError(f"--max-reject-fraction must be in [0, 1], got {self.max_reject_fraction}")
+        if self.min_train_per_class < 0:
+            raise ValueError(f"--min-train-per-class must be >= 0, got {self.min_train_per_class}")
         for split, count in self.num_shards:
             if count < 1:
                 raise ValueError(f"--num-shards-{split} must be >= 1, got {count}")
@@ -107,6 +110,13 @@ def build_parser():
     parser.add_argument(
         "--max-reject-fraction", type=float, default=0.01, help="Fail above this share of rejected inputs."
     )
+    parser.add_argument(
+        "--min-train-per-class",
+        type=int,
+        default=1,
+        metavar="N",
+        help="Fail (exit 2) when a class has fewer than N train images after the rejects; 0: no check.",
+    )
     parser.add_argument("--image-size", type=int, default=64, help="Side S of the images written.")
     parser.add_argument(
         "--resize",
@@ -155,6 +165,7 @@ def parse_args(argv):
         num_shards=tuple((s, getattr(args, f"num_shards_{s}")) for s in DEFAULT_SHARDS),
         overwrite=args.overwrite,
         max_reject_fraction=args.max_reject_fraction,
+        min_train_per_class=args.min_train_per_class,
         image_size=args.image_size,
         resize=args.resize,
         limits=archive.Limits(

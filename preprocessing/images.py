@@ -1,9 +1,13 @@
 """Validation of one image file: keep good ``S x S`` JPEGs as they are, resize and re-encode the rest.
 
-The trainer decodes every record with ``tf.io.decode_jpeg(channels=3)``, so a
-record is good when its bytes are a complete ``S x S`` JPEG whose colour space
-converts to three channels (RGB, grayscale, CMYK). Such bytes are kept
-unchanged (tiny-imagenet's 100k images are never decoded). Every other
+The trainer decodes every record with :func:`contracts.schema.decode_jpeg`, so a
+record is good when its bytes are an ``S x S`` JPEG whose colour space
+converts to three channels (RGB, grayscale, CMYK) and which that decoder
+decodes in full. Such bytes are kept unchanged, after one full decode with
+the trainer's own decoder (:func:`decode_failures`, many files per call): a
+file the trainer could not read (headers and an end marker but no scan data,
+a truncated scan) is a dead letter here, not a crash of every training run.
+Every other
 decodable image (another size, or another format: ImageNet has PNGs named
 ``.JPEG``) is converted to RGB by :func:`contracts.images.to_rgb` (the
 conversion ``trainer.predict`` uses too), made ``S x S`` by
@@ -14,15 +18,24 @@ up in the dead-letter file: no input, however hostile, raises anything else.
 """
 
 import collections
+import functools
 import io
 
+import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
 from contracts import images as rgb_images
-from contracts import resize
+from contracts import resize, schema
 
 JPEG_SOI = b"\xff\xd8"
 JPEG_EOI = b"\xff\xd9"
+# Start of scan: a JPEG without one has no pixels (the decoder would fail; refused without it).
+JPEG_SOS = b"\xff\xda"
+# Kept JPEGs decoded per TensorFlow call (decode_failures): one call per file costs several times the
+# decode of a 64x64 image itself (docs/preprocessing.md, "Performance").
+DECODE_BATCH = 256
+UNDECODABLE = "truncated or corrupt JPEG: the trainer's decoder (contracts.schema.decode_jpeg) fails on it"
+NO_SCAN = "truncated or corrupt JPEG: no scan data (no start-of-scan marker)"
 # JPEG colour modes PIL reports that decode_jpeg(channels=3) converts to RGB.
 JPEG_MODES = frozenset({"RGB", "L", "CMYK"})
 REENCODE_QUALITY = 95
@@ -115,17 +128,76 @@ def _open(data):
         raise BadImageError(f"unreadable image header: {type(error).__name__}: {error}") from None
 
 
+@functools.cache
+def _batch_shapes():
+    """A TensorFlow function: JPEG bytes ``[N]`` -> their decoded shapes ``[N, 3]`` (traced once per process).
+
+    One call decodes the whole batch in graph (``map_fn``, files in parallel):
+    per file that costs a fraction of an eager ``decode_jpeg`` call, whose
+    overhead is several times the decode of a 64x64 image. Any file that does
+    not decode fails the whole call.
+    """
+
+    def shape(data):
+        return tf.shape(schema.decode_jpeg(data), out_type=tf.int32)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def shapes(data):
+        spec = tf.TensorSpec([3], tf.int32)
+        return tf.map_fn(shape, data, fn_output_signature=spec, parallel_iterations=16)
+
+    return shapes
+
+
+def _decoded_shape(data):
+    try:
+        return tuple(schema.decode_jpeg(data).shape)
+    except Exception:  # tf.errors.InvalidArgumentError, mostly: this file's fault
+        return None
+
+
+def decode_failures(kept):
+    """Decodes JPEGs that are kept as they are, in full, with the trainer's decoder.
+
+    :func:`contracts.schema.decode_jpeg` is what reads every record in
+    training, so "this decode succeeds" is exactly "no training run fails on
+    this record". A header and an end marker prove nothing about the scan data
+    between them. The batch is decoded in one call; when a file in it fails,
+    each file is decoded alone to find which (rare: a few bad files cost a
+    batch of single decodes each).
+
+    Args:
+        kept: :class:`ValidImage` s whose bytes are kept (``reencoded_from`` is ``None``); the
+            Beam job passes :data:`DECODE_BATCH` at a time.
+
+    Returns:
+        ``{position in kept: reason}`` of those that fail to decode, or decode to another shape
+        than their header announced.
+    """
+    shapes = None
+    if len(kept) > 1:
+        try:
+            shapes = [tuple(shape) for shape in _batch_shapes()(tf.constant([k.data for k in kept])).numpy()]
+        except Exception:  # One file or more does not decode: the loop below finds which.
+            shapes = None
+    if shapes is None:
+        shapes = [_decoded_shape(image.data) for image in kept]
+    failures = {}
+    for position, (shape, image) in enumerate(zip(shapes, kept, strict=True)):
+        if shape is None:
+            failures[position] = UNDECODABLE
+        elif shape != (image.height, image.width, 3):
+            failures[position] = (
+                f"JPEG decodes to another size than its header's {image.width}x{image.height}"
+            )
+    return failures
+
+
 def _check_jpeg(data, image):
     if image.mode not in JPEG_MODES:
         raise BadImageError(f"JPEG colour mode {image.mode} does not convert to 3 channels")
-    # Cheap path: a parsable header plus the end marker means a complete file.
-    # Without the marker the file may be truncated, or just carry trailing
-    # bytes: only a full decode tells.
-    if not _ends_with_eoi(data):
-        try:
-            image.load()
-        except Exception as error:  # any decoder failure is this file's fault
-            raise BadImageError(f"truncated or corrupt JPEG: {error}") from None
+    if JPEG_SOS not in data:
+        raise BadImageError(NO_SCAN)
     width, height = image.size
     return ValidImage(data, height, width, None, height, width)
 
@@ -150,19 +222,23 @@ def _reencode(image, size, policy):
     return ValidImage(buffer.getvalue(), height, width, original, source_height, source_width)
 
 
-def validate_image(data, size=None, policy=resize.DEFAULT_POLICY):
+def validate_image(data, size=None, policy=resize.DEFAULT_POLICY, decode=True):
     """Checks one encoded image and returns what to store, ``size x size`` when ``size`` is given.
 
     The size the header announces is checked before any pixel is decoded:
     more than :data:`MAX_PIXELS` pixels (a decompression bomb) is refused
-    unread. A complete JPEG that is already ``size x size`` is returned as it
-    is; any other image is decoded, resized by ``policy`` and re-encoded.
+    unread. A JPEG that is already ``size x size`` is returned as it is once it
+    decodes in full with the trainer's decoder (:func:`decode_failures`); any
+    other image is decoded, resized by ``policy`` and re-encoded.
 
     Args:
         data: The file's bytes.
         size: Side ``S`` of the square every stored image has, or ``None`` to keep each image's size.
         policy: How a non-square or other-sized image becomes ``S x S``
             (:data:`contracts.resize.POLICIES`).
+        decode: Whether to decode kept bytes here; ``False`` leaves it to the caller, which then
+            passes every kept :class:`ValidImage` to :func:`decode_failures` (the Beam job does, a
+            batch at a time).
 
     Returns:
         A :class:`ValidImage`.
@@ -172,6 +248,15 @@ def validate_image(data, size=None, policy=resize.DEFAULT_POLICY):
             announces too many pixels, is truncated, or cannot be converted
             to three channels. Nothing else.
     """
+    result = _validate(data, size, policy)
+    if decode and result.reencoded_from is None:
+        failures = decode_failures([result])
+        if failures:
+            raise BadImageError(failures[0])
+    return result
+
+
+def _validate(data, size, policy):
     if not data:
         raise BadImageError("empty file")
     if len(data) > MAX_FILE_BYTES:
@@ -182,7 +267,11 @@ def validate_image(data, size=None, policy=resize.DEFAULT_POLICY):
         _check_pixels(width, height)
         complete = height and width and components in JPEG_COMPONENTS and _ends_with_eoi(data)
         if complete and _fits(height, width, size):
-            # Fast path for the common case: a complete S x S JPEG with a usable frame header.
+            # Fast path for the common case: an S x S JPEG with a usable frame header, kept as it is
+            # (once decoded in full: decode_failures). A scan is needed for pixels at all: without one
+            # the file is refused here, without a decoder (which would print libjpeg's complaint).
+            if JPEG_SOS not in data:
+                raise BadImageError(NO_SCAN)
             return ValidImage(data, height, width, None, height, width)
     image = _open(data)
     try:

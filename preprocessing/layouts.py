@@ -20,7 +20,7 @@ import concurrent.futures
 import os
 
 from contracts import storage
-from preprocessing import fetch, manifest, sources
+from preprocessing import fetch, manifest, sources, textfiles
 
 TINY_IMAGENET, FOLDERS, MANIFEST = "tiny-imagenet", "folders", "manifest"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -52,7 +52,9 @@ Attributes:
     box: ``(xmin, ymin, xmax, ymax)`` in the source image, or ``None``.
 """
 
-Listing = collections.namedtuple("Listing", ["root", "entries", "rejected", "found", "missing", "skipped"])
+Listing = collections.namedtuple(
+    "Listing", ["root", "entries", "rejected", "found", "missing", "skipped", "rejected_labels"]
+)
 Listing.__doc__ = """What a folder tree or manifest holds.
 
 Attributes:
@@ -62,6 +64,10 @@ Attributes:
     found: Inputs: files listed (folders) or data rows (manifest); ``len(entries) + len(rejected)``.
     missing: How many of ``found`` are manifest rows without a file.
     skipped: Hidden and system files, not inputs.
+    rejected_labels: ``{path: (class name, split or None)}`` of the rejected images whose class is
+        known (an image file of a class folder, a manifest row whose file is missing or unreadable):
+        their class stays in the class table, so a class that lost every image to the dead letters
+        is counted with 0 images, not left out (:mod:`preprocessing.accounting`).
 """
 
 
@@ -171,6 +177,14 @@ def _place(name, splits):
     return parts[0], None if split in (None, "train") else split, word
 
 
+def _is_name(label):
+    try:
+        sources.check_class_name(label, "")
+    except sources.LayoutError:
+        return False
+    return True
+
+
 def list_folders(root, auto=False):
     """Lists a class-per-folder tree: every file below ``root`` is an entry, a dead letter or skipped.
 
@@ -188,15 +202,17 @@ def list_folders(root, auto=False):
     listed = fetch.list_image_folder(root, "", nested=True)
     visible = [entry for entry in listed if entry.name is None or not is_hidden(entry.name)]
     splits = _split_folders({e.name.split("/")[0] for e in visible if e.name and "/" in e.name}, root)
-    entries, rejected, checked = [], [], set()
+    entries, rejected, checked, labels = [], [], set(), {}
     for entry in visible:
         path = sources.printable(entry.name or ".")
         try:
+            label, split, word = _place(entry.name or ".", splits)
             if entry.problem is not None:
+                if _is_name(label):
+                    labels[path] = (label, split)  # An image of this class, unreadable: still its class.
                 raise ValueError(entry.problem)
-            label, split, word = _place(entry.name, splits)
         except ValueError as error:
-            rejected.append(sources.Rejected(path, str(error)))
+            rejected.append(sources.Rejected(path, entry.problem or str(error)))
             continue
         if label not in checked:
             folder = f"{word}/{label}" if word else label
@@ -206,7 +222,7 @@ def list_folders(root, auto=False):
     if not entries:
         message = NONE_OF_THEM if auto else "holds no image files in class folders (ROOT/<class>/*.jpg)"
         raise sources.LayoutError(f"{root} {message}")
-    return Listing(root, entries, rejected, len(visible), 0, len(listed) - len(visible))
+    return Listing(root, entries, rejected, len(visible), 0, len(listed) - len(visible), labels)
 
 
 def _split_path(path):
@@ -274,10 +290,10 @@ def list_manifest(path):
         LayoutError: When the manifest is unreadable (:mod:`preprocessing.manifest`) or has no usable row.
     """
     folder, where = _split_path(path)
-    parsed = manifest.parse(fetch.read_text(path), where)
+    parsed = manifest.parse(textfiles.read_text_input(path), where)
     rows, rejected = manifest.fold(parsed.rows, lambda row: _full_path(folder, row.path), where)
     problems = _file_problems([_full_path(folder, row.path) for row in rows])
-    entries, missing = [], 0
+    entries, missing, labels = [], 0, {}
     for row in rows:
         full = _full_path(folder, row.path)
         if full not in problems:
@@ -287,9 +303,11 @@ def list_manifest(path):
             rejected.append(sources.Rejected(row.path, f"{where} line {row.line}: {problems[full]}"))
         else:
             entries.append(Entry(row.path, row.label, row.split, row.word, row.box))
+            continue
+        labels[row.path] = (row.label, row.split)
     rejected = parsed.rejected + rejected
     if not entries:
         # No class to convert at all: one line now, not a job that fails on its reject budget.
         first = f"; line by line, e.g. {rejected[0].reason}" if rejected else ""
         raise sources.LayoutError(f"{path}: none of its {parsed.count} rows names a usable image{first}")
-    return Listing(folder, entries, rejected, parsed.count, missing, 0)
+    return Listing(folder, entries, rejected, parsed.count, missing, 0, labels)

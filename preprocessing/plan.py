@@ -12,7 +12,7 @@ import concurrent.futures
 import dataclasses
 import logging
 
-from preprocessing import fetch, layouts, sources, splits
+from preprocessing import fetch, layouts, sources, splits, textfiles
 from preprocessing.transforms import ShardTask
 
 LOGGER = logging.getLogger("preprocessing")
@@ -39,6 +39,9 @@ class Plan:
         layout: The layout's name (:mod:`preprocessing.layouts`).
         root: What item paths are relative to (the dataset root, or the manifest's folder).
         skipped: Hidden and system files of a folder tree, not inputs.
+        rejected_classes: ``{path: class index}`` of the inputs rejected while planning that would
+            have been train images of that class (their split is train or not decided yet), for
+            the per-class accounting (:mod:`preprocessing.accounting`).
     """
 
     classes: sources.ClassTable
@@ -50,6 +53,7 @@ class Plan:
     layout: str = layouts.TINY_IMAGENET
     root: str = ""
     skipped: int = 0
+    rejected_classes: dict = dataclasses.field(default_factory=dict)
 
     def describe_inputs(self):
         """What the found inputs are, in the layout's own terms (the job's accounting line)."""
@@ -64,7 +68,7 @@ def _required_text(root, relative):
     path = fetch.join(root, relative)
     if not fetch.exists(path):
         raise sources.LayoutError(f"{relative} is missing in {root}: not a complete tiny-imagenet-200 folder")
-    return fetch.read_text(path)
+    return textfiles.read_text_input(path)
 
 
 def _list(root, relative):
@@ -90,7 +94,7 @@ def _class_listing(root, folder, classes):
         rejected += [sources.Rejected(sources.printable(f"{relative}/{name}"), reason) for name in names]
         return folder, [], {}, rejected, found
     boxes_path = fetch.join(root, "train", folder, f"{folder}_boxes.txt")
-    boxes_text = fetch.read_text(boxes_path) if fetch.exists(boxes_path) else ""
+    boxes_text = textfiles.read_text_input(boxes_path) if fetch.exists(boxes_path) else ""
     boxes, conflicts = sources.parse_boxes(boxes_text, f"{folder}_boxes.txt")
     rejected += [sources.Rejected(f"{relative}/{n}", conflicts[n]) for n in names if n in conflicts]
     return folder, [n for n in names if n not in conflicts], boxes, rejected, found
@@ -104,7 +108,8 @@ def read_classes(root):
     """
     wnids = sources.parse_wnids(_required_text(root, "wnids.txt"))
     words_path = fetch.join(root, "words.txt")
-    words = sources.parse_words(fetch.read_text(words_path), wnids) if fetch.exists(words_path) else {}
+    words_text = textfiles.read_text_input(words_path) if fetch.exists(words_path) else ""
+    words = sources.parse_words(words_text, wnids)
     return sources.ClassTable(wnids, words)
 
 
@@ -144,12 +149,14 @@ def make_plan(root, *, seed, valid_fraction, num_shards):
         val = pool.submit(_val, root, classes, annotations)
         test = pool.submit(_list, root, "test/images")
     items = {split: [] for split in num_shards}
-    rejected = []
+    rejected, rejected_classes = [], {}
     found = 0
     for folder, names, boxes, folder_rejected, folder_found in listings:
         if folder in classes.index and not folder_found:
             raise sources.LayoutError(f"train/{folder}/images is missing or empty in {root}")
         rejected += folder_rejected
+        if folder in classes.index:  # Rejected before the train/valid split: counted as train's.
+            rejected_classes.update((r.path, classes.index[folder]) for r in folder_rejected)
         found += folder_found
         if names:
             for split, split_items in sources.train_items(
@@ -167,6 +174,7 @@ def make_plan(root, *, seed, valid_fraction, num_shards):
         found=found + val_found + len(test_listed),
         missing=missing,
         root=root,
+        rejected_classes=rejected_classes,
     )
 
 
@@ -245,7 +253,11 @@ def plan_source(source, *, layout, seed, valid_fraction, test_fraction, num_shar
         listing = layouts.list_manifest(root)
     else:
         listing = layouts.list_folders(root, auto=layout == "auto")
-    classes = sources.ClassTable(sorted({entry.label for entry in listing.entries}), {})
+    # A class whose every image was rejected while listing stays in the table, with no images: the
+    # per-class accounting names it (preprocessing.accounting) instead of letting it vanish.
+    labels = {entry.label for entry in listing.entries}
+    labels |= {label for label, _ in listing.rejected_labels.values()}
+    classes = sources.ClassTable(sorted(labels), {})
     dealt = _split_entries(
         listing, shown_as, seed=seed, valid_fraction=valid_fraction, test_fraction=test_fraction
     )
@@ -263,6 +275,11 @@ def plan_source(source, *, layout, seed, valid_fraction, test_fraction, num_shar
         layout=name,
         root=listing.root,
         skipped=listing.skipped,
+        rejected_classes={
+            path: classes.index[label]
+            for path, (label, split) in listing.rejected_labels.items()
+            if split in (None, "train")
+        },
     )
 
 

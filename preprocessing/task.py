@@ -33,7 +33,7 @@ if __name__ == "__main__":
     quiet.quiet_tensorflow()
 
 from contracts import schema, voice
-from preprocessing import fetch, flags, plan, publish, sources, summary, transforms
+from preprocessing import accounting, fetch, flags, plan, publish, sources, summary, transforms
 
 LOGGER = logging.getLogger("preprocessing")
 COUNTS_FILE = fetch.COUNTS_FILE
@@ -116,11 +116,13 @@ def write_metadata(config, job_plan):
     Raises:
         JobError: When written + rejected differs from the inputs the plan
             found (an internal error), or more than ``max_reject_fraction`` of
-            the inputs were rejected (both exit 1).
+            the inputs were rejected (both exit 1), or a class has fewer than
+            ``min_train_per_class`` train images (exit 2).
     """
     out = config.output_dir
     summaries = [json.loads(line) for line in _read_lines(fetch.join(out, COUNTS_FILE))]
-    rejected = len(_read_lines(fetch.join(out, schema.REJECTED_FILE)))
+    dead_letters = [json.loads(line) for line in _read_lines(fetch.join(out, schema.REJECTED_FILE))]
+    rejected = len(dead_letters)
     splits = {}
     for split, count in config.num_shards:
         shards = sorted((s for s in summaries if s["split"] == split), key=lambda s: s["index"])
@@ -163,6 +165,10 @@ def write_metadata(config, job_plan):
             f"{config.max_reject_fraction:.2%}); see {fetch.join(out, schema.REJECTED_FILE)}",
             exit_code=1,
         )
+    train_counts = splits.get("train", {}).get("class_counts", [])
+    short = accounting.short_classes(job_plan, train_counts, dead_letters, config.min_train_per_class)
+    if short:
+        raise JobError(f"{short}; see {fetch.join(out, schema.REJECTED_FILE)}")
     metadata = {
         "schema_version": schema.SCHEMA_VERSION,
         "source": config.raw_dir,

@@ -3,7 +3,8 @@
 One element is one output shard (:class:`ShardTask`): the DoFn reads the
 shard's manifest (the list of its images, written by the planner), reads,
 validates, resizes (:mod:`preprocessing.images`: every record is ``S x S``;
-each box moves with its image) and encodes those images and writes the shard
+each box moves with its image), decodes every kept JPEG in full with the
+trainer's decoder (a batch at a time) and encodes those images, writes the shard
 file itself, then reports the shard's counts (:class:`ShardSummary`: records
 per class, boxes, source sizes) for ``metadata.json``. Working on
 whole shards keeps per-element overhead off 100k tiny files and needs no
@@ -104,7 +105,8 @@ def _read_local(path, limit=images.MAX_FILE_BYTES):
     (the fast path of 100k small files), with the cap checked as chunks arrive:
     no extra system call per file, and a 10 GB file never reaches memory.
     """
-    fd = os.open(path, os.O_RDONLY)
+    # Non-blocking: listing saw a regular file, but should a FIFO take its place, this returns at once.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
         chunks, size = [], 0
         while chunk := os.read(fd, fetch.READ_CHUNK):
@@ -201,7 +203,8 @@ class ConvertShardFn(beam.DoFn):
             raise
         except Exception as error:  # OSError, or a storage client's own errors: this file only.
             raise images.BadImageError(f"unreadable file: {error}") from None
-        return images.validate_image(data, self._image_size, self._policy)
+        # Kept bytes are decoded in full a batch at a time (_decoded), not here one by one.
+        return images.validate_image(data, self._image_size, self._policy, False)
 
     def _record(self, item):
         """Returns ``(serialized Example, image, box)``; any failure of this one file is a BadImageError."""
@@ -216,23 +219,53 @@ class ConvertShardFn(beam.DoFn):
             # encoder still fail on one hostile file, the job rejects that file and goes on.
             raise images.BadImageError(f"unexpected error: {type(error).__name__}: {error}") from None
 
+    @staticmethod
+    def _decoded(converted, rejected):
+        """Yields the converted files whose kept bytes the trainer's decoder reads; rejects the others.
+
+        One :func:`preprocessing.images.decode_failures` call for the batch;
+        should that call itself fail, each file is decoded alone, so the
+        failure stays with the file that caused it.
+        """
+        kept = [i for i, (_, _, image, _) in enumerate(converted) if image.reencoded_from is None]
+        try:
+            failures = images.decode_failures([converted[i][2] for i in kept])
+            bad = {kept[position]: reason for position, reason in failures.items()}
+        except Exception:
+            bad = {}
+            for i in kept:
+                try:
+                    reason = images.decode_failures([converted[i][2]]).get(0)
+                except Exception as error:
+                    reason = f"unexpected error: {type(error).__name__}: {error}"
+                if reason:
+                    bad[i] = reason
+        for i, converted_file in enumerate(converted):
+            if i in bad:
+                rejected.append(rejected_line(converted_file[0].path, bad[i]))
+            else:
+                yield converted_file
+
     def process(self, task):
         shard = schema.shard_name(task.split, task.index, task.num_shards)
         writer = _ShardWriter(fetch.join(self._output_dir, shard))
         tally = _Tally(len(self._classes))
         rejected = []
         try:
-            for item in sources.items_from_text(fetch.read_text(task.manifest)):
-                try:
-                    record, image, box = self._record(item)
-                except images.BadImageError as error:
-                    rejected.append(rejected_line(item.path, str(error)))
-                    continue
-                if image.reencoded_from:
-                    self._reencoded.inc()
-                # Outside the per-file guard: a failing write is the job's failure, not the file's.
-                writer.write(record)
-                tally.add(item, image, box)
+            items = sources.items_from_text(fetch.read_text(task.manifest))
+            for start in range(0, len(items), images.DECODE_BATCH):
+                converted = []
+                for item in items[start : start + images.DECODE_BATCH]:
+                    try:
+                        converted.append((item, *self._record(item)))
+                    except images.BadImageError as error:
+                        rejected.append(rejected_line(item.path, str(error)))
+                for item, record, image, box in self._decoded(converted, rejected):
+                    if image.reencoded_from:
+                        self._reencoded.inc()
+                    # Outside the per-file guard: a failing write is the job's failure, not the file's.
+                    writer.write(record)
+                    tally.add(item, image, box)
             writer.close()
         except BaseException:
             writer.abort()

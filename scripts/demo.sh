@@ -47,10 +47,13 @@ fi
 # As Inception v1, plus: its 54M float32 weights make a 210 MB model.keras, so plain SGD
 # keeps optimizer slots out of that file (Adam's two would triple it), and the demo skips
 # its SavedModel export (another 214 MB and a rebuild; the two smaller models show the export).
-step "5/6 training Inception-ResNet-v2 (weights: $IRV2_WEIGHTS) for a few steps at 224x224, without export"
+# The backbone sees the 64-px images upsized to 96 rather than the book's 224: about a fifth of
+# the compute, for a few steps that teach it nothing either way (--backbone-size, docs/models.md).
+step "5/6 training Inception-ResNet-v2 (weights: $IRV2_WEIGHTS) for a few steps at 96x96, without export"
 python -m trainer.task --data-dir "$OUT/data" --job-dir "$OUT/jobs/inception_resnet_v2" \
     --arch inception_resnet_v2 --weights "$IRV2_WEIGHTS" --epochs 1 --steps-per-epoch 2 \
-    --batch-size 4 --validation-steps 1 --precise-bn 0 --optimizer sgd --explain false --export false
+    --batch-size 4 --validation-steps 1 --precise-bn 0 --optimizer sgd --explain false --export false \
+    --backbone-size 96
 
 step "6/6 explaining each model with Grad-CAM (pointing game against the object boxes; faithfulness for Minception)"
 for arch in minception inception_v1 inception_resnet_v2; do
@@ -58,7 +61,7 @@ for arch in minception inception_v1 inception_resnet_v2; do
     scores=--faithfulness
     if [ "$arch" != minception ]; then
         # A few training steps teach these two nothing to be faithful to, and
-        # their faithfulness curves cost minutes at 224 px on a CPU.
+        # their faithfulness curves cost minutes on a CPU.
         images=$(( (EXPLAIN_IMAGES + 1) / 2 ))
         scores=--no-faithfulness
     fi

@@ -97,10 +97,10 @@ def test_the_manifest_splits_are_kept_exactly(trained):
 def test_the_export_and_model_keras_agree_on_raw_non_square_files(trained, photos, capsys):
     _, _, job_dir, metadata, written, _ = trained
     out, _, _ = photos
-    # Alpha is composited on white by predict but dropped by the export's decoder: a known gap
-    # of its own, outside the resize policy this test is about.
-    chosen = [p for p in written if p.size[0] != p.size[1] and p.mode != "RGBA"][:6]
-    assert {p.mode for p in chosen} == {"RGB", "L"} and len({p.size for p in chosen}) > 1
+    # RGBA PNGs too: predict and the export composite alpha on white alike (contracts.decode).
+    non_square = [p for p in written if p.size[0] != p.size[1]]
+    chosen = [p for p in non_square if p.mode != "RGBA"][:6] + [p for p in non_square if p.mode == "RGBA"][:2]
+    assert {p.mode for p in chosen} == {"RGB", "L", "RGBA"} and len({p.size for p in chosen}) > 1
     files = [str(out / sample_photos.TREE / p.path) for p in chosen]
     num_classes = len(metadata["classes"])
     assert predict.main(["--model", job_dir, "--json", "--top-k", str(num_classes), *files]) == 0
@@ -114,7 +114,7 @@ def test_the_export_and_model_keras_agree_on_raw_non_square_files(trained, photo
     from_export = np.zeros_like(from_keras)
     for row, indices in enumerate(served["classes"]):
         from_export[row, np.asarray(indices)] = served["probabilities"][row]
-    # JPEG photos decode through PIL in predict and through TensorFlow in the export (libjpeg
-    # in both; RGBA PNGs are not among the files: alpha is composited only in predict).
+    # Photos decode through PIL in predict and through TensorFlow in the export (libjpeg's
+    # accurate DCT in both, alpha composited on white by one formula: the same pixels).
     np.testing.assert_allclose(from_export, from_keras, atol=1e-3)
     assert from_keras.sum(axis=1) == pytest.approx(np.ones(len(files)), abs=1e-4)

@@ -6,13 +6,14 @@ Stateful callbacks follow the protocol of :mod:`trainer.state`
 """
 
 import csv
+import io
 import os
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from contracts import jobdir
+from contracts import jobdir, storage
 from explain import callback as explain_callback
 from trainer import augment, augment_summary, report, state
 
@@ -62,6 +63,19 @@ class EarlyStopping(state.Resumable, keras.callbacks.EarlyStopping):
             self.best_weights = list(arrays)
 
 
+def save_model(model, path):
+    """Saves ``model`` to the local ``.keras`` file ``path`` whole or not at all.
+
+    Keras writes the archive in place: a full disk or a kill mid-save would leave a truncated
+    ``model.keras`` in the place of the last good one. Written aside and renamed
+    (:func:`contracts.storage.write_atomically`), the last good file stays.
+
+    Raises:
+        contracts.storage.WriteError: The file could not be written (one line naming it).
+    """
+    storage.write_atomically(path, model.save)
+
+
 class BestModelCheckpoint(state.Resumable, keras.callbacks.Callback):
     """Saves the single-output main model to ``path`` when ``val_loss`` improves.
 
@@ -92,8 +106,7 @@ class BestModelCheckpoint(state.Resumable, keras.callbacks.Callback):
             return
         self.best, self.best_epoch = float(current), epoch
         if self.enabled:
-            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-            self.main_model.save(self.path)
+            save_model(self.main_model, self.path)
 
     def get_state(self):
         return {"best": self.best, "best_epoch": self.best_epoch}
@@ -129,12 +142,11 @@ class HistoryCSV(keras.callbacks.Callback):
         row = {"epoch": epoch, **{k: f"{v:.6g}" for k, v in sorted((logs or {}).items())}}
         self.rows.append(row)
         fields = list(dict.fromkeys(k for r in self.rows for k in r))
-        temporary = self.path + ".tmp"
-        with open(temporary, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(temporary, self.path)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        storage.write_bytes(self.path, text.getvalue().encode("utf-8"))  # Whole, or the last one stays.
 
 
 class TensorBoardScalars(keras.callbacks.Callback):

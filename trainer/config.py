@@ -73,6 +73,8 @@ class TrainConfig:
         lr_plateau_patience: Epochs without improvement before the learning rate is reduced.
         lr_plateau_factor: Factor applied to the learning rate on a plateau.
         frozen_epochs: Epochs with a frozen backbone (two-phase fine-tuning); 0: none.
+        backbone_size: Side the input is resized to before a pretrained backbone
+            (inception_resnet_v2: 224 by default; ``None`` for families without one).
         log_dir: TensorBoard folder (``AIP_TENSORBOARD_LOG_DIR`` or ``job_dir/logs``).
         checkpoint_dir: Plateau checkpoints (``AIP_CHECKPOINT_DIR`` or ``job_dir/checkpoints``).
         backup_dir: Preemption backup (``checkpoint_dir``'s sibling ``backup``).
@@ -156,6 +158,7 @@ class TrainConfig:
     lr_plateau_patience: int = 5
     lr_plateau_factor: float = 0.1
     frozen_epochs: int = 0
+    backbone_size: int | None = None
     log_dir: str = ""
     checkpoint_dir: str = ""
     backup_dir: str = ""

@@ -4,6 +4,7 @@ Call :func:`configure_devices` before anything initializes TensorFlow's
 runtime (creating a tensor does), then :func:`make_strategy`.
 """
 
+import functools
 import json
 import os
 import shutil
@@ -11,6 +12,8 @@ import signal
 import tempfile
 
 import tensorflow as tf
+
+from contracts import lease
 
 
 def configure_devices(num_cpu_devices):
@@ -37,14 +40,80 @@ def configure_devices(num_cpu_devices):
 
 
 def tf_config():
-    """Returns the parsed ``TF_CONFIG`` environment variable (``{}`` when unset)."""
+    """Returns the parsed ``TF_CONFIG`` environment variable (``{}`` when unset).
+
+    Raises:
+        ValueError: Not JSON, or not the shape :func:`check_tf_config` describes.
+    """
     text = os.environ.get("TF_CONFIG", "")
     if not text.strip():
         return {}
     try:
-        return json.loads(text)
+        config = json.loads(text)
     except json.JSONDecodeError as error:
         raise ValueError(f"TF_CONFIG is not valid JSON: {error}") from error
+    return check_tf_config(config)
+
+
+# What a TF_CONFIG looks like, for every message about one that does not.
+TF_CONFIG_SHAPE = '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}'
+# A task type TensorFlow runs outside the cluster's list (a side-car evaluator).
+_OUTSIDE_CLUSTER = ("evaluator",)
+
+
+def check_tf_config(config):
+    """Checks the shape of a parsed ``TF_CONFIG``; returns it with the task index as an ``int``.
+
+    The cluster maps task types to lists of ``host:port`` addresses; the task,
+    required when the cluster names any, is a type of the cluster and an index
+    into its list. Keys the trainer does not use (``environment``, Vertex AI's
+    ``job``) pass. A wrong shape would otherwise be an ``AttributeError`` deep in
+    the run, or, for an index ``"0"`` that TensorFlow reads as 0, a cluster
+    whose worker 0 does not know it is the chief and nobody writes the outputs.
+
+    Raises:
+        ValueError: Naming what is wrong, with the expected shape.
+    """
+    if not isinstance(config, dict):
+        raise ValueError(f"TF_CONFIG must be a JSON object like {TF_CONFIG_SHAPE}, got {_brief(config)}")
+    # null is absent, as an empty object is; an empty list is a wrong shape.
+    cluster = {} if config.get("cluster") is None else config["cluster"]
+    if not isinstance(cluster, dict):
+        raise ValueError(f"TF_CONFIG cluster must map task types to address lists, got {_brief(cluster)}")
+    for kind, addresses in cluster.items():
+        if not isinstance(addresses, list) or not all(isinstance(a, str) and a for a in addresses):
+            raise ValueError(
+                f"TF_CONFIG cluster {kind!r} must be a list of host:port, got {_brief(addresses)}"
+            )
+    task = {} if config.get("task") is None else config["task"]
+    if not isinstance(task, dict):
+        raise ValueError(f"TF_CONFIG task must be an object with a type and an index, got {_brief(task)}")
+    if not task:
+        if any(cluster.values()):
+            raise ValueError("TF_CONFIG names a cluster but no task (this process's type and index)")
+        return {**config, "cluster": cluster, "task": task}
+    kind, index = task.get("type"), task.get("index")
+    if not isinstance(kind, str) or not kind:
+        raise ValueError(f"TF_CONFIG task type must be a task type such as 'worker', got {_brief(kind)}")
+    if isinstance(index, str) and index.strip().isdigit():
+        index = int(index)  # TensorFlow reads it with int(); so must is_chief.
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise ValueError(f"TF_CONFIG task index must be an integer, got {_brief(index)}")
+    if kind in cluster:
+        if not 0 <= index < len(cluster[kind]):
+            raise ValueError(
+                f"TF_CONFIG task index {index} is out of range: the cluster has {len(cluster[kind])} "
+                f"{kind!r} task(s)"
+            )
+    elif cluster and kind not in _OUTSIDE_CLUSTER:
+        raise ValueError(f"TF_CONFIG task type {kind!r} is not in the cluster ({', '.join(cluster)})")
+    return {**config, "cluster": cluster, "task": {**task, "index": index}}
+
+
+def _brief(value):
+    """A value for a message, cut to a line."""
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def cluster_size(config=None):
@@ -75,6 +144,27 @@ def is_chief(config=None):
         return True
     has_chief = bool(config.get("cluster", {}).get("chief"))
     return task_type == "worker" and task_index == 0 and not has_chief
+
+
+def holding_job_dir_lease(warn):
+    """Decorates ``run(config, ...)``: the chief holds the lease of ``config.job_dir`` while it runs.
+
+    Two runs on one job dir would interleave their backups; the second is refused
+    (:class:`contracts.lease.LeaseHeldError`, a ``ValueError``), a dead holder's lease is
+    taken over with one ``warn`` line, and the lease is given back however the run
+    ends (a SIGTERM becomes the trainer's ``Preempted``). The workers of a cluster
+    share the chief's job dir and take none.
+    """
+
+    def decorate(run):
+        @functools.wraps(run)
+        def holding(config, *args, **kwargs):
+            with lease.held(config.job_dir, chief=is_chief(), warn=warn):
+                return run(config, *args, **kwargs)
+
+        return holding
+
+    return decorate
 
 
 def choose(name, *, num_gpus, num_cpu_devices, num_tasks):

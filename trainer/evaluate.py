@@ -129,7 +129,7 @@ def run(config, out=None):
             ``contracts.jobdir.JobDirError``, a model that does not fit the dataset).
     """
     out = out or sys.stdout
-    from contracts import dataset
+    from contracts import dataset, record_check
     from trainer import evaluation
 
     model_path = str(config.model).rstrip("/")
@@ -141,6 +141,7 @@ def run(config, out=None):
     if info.split_counts.get(config.split, 0) < 1:
         other = next(split for split in SPLITS if split != config.split)
         raise ValueError(f"{config.data_dir}: split {config.split!r} has no images; try --split {other}")
+    record_check.check_records(info, splits=(config.split,))  # One error naming a bad record's shard.
     predictor = jobdir.load(model_path, data_dir=config.data_dir)
     _check_fits(model_path, job_dir, predictor, info)
     batch_size = config.batch_size

@@ -1,10 +1,12 @@
 """SavedModel export with signatures that take encoded image bytes, and its reader.
 
 Every signature takes ``images``: a ``tf.string [None]`` batch of encoded
-JPEG or PNG files (``tf.io.decode_image``: BMP and the first frame of a GIF
-too). Each image is decoded to 3 channels, made the dataset's square size by
-the dataset's resize policy (:func:`contracts.resize.resize`, the function the
-preprocessing job resized its records with) and given the augmentation
+JPEG, PNG, GIF (its first frame), BMP or WebP files. Each image is decoded by
+:func:`contracts.decode.decode_image` (the pixels PIL gives the preprocessing
+job and ``trainer.predict``: alpha composited on white, 16-bit samples cut to
+8, the pixel cap checked from the header before decoding), made the dataset's
+square size by the dataset's resize policy (:func:`contracts.resize.resize`,
+the function the preprocessing job resized its records with) and given the augmentation
 policy's evaluation transform, exactly as in evaluation. Both policies and the
 sizes are baked into the graph and written beside it in
 ``assets.extra/preprocessing.json`` (:data:`SETTINGS_FILE`).
@@ -20,6 +22,11 @@ sizes are baked into the graph and written beside it in
   reproduces tf-keras-vis' Grad-CAM in graph ops.
 * ``preprocess``: ``pixels`` float32 ``[B, S, S, 3]``, the model's input (what
   the heatmap covers; ``trainer.predict`` draws its panels on it).
+
+An empty batch gets empty outputs of these shapes. An image that cannot be
+decoded fails its batch with ``InvalidArgumentError``; :class:`LoadedExport`
+turns it into one line (:func:`contracts.decode.error_message`). The folder is
+written whole or not at all (:func:`trainer.export_io.publish`).
 """
 
 import json
@@ -36,10 +43,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from contracts import decode, resize, storage
 from contracts import policy as policy_lib
-from contracts import resize, schema, storage
 from explain import tfcam
-from trainer import calibration, models
+from trainer import calibration, export_io, models
 
 SIGNATURE = "serving_default"
 EXPLAIN_SIGNATURE = "explain"
@@ -62,22 +69,28 @@ def preprocess_function(*, image_size, policy, crop_size, resize_policy=resize.D
     """
     resize.check_policy(resize_policy)
 
-    def decode(data):
-        # decode_image reads PNG, BMP and GIF (without expand_animations a GIF would come
-        # back 4-D and every image would need a rank check); JPEG takes the project's one
-        # JPEG decoder, whose pixels are PIL's (trainer.predict, the Beam job).
-        image = tf.cond(
-            tf.io.is_jpeg(data),
-            lambda: schema.decode_jpeg(data),
-            lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
-        )
+    def prepare(data):
+        # The one decode of every path: the pixels PIL gives the Beam job and trainer.predict.
+        image = decode.decode_image(data)
         return tf.cast(resize.resize(image, image_size, resize_policy), tf.float32)
 
     def preprocess(images):
-        pixels = tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec([image_size, image_size, 3]))
+        pixels = tf.map_fn(prepare, images, fn_output_signature=tf.TensorSpec([image_size, image_size, 3]))
         return policy_lib.eval_transform(policy, pixels, image_size, crop_size)
 
     return preprocess
+
+
+def _never_empty(pixels):
+    """``pixels``, or one black image for an empty batch (its rows are dropped again by :func:`_rows`):
+    the model never sees a batch of none, which has failed inside batch normalisation."""
+    one = tf.zeros(tf.concat([[1], tf.shape(pixels)[1:]], axis=0), pixels.dtype)
+    return tf.cond(tf.shape(pixels)[0] > 0, lambda: pixels, lambda: one)
+
+
+def _rows(outputs, count):
+    """The first ``count`` rows of every output (all of them, or none for an empty batch)."""
+    return {key: value[:count] for key, value in outputs.items()}
 
 
 def _top_k_outputs(probabilities, wnids, class_names, top_k, temperature=None):
@@ -125,8 +138,9 @@ def serving_function(
 
     @tf.function(input_signature=_INPUT)
     def serve(images):
-        probabilities = tf.cast(model(preprocess(images), training=False), tf.float32)
-        return _top_k_outputs(probabilities, wnids, class_names, top_k, temperature)
+        probabilities = tf.cast(model(_never_empty(preprocess(images)), training=False), tf.float32)
+        outputs = _top_k_outputs(probabilities, wnids, class_names, top_k, temperature)
+        return _rows(outputs, tf.shape(images)[0])
 
     return serve
 
@@ -161,15 +175,15 @@ def explain_function(
     def explain(images):
         # One forward pass gives both: top_k and GradCam break ties alike, so
         # the heatmap is always that of classes[:, 0].
-        cam = gradcam(preprocess(images))
+        cam = gradcam(_never_empty(preprocess(images)))
         outputs = _top_k_outputs(cam["probabilities"], wnids, class_names, top_k, temperature)
-        return {**outputs, "heatmap": cam["heatmap"], "peak": cam["peak"]}
+        return _rows({**outputs, "heatmap": cam["heatmap"], "peak": cam["peak"]}, tf.shape(images)[0])
 
     return explain
 
 
 def export_saved_model(model, directory, *, layer=None, **kwargs):
-    """Writes ``model`` as a SavedModel with the three image-bytes signatures.
+    """Writes ``model`` as a SavedModel with the three image-bytes signatures, whole or not at all.
 
     Args:
         model: A single-output float32 model built outside any distribution strategy.
@@ -178,6 +192,10 @@ def export_saved_model(model, directory, *, layer=None, **kwargs):
         **kwargs: ``wnids``, ``class_names``, ``image_size``, ``policy``,
             ``crop_size`` (and ``resize_policy``, ``top_k``, ``temperature``), as :func:`serving_function`
             takes them.
+
+    Raises:
+        trainer.export_io.ExportError: When the folder cannot be written (a full disk included);
+            nothing is left behind and a previous export there is kept.
     """
     settings = {
         "image_size": kwargs["image_size"],
@@ -201,8 +219,9 @@ def export_saved_model(model, directory, *, layer=None, **kwargs):
     root.non_trainable_variables = list(model.non_trainable_variables)
     for name, function in signatures.items():
         setattr(root, name, function)
-    tf.saved_model.save(root, directory, signatures=signatures)
-    _write_settings(directory, settings)
+    with export_io.publish(directory) as partial:
+        tf.saved_model.save(root, partial, signatures=signatures)
+        _write_settings(partial, settings)
     return directory
 
 
@@ -300,8 +319,8 @@ class LoadedExport:
         try:
             outputs = self._loaded.signatures[name](images=tf.constant(list(images), dtype=tf.string))
         except tf.errors.InvalidArgumentError as error:
-            # TensorFlow's message ends in a multi-line graph trace; its first line says what failed.
-            raise ImageDecodeError(str(error.message).strip().splitlines()[0]) from None
+            # TensorFlow wraps the op's own words in a graph-execution preamble and node names.
+            raise ImageDecodeError(decode.error_message(error)) from None
         return {key: value.numpy() for key, value in outputs.items()}
 
 

@@ -1,10 +1,12 @@
 """Top-5 predictions for images and folders: ``python -m trainer.predict --model J img.jpg photos/ gs://b/x/``.
 
 Inputs are image files (local or ``gs://``), folders and ``gs://`` prefixes
-(:func:`list_images`: every file below them, at any depth, whose name ends
+(:func:`trainer.predict_inputs.list_images`: every file below them, at any depth, whose name ends
 with an image extension of :data:`preprocessing.layouts.IMAGE_EXTENSIONS` in
 any letter case; hidden and system files left out, as the preprocessing job
-lists a class-per-folder tree), in the order given, each folder sorted.
+lists a class-per-folder tree), in the order given, each folder sorted. Each
+file is read with the preprocessing job's limits (:mod:`trainer.predict_inputs`:
+regular files only, a FIFO or device refused unread; a size cap; a pixel cap).
 
 ``--model`` takes a job dir ``J`` (its ``model.keras`` and ``config.json``
 give the model and its evaluation transform), a ``.keras`` file (the
@@ -17,7 +19,8 @@ grayscale, ...), made the dataset's square size by the dataset's resize policy
 so the model sees what it saw in evaluation.
 Class names come from ``--classes``, ``--data-dir``'s metadata.json,
 ``J/classes.json`` or the metadata.json of the data dir named in
-``J/config.json``, in that order. An export does all of that itself: the bytes
+``J/config.json``, in that order; a list of another length than the model's
+classes is refused (exit code 2). An export does all of that itself: the bytes
 go through its signatures (``serving_default``; ``explain`` for ``--gradcam``,
 Grad-CAM only), which name the classes and return at most 5 of them.
 
@@ -32,11 +35,9 @@ end with one line on stderr and exit code 2.
 """
 
 import dataclasses
-import os
 import sys
 
 import numpy as np
-from PIL import Image
 
 # First, before anything imports TensorFlow: it reads its log settings once, when it loads.
 from contracts import quiet
@@ -46,7 +47,7 @@ if __name__ == "__main__":
 
 from contracts import cli, jobdir, storage, voice
 from contracts import images as rgb_images
-from trainer import calibration, predict_output
+from trainer import calibration, predict_inputs, predict_output
 
 TOP_K = 5
 # Images read and predicted together: bounds the memory of a call over many files.
@@ -139,17 +140,6 @@ class PredictConfig:
                 raise ValueError("--json prints to stdout, --output writes a file: give one of them")
 
 
-def _read_files(paths, convert):
-    """Reads every file through ``convert``; returns ``({path: value}, {path: message})``."""
-    values, failures = {}, {}
-    for path in paths:
-        try:
-            values[path] = convert(storage.read_bytes(path))
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
-            failures[path] = f"cannot read image ({error})"
-    return values, failures
-
-
 def _checked_bytes(content):
     """Returns ``content`` after refusing a header that announces too many pixels."""
     with rgb_images.open_image(content):
@@ -164,64 +154,6 @@ def _top_entries(indices, names, probabilities, k):
         {"rank": rank, "index": int(index), "class": name, "probability": float(probability)}
         for rank, (index, name, probability) in enumerate(rows, start=1)
     ][:k]
-
-
-def list_images(inputs, speaker):
-    """Returns the image paths of ``inputs``: a file as given, a folder's images in sorted order.
-
-    A local folder, or a ``gs://`` URI that names no object but prefixes some
-    (listed through :func:`contracts.storage.list_files`), stands for every file
-    below it whose name ends with an image extension, hidden and system files
-    left out: the rules by which the preprocessing job lists a class-per-folder
-    tree (:mod:`preprocessing.layouts`). Each folder gets one line on
-    ``speaker`` saying what it held. Anything else is a file: one that cannot
-    be read becomes an error row. Only path strings are held.
-
-    Raises:
-        ValueError: When no input is a file and the folders hold no image.
-    """
-    # Imported here: the module loads TensorFlow (through the record schema), which --help does without.
-    from preprocessing import layouts
-
-    paths, empty = [], []
-    for item in inputs:
-        files = _folder_files(item)
-        if files is None:
-            paths.append(item)
-            continue
-        root = item.rstrip("/")
-        images, other, hidden = [], 0, 0
-        for path in files:
-            relative = path[len(root) + 1 :].replace(os.sep, "/")
-            if layouts.is_hidden(relative):
-                hidden += 1
-            elif relative.lower().endswith(layouts.IMAGE_EXTENSIONS):
-                images.append(path)
-            else:
-                other += 1
-        left_out = [f"{other} other files (not an image extension)"] if other else []
-        left_out += [f"{hidden} hidden or system files"] if hidden else []
-        speaker.say(
-            f"{item}: {len(images)} images" + (f"; left out {', '.join(left_out)}" if left_out else "")
-        )
-        empty += [] if images else [item]
-        paths += images
-    if not paths:
-        extensions = ", ".join(layouts.IMAGE_EXTENSIONS)
-        raise ValueError(f"no image files ({extensions}, any letter case) in {', '.join(empty)}")
-    return paths
-
-
-def _folder_files(item):
-    """Every file below ``item`` when it is a folder or a ``gs://`` prefix; ``None`` for a file."""
-    if not storage.is_gcs(item):
-        return storage.list_files(item, recursive=True) if os.path.isdir(item) else None
-    try:
-        if not item.endswith("/") and storage.exists(item):
-            return None
-        return storage.list_files(item, recursive=True) or None
-    except OSError:  # No access, no such bucket: reading it as a file gives its error row.
-        return None
 
 
 def _batches(paths, speaker):
@@ -258,7 +190,7 @@ def _keras_predictor(config, names, err):
         explainer = gradcam.Explainer(predictor.model, method=config.method)
 
     def predict_chunk(chunk):
-        images, failures = _read_files(chunk, decode_image)
+        images, failures = predict_inputs.read_files(chunk, decode_image)
         _report(failures, err)
         paths = [p for p in chunk if p in images]
         rows = {}
@@ -312,7 +244,7 @@ def _readable_by_export(model, paths, err):
     """
     from trainer import export
 
-    data, failures = _read_files(paths, _checked_bytes)
+    data, failures = predict_inputs.read_files(paths, _checked_bytes)
     check = export.PREPROCESS_SIGNATURE if model.has(export.PREPROCESS_SIGNATURE) else export.SIGNATURE
     pixels = {}
     for path in list(data):
@@ -374,7 +306,7 @@ def run(config, out=None, err=None):
     from trainer import export
 
     speaker = voice.Voice("predict", err)
-    paths = list_images(config.images, speaker)
+    paths = predict_inputs.list_images(config.images, speaker)
     names = predict_output.panel_names(paths) if config.gradcam else {}
     loader = _export_predictor if export.is_export(config.model) else _keras_predictor
     predict_chunk = loader(config, names, err)

@@ -13,7 +13,8 @@ CSV columns (:func:`csv_header`), one row per image in input order:
 ``image``, then ``class_R``, ``index_R``, ``probability_R`` for each rank
 ``R`` from 1 to ``--top-k`` (empty beyond the number of classes, and on an
 error row), ``gradcam`` (the panel's path, only with ``--gradcam``), and
-``error`` (empty unless the image could not be read). JSON lines: one row
+``error`` (empty unless the image could not be read); a text cell a spreadsheet
+would run as a formula starts with ``'`` (:func:`contracts.csv_cells.row`). JSON lines: one row
 object per line, exactly the entries of ``--json``'s ``predictions`` and
 ``errors``.
 """
@@ -23,7 +24,7 @@ import csv
 import os
 import tempfile
 
-from contracts import cli, jobdir, storage
+from contracts import cli, csv_cells, jobdir, storage
 
 # The file formats of --output, by the file's extension (any letter case).
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
@@ -50,7 +51,11 @@ def csv_header(top_k, gradcam=False):
 
 
 def csv_row(row, top_k, gradcam=False):
-    """One row as the values of :func:`csv_header`'s columns (``""`` where it has none)."""
+    """One row as the values of :func:`csv_header`'s columns (``""`` where it has none).
+
+    Text a spreadsheet would run as a formula (a class or file name starting with ``=``,
+    ``+``, ``-``, ``@``, tab or carriage return) gets a leading ``'`` (:func:`contracts.csv_cells.row`).
+    """
     top = row.get("top", [])
     ranked = []
     for rank in range(top_k):
@@ -60,7 +65,7 @@ def csv_row(row, top_k, gradcam=False):
         else:
             ranked += ["", "", ""]
     extra = [row.get("gradcam", "")] if gradcam else []
-    return [row["image"], *ranked, *extra, row.get("error", "")]
+    return csv_cells.row([row["image"], *ranked, *extra, row.get("error", "")])
 
 
 class RowWriter:
@@ -125,7 +130,9 @@ def open_rows(path, top_k, gradcam=False):
 
 
 def check_output_file(path):
-    """Refuses an ``--output`` that is a folder or whose folder cannot be written (before any work).
+    """Refuses an ``--output`` that is a folder, a FIFO or device, or whose folder cannot be written.
+
+    Checked before any work; a FIFO would block the run at the first row.
 
     Raises:
         contracts.cli.OutputPathError: When the file cannot be written there.
@@ -134,6 +141,8 @@ def check_output_file(path):
         return
     if os.path.isdir(path):
         raise cli.OutputPathError(f"--output {path}: is a folder, not a file")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise cli.OutputPathError(f"--output {path}: {storage.NOT_A_REGULAR_FILE}")
     cli.check_writable_dir(os.path.dirname(os.path.abspath(path)), f"--output {path}: its folder")
 
 

@@ -2,13 +2,14 @@
 diagram, tuning metric."""
 
 import csv
+import io
 import math
 import os
 
 import numpy as np
 import tensorflow as tf
 
-from contracts import jobdir
+from contracts import csv_cells, jobdir, storage
 from trainer import calibration, class_metrics, distribute
 
 # The per-class CSV's columns: the first six are the older file's, so its readers keep working.
@@ -17,9 +18,11 @@ PER_CLASS_COLUMNS += ("precision", "recall", "f1", "support")
 
 
 def write_metrics(path, metrics):
-    """Writes ``metrics`` as indented strict JSON (a non-finite number is written as ``null``)."""
-    with open(path, "w") as f:
-        f.write(jobdir.to_json(metrics, indent=2, sort_keys=True))
+    """Writes ``metrics`` as indented strict JSON (a non-finite number is written as ``null``).
+
+    Every final report is written whole or not at all (:func:`contracts.storage.write_atomically`).
+    """
+    storage.write_bytes(path, jobdir.to_json(metrics, indent=2, sort_keys=True).encode("utf-8"))
 
 
 def per_class_accuracy(confusion):
@@ -36,19 +39,22 @@ def write_per_class_csv(path, confusion, wnids, class_names):
     ``accuracy`` is empty for a class without images; ``precision``, ``recall`` and
     ``f1`` follow :mod:`trainer.class_metrics` (a 0/0 is 0), so ``recall`` is
     ``accuracy`` wherever the class has images; ``support`` repeats ``count``
-    under the name scikit-learn's reports use.
+    under the name scikit-learn's reports use. A wnid or name a spreadsheet would
+    run as a formula starts with ``'`` (:func:`contracts.csv_cells.row`).
     """
     confusion = np.asarray(confusion)
     accuracy = per_class_accuracy(confusion)
     numbers = class_metrics.per_class(confusion)
-    with open(path, "w", newline="") as f:
+    with io.StringIO(newline="") as f:
         writer = csv.writer(f)
         writer.writerow(PER_CLASS_COLUMNS)
         for i, (wnid, name) in enumerate(zip(wnids, class_names, strict=True)):
             value = "" if np.isnan(accuracy[i]) else f"{accuracy[i]:.6f}"
             scores = [f"{numbers[key][i]:.6f}" for key in ("precision", "recall", "f1")]
             count = int(numbers["support"][i])
-            writer.writerow([i, wnid, name, count, int(numbers["correct"][i]), value, *scores, count])
+            row = [i, wnid, name, count, int(numbers["correct"][i]), value, *scores, count]
+            writer.writerow(csv_cells.row(row))  # A name like "=cmd" must not run as a formula.
+        storage.write_bytes(path, f.getvalue().encode("utf-8"))
 
 
 def confusion_image(confusion, cell=8):
@@ -312,4 +318,5 @@ def dump_weights(model, directory):
     for variable in model.non_trainable_variables:
         if "moving_" in variable.path:
             arrays[f"moving/{variable.path}"] = np.asarray(variable.numpy())
-    np.savez(os.path.join(directory, f"worker-{task_type or 'local'}-{task_index or 0}.npz"), **arrays)
+    path = os.path.join(directory, f"worker-{task_type or 'local'}-{task_index or 0}.npz")
+    storage.write_atomically(path, lambda temporary: np.savez(temporary, **arrays))

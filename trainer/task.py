@@ -5,10 +5,12 @@ defaults (``models.get_defaults``), the ``--config`` YAML/JSON file, then the
 flags given on the command line. Vertex AI's ``AIP_MODEL_DIR``,
 ``AIP_CHECKPOINT_DIR`` and ``AIP_TENSORBOARD_LOG_DIR`` supply the output
 folders when set. The resolved configuration is written to ``J/config.json``.
-Bad input (an output folder that is a file included) ends with one line on
-stderr and exit code 2; a SIGTERM ends with the training state backed up and
-exit code 143 so the cluster restarts the job; a loss that becomes NaN or
-infinite ends with one line and exit code 3, the last good backup kept.
+Bad input (an output folder that cannot be written, named by its flag or
+``AIP_*`` variable, a wrong-shaped ``TF_CONFIG`` and a job dir another run
+holds included) ends with one line on stderr and exit code 2; a SIGTERM
+ends with the training state backed up and exit code 143 so the cluster
+restarts the job; a loss that becomes NaN or infinite ends with one line and
+exit code 3, the last good backup kept.
 """
 
 import argparse
@@ -24,7 +26,7 @@ if __name__ == "__main__":
 
 from contracts import cli
 from trainer import config as config_lib
-from trainer import stages
+from trainer import environment, stages
 
 # The architecture without --arch: the compact one, trained from scratch, no weights to download.
 DEFAULT_ARCH = "minception"
@@ -115,6 +117,13 @@ def build_parser():
     add("--lr-plateau-patience", type=int, help="Epochs without improvement before reducing the LR.")
     add("--lr-plateau-factor", type=float, help="Factor applied to the learning rate on a plateau.")
     add("--frozen-epochs", type=int, help="Epochs with a frozen backbone before fine-tuning everything.")
+    add(
+        "--backbone-size",
+        type=int,
+        help="Side the images are resized to inside inception_resnet_v2, before its backbone: 224, the "
+        "ImageNet weights' own, unless given; from 75 (a smaller side costs about (side/224)^2 of the "
+        "compute).",
+    )
     add("--warmup-epochs", type=int, help=argparse.SUPPRESS)  # Renamed: TrainConfig names the new flag.
     add(
         "--bn-momentum",
@@ -232,22 +241,6 @@ def architecture_defaults(arch):
     return values
 
 
-def environment_values(environ):
-    """Returns the output folders and tuning tag the environment supplies (Vertex AI)."""
-    values = {}
-    if environ.get("AIP_TENSORBOARD_LOG_DIR"):
-        values["log_dir"] = environ["AIP_TENSORBOARD_LOG_DIR"]
-    if environ.get("AIP_CHECKPOINT_DIR"):
-        values["checkpoint_dir"] = environ["AIP_CHECKPOINT_DIR"]
-        values["backup_dir"] = environ["AIP_CHECKPOINT_DIR"].rstrip("/") + "/backup"
-    if environ.get("AIP_MODEL_DIR"):
-        values["export_dir"] = environ["AIP_MODEL_DIR"]
-    tag = environ.get("CLOUD_ML_HP_METRIC_TAG")
-    if tag or environ.get("CLOUD_ML_TRIAL_ID"):
-        values["hypertune_metric"] = tag or "accuracy"
-    return values
-
-
 def resolve(argv=None, environ=None):
     """Parses ``argv`` and returns the frozen :class:`trainer.config.TrainConfig`.
 
@@ -261,7 +254,7 @@ def resolve(argv=None, environ=None):
     _split_randaugment(from_file)
     values = architecture_defaults(arch)
     values.update(from_file)
-    values.update(environment_values(environ))
+    values.update(environment.values(environ))
     values.update(flags)
     # The recipe's settings sit between the architecture's and the ones given explicitly.
     recipe_values = recipe_settings(values)
@@ -269,11 +262,11 @@ def resolve(argv=None, environ=None):
         **architecture_defaults(arch),
         **recipe_values,
         **from_file,
-        **environment_values(environ),
+        **environment.values(environ),
         **flags,
     }
-    if "job_dir" not in values and environ.get("AIP_MODEL_DIR"):
-        values["job_dir"] = environ["AIP_MODEL_DIR"]
+    if "job_dir" not in values and environ.get(environment.JOB_DIR_VARIABLE):
+        values["job_dir"] = environ[environment.JOB_DIR_VARIABLE]
     if isinstance(values.get("weights"), str) and values["weights"].lower() == "none":
         values["weights"] = None
     if str(values.get("precise_bn")).lower() == "auto":
@@ -285,6 +278,8 @@ def resolve(argv=None, environ=None):
     values["arch"] = arch
     if values.get("frozen_epochs") and not _fine_tunable(arch):
         raise ValueError(f"--frozen-epochs needs an architecture with a pretrained backbone, not {arch!r}")
+    if values.get("backbone_size") is not None and not _fine_tunable(arch):
+        raise ValueError(f"--backbone-size needs an architecture with a pretrained backbone, not {arch!r}")
     return config_lib.from_dict(values)
 
 
@@ -339,28 +334,20 @@ def _fine_tunable(arch):
     return models.get_defaults(arch).fine_tunable
 
 
-def check_outputs(config):
-    """Refuses output folders that cannot be written, before anything trains.
-
-    Raises:
-        contracts.cli.OutputPathError: Naming the flag (or setting) and the folder.
-    """
-    cli.check_writable_dir(config.job_dir, "--job-dir")
-    for name in ("log_dir", "checkpoint_dir", "backup_dir", "export_dir"):
-        cli.check_writable_dir(getattr(config, name), name)
-    cli.check_writable_dir(config.debug_dump_weights, "--debug-dump-weights")
-
-
 def main(argv=None):
     """Entry point; returns the process exit code.
 
-    Exit codes: 0 done; 2 bad input; 3 diverged (a NaN or infinite loss, the
-    last good backup kept); 143 preempted (state backed up).
+    Exit codes: 0 done; 2 bad input, or an output that cannot be written (a full
+    disk); 3 diverged (a NaN or infinite loss, the last good backup kept); 143
+    preempted (state backed up).
     """
     clock = stages.StageClock()  # Before the flags: resolving them imports TensorFlow.
     try:
         config = resolve(argv)
-        check_outputs(config)
+        from trainer import distribute  # TensorFlow is loaded by now (resolve's defaults table).
+
+        distribute.tf_config()  # A wrong-shaped TF_CONFIG is this line, not a traceback mid-run.
+        environment.check_outputs(config, os.environ)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -374,7 +361,9 @@ def main(argv=None):
     except train.Diverged as error:
         print(f"error: {error}", file=sys.stderr)
         return train.DIVERGED_EXIT_CODE
-    except ValueError as error:  # DataError, JobDirError and bad values are all ValueErrors.
+    # DataError, JobDirError and bad values are ValueErrors; a full disk or a folder gone mid-run
+    # an OSError: each is one line (a final file is never left half-written: storage.write_atomically).
+    except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -10,7 +10,7 @@ names the file of each. The training loop itself is
 import contextlib
 import json
 
-from contracts import dataset, jobdir, mirror, policy, voice
+from contracts import dataset, jobdir, mirror, policy, record_check, storage, voice
 from trainer import distribute, stages
 
 VOICE = voice.Voice("trainer")
@@ -40,6 +40,7 @@ def output_folders(config):
     }
 
 
+@distribute.holding_job_dir_lease(VOICE.warn)  # One run at a time per job dir (contracts/lease.py).
 def run(config, stop_flag=None, clock=None):
     """Trains, evaluates and exports one model as ``config`` says.
 
@@ -93,6 +94,7 @@ def run(config, stop_flag=None, clock=None):
     # 2. Data: metadata and every shard checked before anything trains.
     info = dataset.load_metadata(config.data_dir)
     dataset.verify_data(info)
+    record_check.check_records(info)  # Labels, types and image size: one error naming the shard.
     jobdir.check_classes(
         config.job_dir, outputs.read_text("job", jobdir.CLASSES_FILE), info.metadata["classes"]
     )
@@ -271,7 +273,7 @@ def run(config, stop_flag=None, clock=None):
             )
         # model.keras holds the weights evaluated above (early stopping restored the
         # best), also when no epoch of this run beat the best it resumed or branched from.
-        main_model.save(outputs.local("job", jobdir.MODEL_FILE))
+        callbacks.save_model(main_model, outputs.local("job", jobdir.MODEL_FILE))
         if config.export:
             export.export_model(
                 main_model,
@@ -302,6 +304,7 @@ def model_build_options(config, defaults, image_size):
         "weights": config.weights,
         "bn_momentum": config.bn_momentum,
         "sync_bn": config.sync_bn,
+        "backbone_size": config.backbone_size,
     }
     if defaults.aux_outputs:
         options["aux_dropout"] = config.aux_dropout
@@ -310,10 +313,9 @@ def model_build_options(config, defaults, image_size):
 
 def _write_job_files(outputs, config, info):
     """Writes ``config.json`` and ``classes.json`` (prediction needs class names without the data)."""
-    with open(outputs.local("job", jobdir.CONFIG_FILE), "w") as f:
-        f.write(config.to_json())
-    with open(outputs.local("job", jobdir.CLASSES_FILE), "w") as f:
-        json.dump(info.metadata["classes"], f, indent=1)
+    storage.write_bytes(outputs.local("job", jobdir.CONFIG_FILE), config.to_json().encode("utf-8"))
+    classes = json.dumps(info.metadata["classes"], indent=1)
+    storage.write_bytes(outputs.local("job", jobdir.CLASSES_FILE), classes.encode("utf-8"))
     outputs.sync()
 
 

@@ -78,12 +78,13 @@ def test_load_gcs_keras_file_with_gcs_classes_file(saved, gcs_bucket):
     path, _ = saved
     bucket = storage.gcs_client().bucket(gcs_bucket)
     bucket.blob("models/small.keras").upload_from_filename(path)
-    bucket.blob("models/names.txt").upload_from_string("alpha\nbeta\n")
+    names = ("alpha", "beta", "gamma", "delta", "epsilon")  # One per class of the model: no fewer.
+    bucket.blob("models/names.txt").upload_from_string("".join(f"{name}\n" for name in names))
     predictor = jobdir.load(
         f"gs://{gcs_bucket}/models/small.keras", classes=f"gs://{gcs_bucket}/models/names.txt"
     )
-    assert predictor.class_names == ("alpha", "beta")
-    assert predictor.class_name(1) == "beta" and predictor.class_name(4) == "class_4"
+    assert predictor.class_names == names
+    assert predictor.class_name(1) == "beta" and predictor.class_name(4) == "epsilon"
     # No config: images larger than the input are centre-cropped to it.
     assert (predictor.policy, predictor.input_size, predictor.image_size) == ("crop", 56, 64)
 

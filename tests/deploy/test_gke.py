@@ -92,6 +92,8 @@ def test_cpu_job_and_restart_policy(capsys):
     assert "nodeSelector" not in pod and "tolerations" not in pod
     assert "resources" not in pod["containers"][0]
     assert pod["restartPolicy"] == "OnFailure" and job["spec"]["backoffLimit"] > 0
+    # The Job's name is the trainer's scheduler job id: a restarted pod takes over its lease.
+    assert {"name": "TRAINER_JOB_ID", "value": job["metadata"]["name"]} in pod["containers"][0]["env"]
 
 
 def test_schema_validation_catches_a_broken_manifest(capsys):

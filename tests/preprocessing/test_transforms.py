@@ -220,11 +220,12 @@ def test_other_sizes_are_resized_and_their_boxes_moved(tmp_path, policy):
         assert np.all(tf.io.decode_jpeg(records[0]["image"]).numpy()[:4] < 8), "black bands above and below"
 
 
-def test_a_square_jpeg_is_stored_without_decoding(monkeypatch):
+def test_a_square_jpeg_is_stored_as_it_is_without_pil_or_resize(monkeypatch):
+    # Its bytes are kept; the one decode is the trainer's decoder's check (test_full_decode.py).
     data = _image_bytes(seed=4)
 
     def never(*args, **kwargs):
-        raise AssertionError("the fast path decoded an S x S JPEG")
+        raise AssertionError("the fast path parsed, converted or resized an S x S JPEG")
 
     monkeypatch.setattr(rgb_images, "open_image", never)
     monkeypatch.setattr(rgb_images, "to_rgb", never)

@@ -78,6 +78,7 @@ def test_vertex_environment_supplies_output_folders():
         (["--arch", "minception", "--batch-size", "0"], "batch_size"),
         (["--arch", "minception", "--lr-plateau-factor", "2"], "lr_plateau_factor"),
         (["--arch", "minception", "--frozen-epochs", "1"], "pretrained backbone"),
+        (["--arch", "minception", "--backbone-size", "96"], "--backbone-size needs an architecture"),
     ],
 )
 def test_bad_values_exit_2_with_one_line(argv, message, capsys):

@@ -431,7 +431,9 @@ def test_trainer_vertex_output_folder_that_is_a_file(tmp_path, capsys, in_the_wa
     monkeypatch.setenv("AIP_TENSORBOARD_LOG_DIR", in_the_way)
     argv = ["--data-dir", str(tmp_path), "--job-dir", str(tmp_path / "job"), "--arch", "minception"]
     assert task.main(argv) == 2
-    assert capsys.readouterr().err.splitlines() == [f"error: log_dir {in_the_way}: is a file, not a folder"]
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: AIP_TENSORBOARD_LOG_DIR {in_the_way}: is a file, not a folder"
+    ]
 
 
 def test_predict_gradcam_folder_below_a_file(tmp_path, capsys, in_the_way):

@@ -267,6 +267,17 @@ def test_inception_resnet_v2_resizes_on_device_and_is_flat(model_cache):
 
 
 @pytest.mark.long  # builds Inception-ResNet-v2
+def test_inception_resnet_v2_backbone_size_sets_the_resize_and_keeps_the_weights(model_cache):
+    default = _get_model(model_cache, "inception_resnet_v2")
+    small = models.build_model("inception_resnet_v2", NUM_CLASSES, weights=None, backbone_size=75, seed=1)
+    scaled = keras.Model(small.input, small.get_layer("input_scaling").output)
+    assert scaled(_images(small)).shape == (BATCH, 75, 75, 3)
+    # The same variables, shape for shape: pretrained weights load at any backbone side.
+    assert [tuple(v.shape) for v in small.weights] == [tuple(v.shape) for v in default.weights]
+    assert small(_images(small)).shape == (BATCH, NUM_CLASSES)
+
+
+@pytest.mark.long  # builds Inception-ResNet-v2
 def test_set_backbone_trainable_freezes_all_but_head(model_cache):
     model = _get_model(model_cache, "inception_resnet_v2")
     total = len(model.trainable_weights)
@@ -364,6 +375,11 @@ def test_build_options_override_defaults_and_seed_is_reproducible():
         ({"num_classes": 1}, r"num_classes must be an integer >= 2, got 1"),
         ({"input_size": 8}, r"input_size for 'minception' must be an integer >= 32, got 8"),
         ({"dropout": 1.5}, r"dropout for 'minception' must be in \[0, 1\), got 1.5"),
+        ({"backbone_size": 96}, r"backbone_size=96 does not apply to 'minception'"),
+        (
+            {"name": "inception_resnet_v2", "weights": None, "backbone_size": 74},
+            r"backbone_size for 'inception_resnet_v2' must be an integer >= 75, got 74",
+        ),
     ],
 )
 def test_build_model_rejects_bad_arguments(kwargs, message):

@@ -25,8 +25,12 @@ from trainer.models import blocks, registry
 
 NAME = "inception_resnet_v2"
 
-# Input side the ImageNet weights were trained around (the book uses 224).
+# Input side the ImageNet weights were trained around (the book uses 224): the
+# default side the input is resized to. Any side from MIN_BACKBONE_SIZE (Keras'
+# own lower bound for this network) works with the same weights; a smaller one
+# costs roughly (side / 224)^2 of the compute (--backbone-size).
 BACKBONE_SIZE = 224
+MIN_BACKBONE_SIZE = 75
 
 # Keras' ImageNet weights of the no-top network: the file name it caches under
 # <Keras home>/models/, where it downloads it from, and its md5 (the values of
@@ -59,16 +63,17 @@ DEFAULTS = registry.ArchDefaults(
     weights="imagenet",
     feature_layer="conv_7b_ac",
     fine_tunable=True,
+    backbone_size=BACKBONE_SIZE,
 )
 
 
 @registry.register_model(NAME, DEFAULTS)
-def build(num_classes, *, input_size, dropout, weights):
+def build(num_classes, *, input_size, dropout, weights, backbone_size):
     """Builds Inception-ResNet-v2 with a new softmax head as one flat graph.
 
     Args:
         num_classes: Number of classes.
-        input_size: Side of the raw input, resized to 224 inside the model.
+        input_size: Side of the raw input, resized to ``backbone_size`` inside the model.
         dropout: Dropout before the new head.
         weights: ``"imagenet"`` (Keras' file, downloaded once into Keras'
             cache folder: :func:`imagenet_weights_path`), ``None`` or ``"none"``
@@ -76,6 +81,8 @@ def build(num_classes, *, input_size, dropout, weights):
             no-top backbone: a Keras ``.weights.h5`` (e.g. written by
             ``backbone_model(model).save_weights(path)``) or a legacy ``.h5``
             such as Keras' ``..._notop.h5``. ``gs://`` paths are copied first.
+        backbone_size: Side the input is resized to before the backbone
+            (:data:`BACKBONE_SIZE` by default; at least :data:`MIN_BACKBONE_SIZE`).
 
     Returns:
         A single-output model ending in the ``predictions`` layer.
@@ -84,11 +91,19 @@ def build(num_classes, *, input_size, dropout, weights):
         registry.WeightsUnavailableError: If the ImageNet weights cannot be downloaded.
         ValueError: If ``weights`` is neither of the above nor an existing file.
     """
+    if (
+        not isinstance(backbone_size, int)
+        or isinstance(backbone_size, bool)
+        or backbone_size < MIN_BACKBONE_SIZE
+    ):
+        raise ValueError(
+            f"backbone_size for {NAME!r} must be an integer >= {MIN_BACKBONE_SIZE}, got {backbone_size!r}"
+        )
     weights = _check_weights(weights)
     # Fetched before the 55M-parameter graph is built, so an offline machine fails fast.
     pretrained = imagenet_weights_path() if weights == "imagenet" else None
     inputs = blocks.image_input(input_size)
-    x = keras.layers.Resizing(BACKBONE_SIZE, BACKBONE_SIZE, interpolation="bilinear", name="input_resize")(
+    x = keras.layers.Resizing(backbone_size, backbone_size, interpolation="bilinear", name="input_resize")(
         inputs
     )
     x = blocks.scale_to_unit_range(x)

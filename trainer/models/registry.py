@@ -21,7 +21,7 @@ import keras
 MIN_INPUT_SIZE = 32
 
 # Build-time options a caller may pass; each builder accepts a subset.
-_OPTIONS = ("input_size", "dropout", "aux_dropout", "weights")
+_OPTIONS = ("input_size", "dropout", "aux_dropout", "weights", "backbone_size")
 # Options every family takes, applied to the built model rather than by its builder.
 _MODEL_OPTIONS = ("bn_momentum", "sync_bn")
 
@@ -71,6 +71,8 @@ class ArchDefaults:
         feature_layer: Name of the last spatial layer, Grad-CAM's target.
         fine_tunable: Whether the family has a backbone that can be frozen
             for a warm-up (``set_backbone_trainable``).
+        backbone_size: Side the input is resized to inside the model before a
+            pretrained backbone (``None``: the family has no such resize).
     """
 
     input_size: int
@@ -92,6 +94,7 @@ class ArchDefaults:
     fine_tunable: bool = False
     bn_momentum: float = 0.9
     monitor_start_epoch: int = 0
+    backbone_size: int | None = None
 
 
 def register_model(name: str, defaults: ArchDefaults) -> Callable:
