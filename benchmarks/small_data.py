@@ -41,7 +41,9 @@ SETTINGS = {
 def train(records, job, arch, *, epochs, batch_size, seed, extra, explain=False):
     """Runs the trainer once (Grad-CAM callback on with ``explain``); returns metrics.json, wall time."""
     args = ["--data-dir", records, "--job-dir", job, "--arch", arch, "--epochs", str(epochs)]
-    args += ["--batch-size", str(batch_size), "--seed", str(seed), "--explain", str(explain).lower(), *extra]
+    args += ["--seed", str(seed), "--explain", str(explain).lower(), *extra]
+    if batch_size is not None:  # None: the trainer's default.
+        args += ["--batch-size", str(batch_size)]
     start = time.time()
     proc = subprocess.run(
         [sys.executable, "-m", "trainer.task", *args],

@@ -10,19 +10,16 @@ with ``ENOSPC``), under which the real writers run unchanged: Keras' own save
 included.
 """
 
-import contextlib
 import errno
 import json
 import os
 import re
-import resource
-import signal
-import threading
 
 import numpy as np
 import pytest
 
 from contracts import storage
+from tests import disk
 
 PREVIOUS = b"the last good version\n"
 # Smaller than every payload the limited writers write, larger than any line the test prints.
@@ -111,24 +108,6 @@ def test_write_bytes_over_a_folder_is_one_error(tmp_path):
     assert os.listdir(tmp_path) == ["metrics.json"]
 
 
-@contextlib.contextmanager
-def file_size_limit(limit):
-    """Makes every write past ``limit`` bytes of a file fail with ``EFBIG``, in this process only.
-
-    SIGXFSZ, which the kernel sends with the refusal, is ignored meanwhile: it would end the process.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        pytest.skip("signal handlers are set in the main thread only")
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, handler)
-
-
 def _keras_model():
     import keras
 
@@ -185,7 +164,7 @@ WRITERS = {
 def test_final_file_cut_short_by_the_kernel_keeps_the_last_good_one(name, tmp_path):
     path = _folder_with_previous(tmp_path, name)
     writer = WRITERS[name]
-    with file_size_limit(LIMIT), pytest.raises(storage.WriteError) as raised:
+    with disk.file_size_limit(LIMIT), pytest.raises(storage.WriteError) as raised:
         writer(path)
     assert str(raised.value).startswith(f"{path}: not written (File too large)")
     assert raised.value.errno == errno.EFBIG

@@ -19,13 +19,10 @@ calls it (:class:`trainer.export.LoadedExport`):
   removed by the next one.
 """
 
-import contextlib
 import io
 import json
 import os
-import resource
 import shutil
-import signal
 import time
 import zlib
 
@@ -37,6 +34,7 @@ from PIL import Image
 
 from contracts import decode, images
 from preprocessing import sample_photos
+from tests import disk
 from tests.explain import tiny_cnn
 from trainer import export, export_io, predict
 
@@ -214,24 +212,11 @@ def _tree(folder):
     return found
 
 
-@contextlib.contextmanager
-def _file_size_limit(limit):
-    """Files this process writes stop at ``limit`` bytes (EFBIG), as on a disk with that much room left."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # A write past the limit fails, not the process.
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, previous)
-
-
 def test_a_full_disk_is_one_error_line_and_keeps_the_previous_export(loaded, tmp_path):
     folder = str(tmp_path / "job" / "export")
     shutil.copytree(loaded.path, folder)  # A previous export.
     before = _tree(folder)
-    with _file_size_limit(4096), pytest.raises(export_io.ExportError) as raised:
+    with disk.file_size_limit(4096), pytest.raises(export_io.ExportError) as raised:
         _write_export(folder, classes=("x", "y"))
     message = str(raised.value)
     assert "\n" not in message and message.startswith(f"cannot write the export to {folder}: "), message
