@@ -2,8 +2,9 @@
 
 For every seed, two runs of ``python -m trainer.task`` with the trainer's
 defaults (only the data, the job dir, the architecture, the epochs and the
-seed are given, the batch size too where ``--batch-size`` says so; the Grad-CAM probes every ``--explain-every``
-epochs and the streak ``--shortcut-probes`` are left at their defaults): one
+seed are given, the batch size too where ``--batch-size`` says so; the
+Grad-CAM probes every ``--explain-every`` epochs and the streak
+``--shortcut-probes`` are left at their defaults): one
 on a generated sample whose images carry a small marker in a class-specific
 colour (``preprocessing.sample --shortcut-patch``: the marker's is the only
 colour that follows the class; the shape still does too), one on the clean
