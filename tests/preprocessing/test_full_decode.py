@@ -16,7 +16,8 @@ import tensorflow as tf
 from PIL import Image
 
 from contracts import dataset, schema
-from preprocessing import images, sample, sources, task, transforms
+from preprocessing import images, sample, task
+from tests.preprocessing import shards
 
 SOS = b"\xff\xda"
 SHARDS = ["--num-shards-train", "2", "--num-shards-valid", "1", "--num-shards-test", "1"]
@@ -100,14 +101,8 @@ def test_corrupt_scan_that_still_decodes_is_kept_a_documented_limit(make):
 
 
 def _shard(tmp_path, names):
-    items = [sources.Item(f"train/n1/images/{name}", "train", 0, None) for name in names]
-    manifest = tmp_path / "manifest.json"
-    manifest.write_text(sources.items_to_text(items))
-    fn = transforms.ConvertShardFn(str(tmp_path / "raw"), str(tmp_path / "out"), [("n1", "one")], 64)
-    fn.setup()
-    outputs = list(fn.process(transforms.ShardTask("train", 0, 1, str(manifest))))
-    rejected = [json.loads(output.value) for output in outputs[:-1]]
-    return {r["path"].rsplit("/", 1)[-1]: r["reason"] for r in rejected}, outputs[-1]
+    rejected, summary = shards.convert_shard(tmp_path, names)
+    return {r["path"].rsplit("/", 1)[-1]: r["reason"] for r in rejected}, summary
 
 
 def test_the_job_decodes_kept_files_a_batch_at_a_time(tmp_path, monkeypatch):

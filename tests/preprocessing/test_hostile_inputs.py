@@ -24,7 +24,8 @@ from PIL import Image
 
 from contracts import images as rgb_images
 from contracts import resize, schema
-from preprocessing import fetch, images, plan, sample, sources, task, transforms
+from preprocessing import fetch, images, plan, sample, task, transforms
+from tests.preprocessing import shards
 from trainer import predict
 
 SHARDS = ["--num-shards-train", "2", "--num-shards-valid", "1", "--num-shards-test", "1"]
@@ -367,16 +368,10 @@ def test_any_exception_of_one_file_is_a_dead_letter(tmp_path, monkeypatch):
         return real(data, *args)
 
     monkeypatch.setattr(images, "validate_image", buggy)
-    items = [sources.Item(f"train/n1/images/{n}", "train", 0, None) for n in ("a.JPEG", "boom.JPEG")]
-    manifest = tmp_path / "manifest.json"
-    manifest.write_text(sources.items_to_text(items))
-    fn = transforms.ConvertShardFn(str(tmp_path / "raw"), str(tmp_path / "out"), [("n1", "one")], 64)
-    fn.setup()
-    outputs = list(fn.process(transforms.ShardTask("train", 0, 1, str(manifest))))
-    rejected = [json.loads(output.value) for output in outputs[:-1]]
+    rejected, summary = shards.convert_shard(tmp_path, ("a.JPEG", "boom.JPEG"))
     assert rejected == [
         {"path": "train/n1/images/boom.JPEG", "reason": "unexpected error: RuntimeError: decoder bug"}
     ]
-    assert outputs[-1] == transforms.ShardSummary(
+    assert summary == transforms.ShardSummary(
         "train", 0, "train-00000-of-00001.tfrecord", 1, [1], 0, 0, {"64x64": 1}
     )
