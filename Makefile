@@ -27,7 +27,8 @@ demo: install
 
 # Three tiers (tests/tiers.py; conftest marks every test by what it uses): fast after each
 # change, dev before each commit, test (every tier) is what CI runs.
-PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+# --no-loadscope-reorder keeps conftest's order: the costliest files first (tests/conftest.py).
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-fast: install
 	$(PYTEST) -m fast $(PYTEST_ARGS)

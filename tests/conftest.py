@@ -31,6 +31,10 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    # pytest-xdist's controller collects nothing: only the processes that collect need the
+    # declarations, whose imports (TensorFlow, Beam) would delay every worker's start by seconds.
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return
     tiers.declare_outside()
 
 
@@ -69,6 +73,26 @@ def pytest_collection_modifyitems(config, items):
         if config.getoption("--tiers-why"):
             why = "; ".join(reasons) or ("marked by hand" if tier != found else "in-process")
             print(f"{tier:>4}  {item.nodeid}  ({why})")
+    items[:] = costliest_files_first(items)
+
+
+def costliest_files_first(items):
+    """``items`` with their files ordered by estimated cost, longest first, each file's tests in order.
+
+    ``--dist loadfile`` hands whole files to the workers in collection order (the Makefile turns
+    off xdist's own reordering by test count, which put the files of a few long runs last): the
+    long runs start first and the many quick files fill in at the end, so both workers finish
+    together instead of one running a long file alone. A file's estimate counts its tests by tier.
+    """
+    weight = {tiers.FAST: 1, tiers.DEV: 20, tiers.LONG: 400}
+    files, cost = {}, {}
+    for item in items:
+        name = item.nodeid.split("::", 1)[0]
+        files.setdefault(name, []).append(item)
+        tier = dict(item.user_properties).get("tier", tiers.FAST)
+        cost[name] = cost.get(name, 0) + weight[tier]
+    order = sorted(files, key=lambda name: -cost[name])  # stable: ties keep collection order
+    return [item for name in order for item in files[name]]
 
 
 def _refuse_process(self, args, *rest, **kwargs):

@@ -6,7 +6,8 @@ nested below their class folder). Each source goes through the real Beam job
 with only ``--raw-dir``, ``--output-dir`` and ``--image-size`` (the README's
 "Your own photos" commands), then through the trainer's CLI with its defaults
 (cut to a few steps), and the exported model and ``model.keras`` (through
-``trainer.predict``) must agree on the raw non-square files.
+``trainer.predict``) must agree on the raw non-square files. The trainer reads
+records, not layouts: it runs once, on the folder tree's records.
 """
 
 import json
@@ -40,24 +41,50 @@ def photos(tmp_path_factory):
     return out, written, rows
 
 
-@pytest.fixture(scope="module", params=["folders", "manifest"])
-@tiers.long("a user's photos through the Beam job, the trainer and the export")
-def trained(request, photos, tmp_path_factory):
-    out, written, rows = photos
-    raw = out / (sample_photos.TREE if request.param == "folders" else sample_photos.MANIFESTS[0])
-    work = tmp_path_factory.mktemp(request.param)
-    data_dir, job_dir = str(work / "data"), str(work / "job")
+def _convert(raw, data_dir):
+    """The README's Beam command on ``raw``; returns the written metadata."""
     code = task.run(["--raw-dir", str(raw), "--output-dir", data_dir, "--image-size", str(IMAGE_SIZE)])
     assert code == 0
+    with open(os.path.join(data_dir, schema.METADATA_FILE)) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def folders_records(photos, tmp_path_factory):
+    out, _, _ = photos
+    data_dir = str(tmp_path_factory.mktemp("folders") / "data")
+    return data_dir, _convert(out / sample_photos.TREE, data_dir)
+
+
+@pytest.fixture(scope="module")
+def manifest_records(photos, tmp_path_factory):
+    out, _, _ = photos
+    data_dir = str(tmp_path_factory.mktemp("manifest") / "data")
+    return data_dir, _convert(out / sample_photos.MANIFESTS[0], data_dir)
+
+
+@pytest.fixture(scope="module", params=["folders", "manifest"])
+@tiers.dev("each source through the Beam job (named by the parameter, so the scan cannot see it)")
+def converted(request, photos):
+    """``(layout, data_dir, metadata, written)`` of each source through the Beam job."""
+    _, written, _ = photos
+    data_dir, metadata = request.getfixturevalue(f"{request.param}_records")
+    return request.param, data_dir, metadata, written
+
+
+@pytest.fixture(scope="module")
+@tiers.long("a user's photos through the trainer and the export")
+def trained(folders_records, tmp_path_factory):
+    """The trainer's defaults (cut to a few steps) on the folder tree's records: ``(job_dir, metadata)``."""
+    data_dir, metadata = folders_records
+    job_dir = str(tmp_path_factory.mktemp("job") / "job")
     proc = helpers.run_cli(["--data-dir", data_dir, "--job-dir", job_dir, *SHORT])
     assert proc.returncode == 0, proc.stderr[-4000:]
-    with open(os.path.join(data_dir, schema.METADATA_FILE)) as f:
-        metadata = json.load(f)
-    return request.param, data_dir, job_dir, metadata, written, rows
+    return job_dir, metadata
 
 
-def test_every_photo_is_a_record_with_its_class_name(trained):
-    layout, data_dir, _, metadata, written, _ = trained
+def test_every_photo_is_a_record_with_its_class_name(converted):
+    layout, data_dir, metadata, written = converted
     assert metadata["layout"] == layout
     assert metadata["inputs"] == {"found": len(written), "written": len(written), "rejected": 0}
     names = sorted({photo.label for photo in written})
@@ -74,10 +101,9 @@ def test_every_photo_is_a_record_with_its_class_name(trained):
         assert metadata["splits"][split]["class_counts"] == [labels.count(i) for i in range(len(names))]
 
 
-def test_the_manifest_splits_are_kept_exactly(trained):
-    layout, data_dir, _, metadata, written, rows = trained
-    if layout != "manifest":
-        pytest.skip("the tree has no split folders")
+def test_the_manifest_splits_are_kept_exactly(manifest_records, photos):
+    data_dir, metadata = manifest_records
+    _, written, rows = photos
     words = {"train": "train", "training": "train", "valid": "valid", "validation": "valid", "test": "test"}
     # Each photo's file name is unique within its class; a record keeps the name and the class.
     given = {
@@ -95,8 +121,8 @@ def test_the_manifest_splits_are_kept_exactly(trained):
 
 
 def test_the_export_and_model_keras_agree_on_raw_non_square_files(trained, photos, capsys):
-    _, _, job_dir, metadata, written, _ = trained
-    out, _, _ = photos
+    job_dir, metadata = trained
+    out, written, _ = photos
     # RGBA PNGs too: predict and the export composite alpha on white alike (contracts.decode).
     non_square = [p for p in written if p.size[0] != p.size[1]]
     chosen = [p for p in non_square if p.mode != "RGBA"][:6] + [p for p in non_square if p.mode == "RGBA"][:2]

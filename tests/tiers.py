@@ -104,6 +104,19 @@ def declare_outside():
     # Seconds per build, and each forward pass of a full-size network is seconds more on 2 cores.
     declare(models.build_model, DEV, "trainer.models.build_model builds a full-size architecture")
 
+    from trainer import export, tflite
+
+    # Each traces and saves every serving signature (or converts them): seconds per call, and the
+    # fast tier's minute holds a few of them at most.
+    for module, names in (
+        (export, ("export_saved_model", "export_model", "main")),
+        (tflite, ("convert", "run", "main")),
+    ):
+        for name in names:
+            declare(
+                getattr(module, name), DEV, f"{module.__name__}.{name} writes a SavedModel or TFLite file"
+            )
+
 
 def _code_names(code):
     """Every global or attribute name that ``code`` and the functions nested in it load."""

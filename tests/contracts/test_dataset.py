@@ -18,7 +18,7 @@ from PIL import Image
 from contracts import dataset as data
 from contracts import policy as policy_lib
 from contracts import schema, storage
-from tests import datasets
+from tests import datasets, tiers
 
 
 @pytest.fixture
@@ -97,6 +97,7 @@ def test_features_all_boxes_follow_the_centre_crop(sample_info):
     np.testing.assert_array_equal(cropped["box"].numpy(), np.clip(plain["box"].numpy() - 4, 0, 55))
 
 
+@tiers.dev("streams several epochs through tf.data: seconds")
 def test_augment_callable_gets_the_per_batch_seeds(sample_info, sample_raw):
     def add_seed(images, seed):
         # A small offset keeps float32 pixel sums exact.
@@ -137,6 +138,7 @@ def test_augment_callable_gets_the_per_batch_seeds(sample_info, sample_raw):
 
 
 @pytest.mark.parametrize("cache", [False, True])
+@tiers.dev("streams several epochs through tf.data: seconds")
 def test_training_stream_reshuffles_every_epoch(sample_info, cache):
     def names(**kwargs):
         dataset = data.make_dataset(

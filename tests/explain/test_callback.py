@@ -14,7 +14,7 @@ import tensorflow as tf
 from contracts import dataset as data
 from contracts import model as model_contract
 from explain import callback, gradcam, render
-from tests import events
+from tests import events, tiers
 from tests.explain import NUM_CLASSES, tiny_cnn
 
 
@@ -213,6 +213,7 @@ def _expected_scores(probe):
     return scores
 
 
+@tiers.dev("Grad-CAM of the probe set over several epochs: seconds")
 def test_callback_scores_the_probe_set_into_the_logs_and_raises_the_alarm(sample_info, tmp_path):
     messages = []
     logdir = str(tmp_path / "gradcam")
@@ -250,6 +251,7 @@ def test_callback_scores_the_probe_set_into_the_logs_and_raises_the_alarm(sample
     assert restored.watch.summary()["epoch"] == 5 and restored.watch.summary()["probes"] == 3
 
 
+@tiers.dev("Grad-CAM of the probe set over several epochs: seconds")
 def test_final_check_judges_the_kept_weights_of_a_run_too_short_for_a_streak(sample_info, tmp_path):
     messages = []
     logdir = str(tmp_path / "gradcam")
@@ -279,6 +281,7 @@ def test_final_check_judges_the_kept_weights_of_a_run_too_short_for_a_streak(sam
     )
 
 
+@tiers.dev("Grad-CAM of the probe set over several epochs: seconds")
 def test_final_check_without_high_accuracy_or_boxes_raises_nothing(sample_info, tmp_path):
     messages = []
     probe = _centre_boxed_callback(sample_info, str(tmp_path / "low"), messages, every_n_epochs=5)

@@ -9,7 +9,7 @@ import numpy as np
 
 from contracts import dataset as data
 from explain import callback
-from tests import events
+from tests import events, tiers
 from tests.explain import tiny_cnn
 
 
@@ -24,6 +24,7 @@ def _probe_epochs(probe, accuracies):
     return epoch_logs
 
 
+@tiers.dev("Grad-CAM of the probe set over several epochs: seconds")
 def test_whole_image_boxes_keep_their_numbers_say_so_once_and_raise_no_alarm(sample_info, tmp_path):
     images, labels, _ = callback.probe_batch(sample_info, policy="none", crop_size=56, max_images=12)
     # Every peak is in a whole-image box, the centre baseline's too: "at or below the baseline"
@@ -79,6 +80,7 @@ def _boxless_callback(data_dir, tmp_path, messages):
     return made
 
 
+@tiers.dev("Grad-CAM of the probe set over several epochs: seconds")
 def test_dataset_without_boxes_skips_the_pointing_game_once(boxless_records, tmp_path):
     messages = []
     made = _boxless_callback(boxless_records, tmp_path, messages)

@@ -200,6 +200,7 @@ def test_gcs_logdir_and_out_dir(untrained_job, gcs_bucket, tmp_path):
         np.testing.assert_array_equal(tf.io.decode_png(png).numpy(), tf.io.decode_png(shown).numpy())
 
 
+@tiers.dev("explain.task on a second model: seconds")
 def test_keras_file_with_smaller_input_is_centre_cropped(sample_records, tmp_path):
     data_dir, _ = sample_records
     path = str(tmp_path / "small.keras")

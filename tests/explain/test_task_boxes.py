@@ -12,6 +12,7 @@ import pytest
 
 from contracts import jobdir, voice
 from explain import task
+from tests import tiers
 from tests.events import latest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -23,6 +24,7 @@ def _lines(stream):
 
 
 @pytest.fixture(scope="module")
+@tiers.dev("explain.task with every score, the sanity checks included: seconds")
 def skipped_run(untrained_job, boxless_records, tmp_path_factory):
     """``explain.task`` with every score on the sample without boxes: ``(results, messages, logdir)``."""
     job, _ = untrained_job

@@ -16,6 +16,7 @@ from PIL import Image
 from contracts import dataset, resize, schema
 from contracts import images as rgb_images
 from preprocessing import images, sample, sources, task, transforms
+from tests import tiers
 
 
 def _image_bytes(fmt="JPEG", mode="RGB", seed=0):
@@ -53,6 +54,7 @@ def _task(tmp_path, split, index, num_shards, items):
     return transforms.ShardTask(split, index, num_shards, str(manifest))
 
 
+@tiers.dev("a Beam pipeline of every transform: seconds")
 def test_convert_to_shards_writes_records_and_dead_letters(tmp_path):
     raw, files = _raw(tmp_path)
     out = tmp_path / "out"
@@ -139,6 +141,7 @@ def test_empty_shard_still_written(tmp_path):
     assert (out / shard).is_file() and (out / shard).stat().st_size == 0
 
 
+@tiers.dev("a Beam pipeline: seconds")
 def test_write_single_file_exact_name_even_when_empty(tmp_path):
     with test_pipeline.TestPipeline() as p:
         lines = p | "Lines" >> beam.Create(["b", "a"])

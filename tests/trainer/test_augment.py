@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from contracts import policy as policy_lib
-from tests import events
+from tests import events, tiers
 from trainer import augment, augment_summary
 
 SEED = tf.constant([7, 11], tf.int64)
@@ -88,6 +88,7 @@ def test_seeded_runs_repeat_exactly_and_seeds_differ():
 
 
 @pytest.mark.parametrize("policy", ["book", "crop"])
+@tiers.dev("traces every augmentation on host and device: seconds")
 def test_host_and_device_give_the_same_output(policy):
     images = _random_images(batch=4)
     augmenter = augment.Augmenter(policy)

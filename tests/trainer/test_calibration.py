@@ -11,7 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 from contracts import jobdir
-from tests import events
+from tests import events, tiers
 from tests.explain import NUM_CLASSES, tiny_cnn
 from tests.trainer import helpers
 from trainer import calibration, evaluate, export, predict, report
@@ -133,6 +133,7 @@ def test_predict_applies_the_jobs_temperature(sample_raw, tmp_path, capsys):
     assert jobdir.load(_job_with_temperature(plain, None)).temperature is None
 
 
+@tiers.dev("traces two serving functions (decode, resize, top-k): seconds")
 def test_serving_signature_returns_calibrated_probabilities():
     keras.utils.set_random_seed(3)
     model = tiny_cnn(32, NUM_CLASSES, filters=(8,))

@@ -9,7 +9,7 @@ from PIL import Image
 
 from contracts import dataset as contract
 from contracts import policy as policy_lib
-from tests import datasets
+from tests import datasets, tiers
 from trainer import augment, data
 
 # Label k is a solid colour whose pattern of strong channels survives every augmentation.
@@ -82,6 +82,7 @@ def test_training_stream_augments_and_keeps_labels_aligned(colour_info, policy, 
 
 
 @pytest.mark.parametrize("cache", [False, True])
+@tiers.dev("streams the training and evaluation pipelines: seconds")
 def test_crop_training_stream_differs_from_the_eval_crop(sample_info, cache):
     kwargs = {"global_batch_size": 8, "training": True, "seed": 4, "cache": cache}
     cropped = _take(data.make_dataset(sample_info, "train", policy="crop", **kwargs), 3)

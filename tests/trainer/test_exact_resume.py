@@ -1,8 +1,7 @@
 """Exact resume: the training stream is a pure function of (seed, epoch, step), so a run killed
 (SIGKILL after a step-level backup, or SIGTERM) and rerun ends with the weights of an uninterrupted
-run; in a cluster, a SIGTERM on any worker stops every worker at the same step within a few steps."""
+run (tests/trainer/test_multi_worker.py: the same in a cluster)."""
 
-import json
 import os
 import shutil
 import signal
@@ -111,76 +110,59 @@ def reference_job(sample_records, tmp_path_factory):
     return job
 
 
-@pytest.mark.parametrize("kill", ["SIGKILL", "SIGTERM"])
-def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(
-    sample_records, reference_job, tmp_path, kill, processes
+def test_run_stopped_by_sigterm_then_killed_and_resumed_equals_the_uninterrupted_one(
+    sample_records, reference_job, tmp_path, processes
 ):
-    data_dir, _ = sample_records
-    job, log = str(tmp_path / "job"), tmp_path / "first.log"
-    backup = os.path.join(job, "backup")
-    proc = helpers.start_cli(_args(data_dir, job), str(log))
-    processes.append(proc)
-    _wait_for_mid_epoch_backup(backup, proc, log)
-    proc.send_signal(getattr(signal, kill))
-    code = proc.wait(timeout=120)
-    assert code == (143 if kill == "SIGTERM" else -signal.SIGKILL), helpers.tail(log)
-    saved = _read_state(backup)
-    assert 1 <= saved["epoch"] < 3 and 0 < saved["step_in_epoch"] < STEPS, saved
-    if kill == "SIGTERM":
-        assert "preempted" in log.read_text()
-        _assert_backup_holds_the_weights_reached(job, data_dir, backup)
-    # A cosine schedule runs no plateau callback; the schedule itself follows the restored step counter.
-    assert set(saved["callbacks"]) == {"best_model", "early_stopping"}
+    """One run interrupted twice (a SIGTERM, then a SIGKILL after it resumed), then finished.
 
-    second = helpers.run_cli(_args(data_dir, job))
-    assert second.returncode == 0, second.stderr[-4000:]
-    assert f"resumed at epoch {saved['epoch']} step {saved['step_in_epoch']}" in second.stderr
-    _assert_same_run(job, reference_job)
-
-
-@tiers.long("a two-worker cluster stopped and resumed")
-def test_multi_worker_sigterm_stops_every_worker_at_the_same_step_and_resumes(
-    sample_records, tmp_path, processes
-):
+    Both interruptions in one chain: each rerun of the same command resumes where the last
+    backup left off, and the run that finishes ends with the uninterrupted run's weights.
+    """
     data_dir, _ = sample_records
     job = str(tmp_path / "job")
     backup = os.path.join(job, "backup")
-    # Agreement every 3 steps in epochs of 10: a stop in epoch 1 lands mid-epoch (step 2, 5 or 8).
-    args = helpers.quick_args(data_dir, job, 2, "--steps-per-epoch", "10", "--backup-every-steps", "2")
-    args += ["--stop-check-every-steps", "3", "--strategy", "multi_worker", "--explain", "false"]
 
-    def start(run):
-        procs = []
-        cluster = {"worker": [f"127.0.0.1:{helpers.free_port()}" for _ in range(2)]}
-        for index in range(2):
-            tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-            log = str(tmp_path / f"{run}-w{index}.log")
-            procs.append(helpers.start_cli(args, log, TF_CONFIG=tf_config))
-        processes.extend(procs)
-        return procs
+    # A preemption notice (SIGTERM): the run saves where it is and exits 143.
+    log = tmp_path / "first.log"
+    proc = helpers.start_cli(_args(data_dir, job), str(log))
+    processes.append(proc)
+    _wait_for_mid_epoch_backup(backup, proc, log)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143, helpers.tail(log)
+    stopped = _read_state(backup)
+    assert 1 <= stopped["epoch"] < 3 and 0 < stopped["step_in_epoch"] < STEPS, stopped
+    assert "preempted" in log.read_text()
+    _assert_backup_holds_the_weights_reached(job, data_dir, backup)
+    # A cosine schedule runs no plateau callback; the schedule itself follows the restored step counter.
+    assert set(stopped["callbacks"]) == {"best_model", "early_stopping"}
 
-    def logs(run):
-        return "".join(helpers.tail(tmp_path / f"{run}-w{index}.log") for index in range(2))
+    # The rerun resumes there and is killed outright once it has saved a later mid-epoch backup.
+    log = tmp_path / "second.log"
+    proc = helpers.start_cli(_args(data_dir, job), str(log))
+    processes.append(proc)
+    position = (stopped["epoch"], stopped["step_in_epoch"])
 
-    first = start("first")
-    _wait_for_mid_epoch_backup(backup, first[0], tmp_path / "first-w0.log")
-    first[1].send_signal(signal.SIGTERM)  # The non-chief worker only.
-    codes = [proc.wait(timeout=300) for proc in first]
-    assert codes == [143, 143], logs("first")
-    saved = _read_state(backup)
-    assert saved["epoch"] == 1 and saved["step_in_epoch"] in (2, 5, 8), saved
-    for index in range(2):  # Both workers stopped, and saved, at that step.
-        text = (tmp_path / f"first-w{index}.log").read_text()
-        assert f"backup saved at epoch 1 step {saved['step_in_epoch']}" in text, text[-3000:]
+    def later_mid_epoch():
+        saved = _read_state(backup)
+        return (
+            saved is not None
+            and (saved["epoch"], saved["step_in_epoch"]) > position
+            and saved["step_in_epoch"] > 0
+        )
 
-    # The cluster restarts both workers with the same command: they resume at that step.
-    second = start("second")
-    codes = [proc.wait(timeout=600) for proc in second]
-    assert codes == [0, 0], logs("second")
-    for index in range(2):
-        text = (tmp_path / f"second-w{index}.log").read_text()
-        assert f"resumed at epoch 1 step {saved['step_in_epoch']}" in text, text[-3000:]
-    assert helpers.read_job_json(job, "metrics.json")["epochs_completed"] == 2
+    assert helpers.wait_for(later_mid_epoch, 400, proc, interval=0.02), helpers.tail(log)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=120) == -signal.SIGKILL, helpers.tail(log)
+    assert f"resumed at epoch {position[0]} step {position[1]}" in log.read_text()
+    killed = _read_state(backup)
+    assert (killed["epoch"], killed["step_in_epoch"]) > position and 0 < killed["step_in_epoch"] < STEPS, (
+        killed
+    )
+
+    last = helpers.run_cli(_args(data_dir, job))
+    assert last.returncode == 0, last.stderr[-4000:]
+    assert f"resumed at epoch {killed['epoch']} step {killed['step_in_epoch']}" in last.stderr
+    _assert_same_run(job, reference_job)
 
 
 # ------------------------------------------------------------------ the stream itself, in process
@@ -201,6 +183,7 @@ def _names(info, count, **kwargs):
 
 
 @pytest.mark.parametrize("cache", [False, True])
+@tiers.dev("streams several epochs through tf.data, twice: seconds")
 def test_training_stream_is_a_pure_function_of_seed_epoch_and_step(sample_info, cache):
     from_start = _batches(_stream(sample_info, cache=cache), 15)  # Epochs 0, 1 and 2.
     resumed = _batches(_stream(sample_info, cache=cache, initial_epoch=1, initial_step=3), 7)
@@ -222,6 +205,7 @@ def test_training_stream_is_a_pure_function_of_seed_epoch_and_step(sample_info, 
 
 
 @pytest.mark.parametrize("cache", [False, True])
+@tiers.dev("streams several epochs through tf.data, twice: seconds")
 def test_training_stream_does_not_depend_on_the_global_seed(sample_info, cache):
     """A global seed of 0 once broke the shuffle (a tensor seed compared as a bool); others changed it."""
     streams = []
@@ -231,6 +215,7 @@ def test_training_stream_does_not_depend_on_the_global_seed(sample_info, cache):
     np.testing.assert_array_equal(np.concatenate(streams[0]), np.concatenate(streams[1]))
 
 
+@tiers.dev("streams several epochs through tf.data: seconds")
 def test_epochs_longer_than_a_pass_continue_into_the_next_pass(sample_info):
     count = sample_info.split_counts["train"]
     steps = count // 8 + 5
@@ -240,6 +225,7 @@ def test_epochs_longer_than_a_pass_continue_into_the_next_pass(sample_info):
     np.testing.assert_array_equal(again, names[-40:])
 
 
+@tiers.dev("streams several epochs through tf.data, twice: seconds")
 def test_resuming_a_pipeline_that_feeds_two_replicas_skips_two_batches_per_step(sample_info):
     context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=2)
     kwargs = {"global_batch_size": 8, "input_context": context}
@@ -251,6 +237,7 @@ def test_resuming_a_pipeline_that_feeds_two_replicas_skips_two_batches_per_step(
         np.testing.assert_array_equal(images, expected_images)
 
 
+@tiers.dev("streams several epochs through tf.data: seconds")
 def test_cached_training_stream_reads_the_files_once(sample_records, tmp_path):
     from contracts import dataset
 

@@ -354,6 +354,7 @@ def test_flip_and_erasing_run_under_xla():
     )
 
 
+@tiers.dev("traces every augmentation op on host and device: seconds")
 def test_host_and_device_give_the_same_output():
     # book's own part is checked in test_augment.py; the options run the same code after any policy.
     images = _random_images(batch=8, size=64)

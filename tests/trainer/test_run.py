@@ -1,8 +1,7 @@
 """End-to-end runs of ``python -m trainer.task``: mirrored over 2 logical CPUs, outputs,
-export, TensorBoard, multi-worker, gs:// job dir."""
+export, TensorBoard, gs:// job dir (a cluster: tests/trainer/test_multi_worker.py)."""
 
 import csv
-import glob
 import json
 import os
 
@@ -190,39 +189,6 @@ def test_tensorboard_hparams_match_the_job(tensorboard, mirrored_run):
                 name,
             )
     assert hparams["label_smoothing"] == 0.1 and hparams["clip_norm"] == 5
-
-
-@tiers.long("a two-worker cluster")
-def test_multi_worker_two_processes(sample_records, tmp_path):
-    data_dir, _ = sample_records
-    job, dump = str(tmp_path / "job"), str(tmp_path / "dump")
-    ports = [helpers.free_port(), helpers.free_port()]
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    args = helpers.quick_args(data_dir, job, 1, "--debug-dump-weights", dump)
-    procs = []
-    for index in range(2):
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        procs.append(helpers.start_cli(args, str(tmp_path / f"w{index}.log"), TF_CONFIG=tf_config))
-    codes = [p.wait(timeout=600) for p in procs]
-    assert codes == [0, 0], helpers.tail(tmp_path / "w0.log") + helpers.tail(tmp_path / "w1.log")
-    with open(os.path.join(job, "metrics.json")) as f:
-        metrics = json.load(f)
-    assert metrics["replicas"] == 2 and metrics["strategy"] == "multi_worker"
-    chief = np.load(os.path.join(dump, "worker-worker-0.npz"))
-    other = np.load(os.path.join(dump, "worker-worker-1.npz"))
-    trainable = [k for k in chief.files if k.startswith("trainable/")]
-    assert trainable and sorted(chief.files) == sorted(other.files)
-    for key in trainable:  # gradients are all-reduced: every worker applies the same update
-        np.testing.assert_allclose(chief[key], other[key], rtol=1e-5, atol=1e-6, err_msg=key)
-    moving = [k for k in chief.files if k.startswith("moving/")]
-    # Training updates batch-norm statistics from each worker's own shard; the precise
-    # batch-norm pass before the final evaluation sums over both workers: they agree exactly.
-    assert len(moving) == 2 * 33
-    for key in moving:
-        np.testing.assert_array_equal(chief[key], other[key], err_msg=key)
-    # Only the chief wrote outputs; the non-chief's temporary folders are gone.
-    assert os.path.exists(os.path.join(job, "model.keras"))
-    assert not glob.glob(os.path.join(job, "**", "workertemp-*"), recursive=True)
 
 
 @tiers.long("a trainer run into the GCS emulator")
