@@ -21,23 +21,41 @@ mkdir -p "$OUT"
 start=$(date +%s)
 step() { echo; echo "== [$(( $(date +%s) - start ))s] $*"; }
 
-step "1/6 writing a sample dataset in the tiny-imagenet-200 layout to $OUT/raw"
+step "1/4 writing a sample dataset in the tiny-imagenet-200 layout to $OUT/raw"
 python -m preprocessing.sample --out "$OUT/raw" --classes "$CLASSES" \
     --train-per-class "$TRAIN_PER_CLASS" --val-per-class "$VAL_PER_CLASS" --test-images 20
 
-step "2/6 converting it to sharded TFRecords with the Beam job (DirectRunner) into $OUT/data"
+step "2/4 converting it to sharded TFRecords with the Beam job (DirectRunner) into $OUT/data"
 python -m preprocessing.task --raw-dir "$OUT/raw" --output-dir "$OUT/data"
 
-# Precise batch norm reads 2 training batches instead of a whole epoch's (docs/trainer.md).
-step "3/6 training Minception for $MINCEPTION_EPOCHS epochs (long enough to learn the sample)"
-python -m trainer.task --data-dir "$OUT/data" --job-dir "$OUT/jobs/minception" --arch minception \
-    --epochs "$MINCEPTION_EPOCHS" --batch-size 32 --learning-rate 0.002 --cache --precise-bn 2
+# Each training or explaining process spends much of its time on one core (Python tracing
+# the model's graphs, saving it): the three architectures train side by side, then are
+# explained side by side, each line of their output prefixed with the model's name.
+pids=()
+alongside() {  # alongside NAME COMMAND...: starts COMMAND in the background, its lines as "[NAME] ..."
+    local name="$1"
+    shift
+    "$@" 2>&1 | sed -u "s/^/[$name] /" &
+    pids+=("$!")
+}
+finish() {  # waits for every process alongside() started (all of them, also after a failure); fails if any failed
+    local pid failed=0
+    for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+    pids=()
+    return "$failed"
+}
 
-# A few steps teach it nothing: no Grad-CAM probe during training (step 6 explains it) and
-# no precise batch norm (each pass costs one more graph trace, and the model stays at chance).
-step "4/6 training Inception v1 for a few steps"
-python -m trainer.task --data-dir "$OUT/data" --job-dir "$OUT/jobs/inception_v1" --arch inception_v1 \
-    --epochs 1 --steps-per-epoch 3 --batch-size 16 --validation-steps 1 --precise-bn 0 --explain false
+step "3/4 training the three side by side: Minception for $MINCEPTION_EPOCHS epochs (long enough to learn the sample), Inception v1 and Inception-ResNet-v2 for a few steps"
+# Precise batch norm reads 2 training batches instead of a whole epoch's (docs/trainer.md).
+alongside minception python -m trainer.task --data-dir "$OUT/data" --job-dir "$OUT/jobs/minception" \
+    --arch minception --epochs "$MINCEPTION_EPOCHS" --batch-size 32 --learning-rate 0.002 --cache --precise-bn 2
+
+# A few steps teach these two nothing, so they skip what only a trained model needs: the
+# Grad-CAM probe during training (step 4 explains them), precise batch norm and the softmax
+# temperature (each one more trace of the model's graph), and the export (Minception shows it).
+alongside inception_v1 python -m trainer.task --data-dir "$OUT/data" --job-dir "$OUT/jobs/inception_v1" \
+    --arch inception_v1 --epochs 1 --steps-per-epoch 3 --batch-size 16 --validation-steps 1 --precise-bn 0 \
+    --explain false --calibration none --export false
 
 # ImageNet weights cannot be downloaded offline: use them only when Keras has them cached.
 IRV2_WEIGHTS=none
@@ -45,17 +63,18 @@ if [ -f "${KERAS_HOME:-$HOME/.keras}/models/inception_resnet_v2_weights_tf_dim_o
     IRV2_WEIGHTS=imagenet
 fi
 # As Inception v1, plus: its 54M float32 weights make a 210 MB model.keras, so plain SGD
-# keeps optimizer slots out of that file (Adam's two would triple it), and the demo skips
-# its SavedModel export (another 214 MB and a rebuild; the two smaller models show the export).
-# The backbone sees the 64-px images upsized to 96 rather than the book's 224: about a fifth of
-# the compute, for a few steps that teach it nothing either way (--backbone-size, docs/models.md).
-step "5/6 training Inception-ResNet-v2 (weights: $IRV2_WEIGHTS) for a few steps at 96x96, without export"
-python -m trainer.task --data-dir "$OUT/data" --job-dir "$OUT/jobs/inception_resnet_v2" \
-    --arch inception_resnet_v2 --weights "$IRV2_WEIGHTS" --epochs 1 --steps-per-epoch 2 \
-    --batch-size 4 --validation-steps 1 --precise-bn 0 --optimizer sgd --explain false --export false \
-    --backbone-size 96
+# keeps optimizer slots out of that file (Adam's two would triple it; its export would add
+# another 214 MB). The backbone sees the 64-px images upsized to 96 rather than the book's 224:
+# about a fifth of the compute, for a few steps that teach it nothing either way
+# (--backbone-size, docs/models.md).
+echo "Inception-ResNet-v2: weights $IRV2_WEIGHTS, backbone at 96x96"
+alongside inception_resnet_v2 python -m trainer.task --data-dir "$OUT/data" \
+    --job-dir "$OUT/jobs/inception_resnet_v2" --arch inception_resnet_v2 --weights "$IRV2_WEIGHTS" \
+    --epochs 1 --steps-per-epoch 2 --batch-size 4 --validation-steps 1 --precise-bn 0 --optimizer sgd \
+    --explain false --calibration none --export false --backbone-size 96
+finish
 
-step "6/6 explaining each model with Grad-CAM (pointing game against the object boxes; faithfulness for Minception)"
+step "4/4 explaining each model with Grad-CAM (pointing game against the object boxes; faithfulness for Minception)"
 for arch in minception inception_v1 inception_resnet_v2; do
     images="$EXPLAIN_IMAGES"
     scores=--faithfulness
@@ -65,10 +84,11 @@ for arch in minception inception_v1 inception_resnet_v2; do
         images=$(( (EXPLAIN_IMAGES + 1) / 2 ))
         scores=--no-faithfulness
     fi
-    python -m explain.task --model "$OUT/jobs/$arch" --data-dir "$OUT/data" --split test \
+    alongside "$arch" python -m explain.task --model "$OUT/jobs/$arch" --data-dir "$OUT/data" --split test \
         --num-images "$images" --balanced --logdir "$OUT/jobs/$arch/logs/explain" \
         --out-dir "$OUT/gradcam/$arch" "$scores"
 done
+finish
 
 step "done in $(( $(date +%s) - start ))s"
 python scripts/demo_summary.py "$OUT"
