@@ -1,4 +1,5 @@
-"""The trainer tests' shared reference run (built once per session, across workers: tests/shared.py)."""
+"""The trainer tests' shared reference run (built once per session, across workers: tests/shared.py),
+and the processes fixture of the tests that start trainer processes themselves."""
 
 import pytest
 
@@ -41,3 +42,14 @@ def plateau_job(sample_records, tmp_path_factory):
         return {"job_dir": job_dir, "data_dir": data_dir, "args": args, "stderr": proc.stderr}
 
     return shared.once(tmp_path_factory, "plateau-job", build)
+
+
+@pytest.fixture
+def processes():
+    """Trainer processes of a test; any still running when it ends (a failed test) are killed."""
+    started = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)

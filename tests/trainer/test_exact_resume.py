@@ -88,17 +88,6 @@ def _assert_backup_holds_the_weights_reached(job, data_dir, backup):
     assert not same, f"{len(same)} of {len(trainable)} weights equal the best epoch's, e.g. {same[:3]}"
 
 
-@pytest.fixture
-def processes():
-    """Trainer processes of a test; any still running when it ends (a failed test) are killed."""
-    started = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-
-
 @pytest.fixture(scope="module")
 @tiers.long("an 18-step modern-recipe run, then interrupted and resumed copies of it")
 def reference_job(sample_records, tmp_path_factory):

@@ -12,22 +12,10 @@ import os
 import signal
 
 import numpy as np
-import pytest
 
 from tests import tiers
 from tests.trainer import helpers
 from trainer import state
-
-
-@pytest.fixture
-def processes():
-    """Trainer processes of a test; any still running when it ends (a failed test) are killed."""
-    started = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
 
 
 @tiers.long("a two-worker cluster stopped and resumed")
