@@ -29,6 +29,7 @@ turns it into one line (:func:`contracts.decode.error_message`). The folder is
 written whole or not at all (:func:`trainer.export_io.publish`).
 """
 
+import functools
 import json
 import os
 import sys
@@ -68,17 +69,31 @@ def preprocess_function(*, image_size, policy, crop_size, resize_policy=resize.D
         resize_policy: The dataset's resize policy (:data:`contracts.resize.POLICIES`).
     """
     resize.check_policy(resize_policy)
-
-    def prepare(data):
-        # The one decode of every path: the pixels PIL gives the Beam job and trainer.predict.
-        image = decode.decode_image(data)
-        return tf.cast(resize.resize(image, image_size, resize_policy), tf.float32)
+    prepare = _prepare_function(image_size, resize_policy)
 
     def preprocess(images):
         pixels = tf.map_fn(prepare, images, fn_output_signature=tf.TensorSpec([image_size, image_size, 3]))
         return policy_lib.eval_transform(policy, pixels, image_size, crop_size)
 
     return preprocess
+
+
+@functools.cache
+def _prepare_function(image_size, resize_policy):
+    """The one ``tf.function`` from one image's bytes to its float32 pixels, per size and policy.
+
+    Shared: the export's three signatures call the same function, so the hardened decode (six
+    formats, their header checks) is traced once per export instead of once per signature, a
+    third of its time in a quick run's export.
+    """
+
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
+    def prepare(data):
+        # The one decode of every path: the pixels PIL gives the Beam job and trainer.predict.
+        image = decode.decode_image(data)
+        return tf.cast(resize.resize(image, image_size, resize_policy), tf.float32)
+
+    return prepare
 
 
 def _never_empty(pixels):
