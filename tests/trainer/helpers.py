@@ -86,6 +86,21 @@ def start_cli(args, log_path, **env):
     )
 
 
+def mid_epoch_backup(backup_dir, after=(1, 0)):
+    """A :func:`wait_for` predicate: the backup holds a mid-epoch state later than ``after``.
+
+    ``after`` is ``(epoch, step_in_epoch)``; the default waits for any mid-epoch state of epoch 1 on.
+    """
+    from trainer import state
+
+    def saved_later():
+        saved = state.read_state(backup_dir)
+        position = None if saved is None else (saved["epoch"], saved["step_in_epoch"])
+        return position is not None and position > tuple(after) and position[1] > 0
+
+    return saved_later
+
+
 def wait_for(predicate, timeout, proc=None, interval=0.2):
     """Polls ``predicate`` until true; fails when ``proc`` exits first or on timeout."""
     deadline = time.time() + timeout

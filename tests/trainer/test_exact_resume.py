@@ -38,16 +38,6 @@ def _args(data_dir, job):
     return helpers.quick_args(data_dir, job, 3, *extra, "--deterministic")
 
 
-def _wait_for_mid_epoch_backup(backup_dir, proc, log, min_epoch=1, timeout=400):
-    """Polls until the backup holds a mid-epoch state of epoch ``min_epoch`` or later."""
-
-    def mid_epoch():
-        saved = _read_state(backup_dir)
-        return saved is not None and saved["epoch"] >= min_epoch and saved["step_in_epoch"] > 0
-
-    assert helpers.wait_for(mid_epoch, timeout, proc, interval=0.02), helpers.tail(log)
-
-
 def _model_weights(job):
     import keras
 
@@ -115,7 +105,7 @@ def test_run_stopped_by_sigterm_then_killed_and_resumed_equals_the_uninterrupted
     log = tmp_path / "first.log"
     proc = helpers.start_cli(_args(data_dir, job), str(log))
     processes.append(proc)
-    _wait_for_mid_epoch_backup(backup, proc, log)
+    assert helpers.wait_for(helpers.mid_epoch_backup(backup), 400, proc, interval=0.02), helpers.tail(log)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 143, helpers.tail(log)
     stopped = _read_state(backup)
@@ -130,16 +120,8 @@ def test_run_stopped_by_sigterm_then_killed_and_resumed_equals_the_uninterrupted
     proc = helpers.start_cli(_args(data_dir, job), str(log))
     processes.append(proc)
     position = (stopped["epoch"], stopped["step_in_epoch"])
-
-    def later_mid_epoch():
-        saved = _read_state(backup)
-        return (
-            saved is not None
-            and (saved["epoch"], saved["step_in_epoch"]) > position
-            and saved["step_in_epoch"] > 0
-        )
-
-    assert helpers.wait_for(later_mid_epoch, 400, proc, interval=0.02), helpers.tail(log)
+    later = helpers.mid_epoch_backup(backup, after=position)
+    assert helpers.wait_for(later, 400, proc, interval=0.02), helpers.tail(log)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=120) == -signal.SIGKILL, helpers.tail(log)
     assert f"resumed at epoch {position[0]} step {position[1]}" in log.read_text()

@@ -43,12 +43,8 @@ def test_sigterm_stops_every_worker_at_the_same_step_and_the_cluster_resumes_and
     def logs(run):
         return "".join(helpers.tail(tmp_path / f"{run}-w{index}.log") for index in range(2))
 
-    def mid_epoch():
-        saved = state.read_state(backup)
-        return saved is not None and saved["epoch"] >= 1 and saved["step_in_epoch"] > 0
-
     first = start("first")
-    assert helpers.wait_for(mid_epoch, 400, first[0], interval=0.02), logs("first")
+    assert helpers.wait_for(helpers.mid_epoch_backup(backup), 400, first[0], interval=0.02), logs("first")
     first[1].send_signal(signal.SIGTERM)  # The non-chief worker only.
     codes = [proc.wait(timeout=300) for proc in first]
     assert codes == [143, 143], logs("first")
