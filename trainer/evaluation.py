@@ -59,21 +59,29 @@ def evaluate_split(evaluator, dataset, class_names):
     return {**metrics, **class_metrics.split_summary(confusion, class_names)}, confusion
 
 
-def split_probabilities(model, dataset):
+def split_probabilities(model, dataset, predict=None):
     """Returns ``(probabilities, labels)`` of a whole split: float32 ``[N, C]`` and int64 ``[N]``.
 
     The per-image softmax temperature scaling is fitted on and measured with
     (:mod:`trainer.calibration`); ``dataset`` is a finite, non-distributed stream
-    of ``(images, labels)`` batches, ``model`` the single-output model.
+    of ``(images, labels)`` batches, ``model`` the single-output model. ``predict``
+    (:func:`probabilities_function` of ``model``) lets several splits share one trace.
     """
-    predict = tf.function(
-        lambda images: tf.cast(model(images, training=False), tf.float32), reduce_retracing=True
-    )
+    predict = predict or probabilities_function(model)
     probabilities, labels = [], []
     for images, batch_labels in dataset:
         probabilities.append(predict(images).numpy())
         labels.append(np.asarray(batch_labels, dtype=np.int64).reshape(-1))
     return np.concatenate(probabilities), np.concatenate(labels)
+
+
+def probabilities_function(model):
+    """The traced ``images -> float32 probabilities`` of the single-output ``model``."""
+
+    def probabilities(images):
+        return tf.cast(model(images, training=False), tf.float32)
+
+    return tf.function(probabilities, reduce_retracing=True)
 
 
 def calibrate(model, datasets):
@@ -89,7 +97,9 @@ def calibrate(model, datasets):
         (:func:`trainer.calibration.summary`, measured on test, or valid without test) and the
         uncalibrated outputs of the measured split (the reliability diagram's input).
     """
-    outputs = {split: split_probabilities(model, dataset) for split, dataset in datasets.items()}
+    # One traced function for every split: the model is traced once, not once per split.
+    predict = probabilities_function(model)
+    outputs = {split: split_probabilities(model, dataset, predict) for split, dataset in datasets.items()}
     measured = list(datasets)[-1]
     return calibration.summary(outputs[VALID], outputs[measured], measured), outputs[measured]
 
