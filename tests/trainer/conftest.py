@@ -19,7 +19,9 @@ def plateau_args(data_dir, job_dir):
     # Keras' momentum and no precise statistics: the lagging moving averages make val_loss rise
     # while the weights barely move (the plateau). Seed 3's near-initial model predicts several
     # classes (other seeds' predict one class for every image).
-    return [*args, "--explain", "false", "--bn-momentum", "0.99", "--precise-bn", "0", "--seed", "3"]
+    args += ["--explain", "false", "--bn-momentum", "0.99", "--precise-bn", "0", "--seed", "3"]
+    # The calibration and TFLite tests read the temperature this run fits.
+    return [*args, "--calibration", "temperature"]
 
 
 @pytest.fixture(scope="session")

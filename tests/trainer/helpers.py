@@ -24,6 +24,12 @@ QUICK += ["--monitor-start-epoch", "0"]
 # Most tests read metrics.json and model.keras; the export (three traced signatures, about a
 # quarter of a quick run) only where a test checks it: they pass "--export", "true".
 QUICK += ["--export", "false"]
+# The precise batch-norm pass (a traced probe of every batch-norm input, before each validation) and
+# the temperature fit cost a quick run about 15 of its 50 s: only tests that check them, or that stand
+# for a default run, turn them back on with FINAL_STAGES.
+QUICK += ["--precise-bn", "0", "--calibration", "none"]
+# The trainer's defaults for the stages QUICK turns off (after QUICK, the last flag wins).
+FINAL_STAGES = ["--precise-bn", "auto", "--calibration", "temperature"]
 
 
 def quick_args(data_dir, job_dir, epochs, *extra):

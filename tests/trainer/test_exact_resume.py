@@ -35,7 +35,8 @@ MODERN += ["--lr-schedule", "cosine", "--lr-warmup-epochs", "1", "--ema", "0.9"]
 def _args(data_dir, job):
     # minception's default policy, crop, runs on the host: augmentation is part of the stream.
     extra = ["--steps-per-epoch", str(STEPS), "--backup-every-steps", "2", "--explain", "false", *MODERN]
-    return helpers.quick_args(data_dir, job, 3, *extra, "--deterministic")
+    # The precise pass before each validation moves the statistics a resumed run must restore.
+    return helpers.quick_args(data_dir, job, 3, *extra, "--precise-bn", "auto", "--deterministic")
 
 
 def _model_weights(job):

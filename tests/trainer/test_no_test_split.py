@@ -24,7 +24,7 @@ def test_a_dataset_without_test_images_is_evaluated_on_valid(tmp_path, capsys):
 
     job = str(tmp_path / "job")
     # --class-weight balanced rides along: its start-up line is checked in a real run too.
-    extra = ["--export", "true", "--explain", "false", "--class-weight", "balanced"]
+    extra = ["--export", "true", "--explain", "false", "--class-weight", "balanced", *helpers.FINAL_STAGES]
     proc = helpers.run_cli(helpers.quick_args(records, job, 2, *extra))
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "evaluation dataset is empty" not in proc.stderr

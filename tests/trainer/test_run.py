@@ -18,7 +18,9 @@ def mirrored_run(sample_records, tmp_path_factory):
     """One mirrored run over 2 logical CPU devices; returns ``(job_dir, data_dir, proc)``."""
     data_dir, _ = sample_records
     job = str(tmp_path_factory.mktemp("mirrored") / "job")
-    args = helpers.quick_args(data_dir, job, 2, "--num-cpu-devices", "2", "--export", "true")
+    args = helpers.quick_args(
+        data_dir, job, 2, "--num-cpu-devices", "2", "--export", "true", *helpers.FINAL_STAGES
+    )
     # An option whose all-reduce only a strategy with replicas exercises, and the soft-target loss.
     # Not --sync-bn: it doubles this run's first step (one cross-replica merge per batch-norm
     # layer while tracing), and test_optimizers checks it on two replicas numerically.
