@@ -340,19 +340,8 @@ def _build_model(config, info, strategy, build_options, frozen, steps_per_epoch)
             steps_per_epoch=steps_per_epoch,
             start_epoch=start_epoch,
         )
-        _compile(model, optimizer)
+        model.compile(optimizer=optimizer, jit_compile=False)
     return model, main_model
-
-
-def _compile(model, optimizer):
-    """Compiles ``model`` with ``optimizer`` and creates the optimizer's variables now.
-
-    Built here rather than by its first ``apply`` inside the traced train step: a
-    ``tf.function`` whose first trace creates variables traces itself a second time
-    without them, which cost a quick run about a fifth of its time.
-    """
-    model.compile(optimizer=optimizer, jit_compile=False)
-    model.optimizer.build(model.trainable_variables)
 
 
 def _unfreeze(config, strategy, model, training_loop, training_state, steps_per_epoch):
@@ -376,7 +365,8 @@ def _unfreeze(config, strategy, model, training_loop, training_state, steps_per_
             steps_per_epoch=steps_per_epoch,
             start_epoch=config.frozen_epochs,
         )
-        _compile(model, optimizer)
+        model.compile(optimizer=optimizer, jit_compile=False)
+        model.optimizer.build(model.trainable_variables)
     training_loop.reset()
     VOICE.say("backbone unfrozen: training every layer")
 

@@ -46,6 +46,24 @@ def test_xla_step_with_device_augmentation(policy):
     assert int(train.step_counter.numpy()) == 2
 
 
+def test_the_train_step_is_traced_once():
+    """An optimizer without variables yet gets them before the step is traced, not by its first
+    apply inside the trace (a tf.function that creates variables traces itself twice)."""
+    keras.utils.set_random_seed(0)
+    model = _tiny_model(3, 8)
+    model.compile(optimizer=keras.optimizers.Adam(0.01))
+    assert not model.optimizer.built
+    train = loop.DistributedLoop(
+        tf.distribute.get_strategy(), model, model, num_classes=3, global_batch_size=4
+    )
+    images = tf.random.uniform((4, 8, 8, 3), 0, 255, seed=1)
+    iterator = iter(tf.data.Dataset.from_tensors((images, tf.constant([0, 1, 2, 0]))).repeat())
+    for _ in range(3):
+        train.train_step(iterator)
+    assert train._train_function.experimental_get_tracing_count() == 1
+    assert int(model.optimizer.iterations.numpy()) == 3
+
+
 @tiers.long("a mixed-precision run: float16 is emulated on a CPU")
 def test_mixed_precision_and_device_augmentation_run(sample_records, tmp_path):
     data_dir, _ = sample_records
