@@ -97,7 +97,8 @@ def calibrate(model, datasets):
         (:func:`trainer.calibration.summary`, measured on test, or valid without test) and the
         uncalibrated outputs of the measured split (the reliability diagram's input).
     """
-    # One traced function for every split: the model is traced once, not once per split.
+    # The splits share one traced function: its traces (a second one for a smaller last batch) are
+    # paid once, not once per split.
     predict = probabilities_function(model)
     outputs = {split: split_probabilities(model, dataset, predict) for split, dataset in datasets.items()}
     measured = list(datasets)[-1]
