@@ -14,8 +14,8 @@ sizes are baked into the graph and written beside it in
 * ``serving_default``: the top-5 ``classes`` (int32 indices), ``wnids``,
   ``names`` and ``probabilities`` (float32), best first; calibrated by the job's
   softmax temperature (:mod:`trainer.calibration`) when the run fitted one.
-* ``explain``: the same four plus the Grad-CAM of the top class on the
-  registry's ``feature_layer``: ``heatmap`` float32 ``[B, S, S]`` at the model
+* ``explain``: the same four plus the Grad-CAM of the top class on
+  :func:`gradcam_layer` (the registry's ``feature_layer``): ``heatmap`` float32 ``[B, S, S]`` at the model
   input side ``S``, in ``[0, 1]`` with maximum 1 (all zeros when nothing in the
   layer supports the class), and ``peak`` int32 ``[B, 2]``, the ``(y, x)`` of
   the heatmap's maximum. Computed by :class:`explain.tfcam.GradCam`, which
@@ -46,7 +46,7 @@ import tensorflow as tf
 
 from contracts import decode, resize, storage
 from contracts import policy as policy_lib
-from explain import tfcam
+from explain import layers, tfcam
 from trainer import calibration, export_io, models
 
 SIGNATURE = "serving_default"
@@ -57,6 +57,31 @@ SAVED_MODEL_FILE = "saved_model.pb"
 # assets.extra/ is the SavedModel's folder for files that loading ignores.
 SETTINGS_FILE = "assets.extra/preprocessing.json"
 _INPUT = [tf.TensorSpec([None], tf.string, name="images")]
+
+
+def gradcam_layer(arch, model):
+    """Returns the layer the export's Grad-CAM explains, and a warning when it is not the usual one.
+
+    It is the architecture's ``feature_layer``, unless the input side leaves that
+    layer's map 1x1 (Inception-ResNet-v2 below a ``--backbone-size`` of
+    :data:`trainer.models.inception_resnet_v2.SPATIAL_BACKBONE_SIZE`):
+    Grad-CAM of a 1x1 map is one flat value, so the export then explains the
+    last layer whose map is still spatial. The trainer checks this right after
+    building the model, so the warning comes before training, not at the export.
+
+    Returns:
+        ``(layer_name, warning)``; ``warning`` is ``None`` for the usual layer.
+    """
+    usual = models.get_defaults(arch).feature_layer
+    if usual in layers.spatial_layers(model):
+        return usual, None
+    layer = layers.choose_layer(model)
+    height, width = model.get_layer(layer).output.shape[1:3]
+    enough = models.inception_resnet_v2.SPATIAL_BACKBONE_SIZE
+    return layer, (
+        f"at this input side the feature map of {usual!r} is 1x1: the export's Grad-CAM explains {layer!r} "
+        f"({height}x{width}) instead; a --backbone-size of {enough} or more keeps {usual!r}"
+    )
 
 
 def preprocess_function(*, image_size, policy, crop_size, resize_policy=resize.DEFAULT_POLICY):
@@ -261,7 +286,7 @@ def export_model(main_model, directory, *, arch, build_options, info, policy, cr
     Args:
         main_model: The trained single-output model.
         directory: Local export folder.
-        arch: Registered architecture name; its ``feature_layer`` is Grad-CAM's target.
+        arch: Registered architecture name (Grad-CAM's target is :func:`gradcam_layer`).
         build_options: The options the model was built with (``weights`` is ignored).
         info: The dataset's :class:`contracts.dataset.DatasetInfo`.
         policy: Augmentation policy whose evaluation transform serving applies.
@@ -277,7 +302,7 @@ def export_model(main_model, directory, *, arch, build_options, info, policy, cr
     return export_saved_model(
         plain,
         directory,
-        layer=models.get_defaults(arch).feature_layer,
+        layer=gradcam_layer(arch, plain)[0],
         wnids=info.wnids,
         class_names=info.class_names,
         image_size=info.image_size,

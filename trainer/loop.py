@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from contracts import stream
 from trainer import class_weights as class_weights_lib
-from trainer import mixing, optimizers, step_metrics
+from trainer import finite, mixing, optimizers, step_metrics
 
 # Steps between two reads of the kept per-step losses (one device sync each).
 FINITE_CHECK_STEPS = 20
@@ -122,7 +122,7 @@ class DistributedLoop:
         """Rebuilds the compiled steps (after unfreezing layers or replacing the optimizer)."""
         self._train_function = None
         self._eval_functions = {}
-        self._finite_function = None
+        self._variable_check = None
 
     # ----------------------------------------------------------------- train
     def _replica_augment(self, images):
@@ -230,23 +230,15 @@ class DistributedLoop:
                 raise NonFiniteError(f"training loss is {float(values[bad[0]])} at epoch {epoch} step {step}")
         if self._position is not None and not self._variables_finite():
             epoch, step = self._position
-            # Only this failure pays for copying the variables to the host.
-            bad = [v.path for v in self._checked_variables if not np.isfinite(v.numpy()).all()]
+            bad = self._variable_check.non_finite_paths()
             what = bad[0] if bad else "a variable of another worker"
             raise NonFiniteError(f"training diverged: {what} is not finite after epoch {epoch} step {step}")
 
     def _variables_finite(self):
-        if self._finite_function is None:
+        if self._variable_check is None:
             variables = [*self.model.variables, *self.model.optimizer.variables]
-            variables = self._checked_variables = [v for v in variables if "float" in str(v.dtype)]
-
-            @tf.function
-            def any_non_finite():
-                finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables])
-                return tf.cast(tf.logical_not(finite), tf.float32)
-
-            self._finite_function = any_non_finite
-        bad = self._finite_function()
+            self._variable_check = finite.VariableCheck(variables)
+        bad = self._variable_check.any_non_finite()
         if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
             # Each worker keeps its own batch-norm statistics: the workers must agree
             # (as on a stop request), or one would stop while the others wait for it.

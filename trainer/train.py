@@ -126,6 +126,8 @@ def run(config, stop_flag=None, clock=None):
     build_options = model_build_options(config, models.get_defaults(config.arch), info.image_size)
     steps_per_epoch = config.steps_per_epoch or max(1, info.num_batches("train", config.batch_size, True))
     model, main_model = _build_model(config, info, strategy, build_options, frozen, steps_per_epoch)
+    if config.export and (warning := export.gradcam_layer(config.arch, main_model)[1]):
+        VOICE.warn(warning)  # Now, not after training.
     device_augmenter = None
     augment_options = config.augment_options()
     if config.augment_on == "device" and data.augments(config.policy, **augment_options):

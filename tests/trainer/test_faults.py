@@ -370,6 +370,29 @@ def test_loop_names_the_first_non_finite_step():
         runner.check_finite()
 
 
+def test_variable_check_reads_on_the_host_then_traces(monkeypatch):
+    import keras
+
+    from trainer import finite
+
+    monkeypatch.setattr(finite, "HOST_CHECKS", 2)
+    weight, later = keras.Variable([1.0, 2.0], name="weight"), keras.Variable([[0.5]], name="later")
+    counter = keras.Variable(3, dtype="int64", name="counter")
+    check = finite.VariableCheck([weight, counter, later])
+    assert check.variables == [weight, later]  # integers are never NaN
+    assert [float(check.any_non_finite()) for _ in range(2)] == [0.0, 0.0]
+    assert check._traced is None  # the first checks read the variables on the host
+    assert float(check.any_non_finite()) == 0.0 and check._traced is not None
+    later.assign([[np.inf]])
+    assert float(check.any_non_finite()) == 1.0  # the traced check reads the variable anew
+    assert check.non_finite_paths() == [later.path]
+    fresh = finite.VariableCheck([weight, later])
+    assert float(fresh.any_non_finite()) == 1.0 and fresh._traced is None  # the host check sees it too
+    weight.assign([np.nan, 1.0])
+    assert fresh.non_finite_paths() == [weight.path, later.path]
+    assert fresh.non_finite_paths(first_only=True) == [weight.path]
+
+
 # ------------------------------------------------------------------------------ bad settings
 
 

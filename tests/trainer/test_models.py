@@ -13,7 +13,8 @@ import pytest
 import tensorflow as tf
 
 from contracts import model as model_layers
-from trainer import models
+from explain import layers as explain_layers
+from trainer import export, models
 from trainer.models import blocks, inception_resnet_v2
 
 NUM_CLASSES = 7
@@ -275,6 +276,12 @@ def test_inception_resnet_v2_backbone_size_sets_the_resize_and_keeps_the_weights
     # The same variables, shape for shape: pretrained weights load at any backbone side.
     assert [tuple(v.shape) for v in small.weights] == [tuple(v.shape) for v in default.weights]
     assert small(_images(small)).shape == (BATCH, NUM_CLASSES)
+    # Grad-CAM of the export: the usual layer at the default side, the last spatial one at 75.
+    assert export.gradcam_layer("inception_resnet_v2", default) == ("conv_7b_ac", None)
+    layer, warning = export.gradcam_layer("inception_resnet_v2", small)
+    assert small.get_layer("conv_7b_ac").output.shape[1:3] == (1, 1)
+    assert layer == explain_layers.spatial_layers(small)[-1] and small.get_layer(layer).output.shape[1] > 1
+    assert "the feature map of 'conv_7b_ac' is 1x1" in warning and f"explains {layer!r}" in warning
 
 
 @pytest.mark.long  # builds Inception-ResNet-v2

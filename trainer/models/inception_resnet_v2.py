@@ -31,6 +31,10 @@ NAME = "inception_resnet_v2"
 # costs roughly (side / 224)^2 of the compute (--backbone-size).
 BACKBONE_SIZE = 224
 MIN_BACKBONE_SIZE = 75
+# The smallest side whose last feature map (conv_7b_ac) is still spatial: each
+# valid 3x3 stride-2 step maps s to (s - 3) // 2 + 1, and 107 goes 53, 51, 25,
+# 23, 11, 5, 2 where 106 ends at 1x1 (trainer.export.gradcam_layer falls back).
+SPATIAL_BACKBONE_SIZE = 107
 
 # Keras' ImageNet weights of the no-top network: the file name it caches under
 # <Keras home>/models/, where it downloads it from, and its md5 (the values of
