@@ -206,6 +206,11 @@ def run(config, stop_flag=None, clock=None):
                 _unfreeze(config, strategy, model, training_loop, training_state, steps_per_epoch)
                 if refresh_statistics is not None:
                     refresh_statistics.reset()
+                if fit_args["stop_requested"](True):
+                    # Stopped in the frozen phase's last epoch: saved now, the new optimizer built,
+                    # not after tracing the unfrozen step (a minute for a large backbone on a CPU).
+                    result.interrupted, result.step_in_epoch = True, 0
+                    break
             epoch, step = result.epochs_completed, 0
         clock.lap("steps")
         if result.interrupted:

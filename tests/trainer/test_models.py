@@ -367,8 +367,12 @@ def test_build_options_override_defaults_and_seed_is_reproducible():
     assert model.input_shape == (None, 64, 64, 3)
     assert model.output_shape == (None, NUM_CLASSES)
     assert model.get_layer("head_dropout").rate == pytest.approx(0.2)
-    again = models.build_model("minception", NUM_CLASSES, input_size=64, dropout=None, seed=3)
+    again = models.build_model("minception", NUM_CLASSES, input_size=64, dropout=None, seed=3, sync_bn=True)
     assert again.get_layer("head_dropout").rate == pytest.approx(0.5)
+    # sync_bn: every batch norm computes its statistics over all replicas (test_optimizers runs one).
+    norms = [(a, b) for a, b in zip(model.layers, again.layers, strict=True) if hasattr(a, "synchronized")]
+    assert len(norms) > 10 and not any(a.synchronized for a, _ in norms)
+    assert all(b.synchronized for _, b in norms)
     for first, second in zip(model.weights, again.weights, strict=True):
         np.testing.assert_array_equal(first.numpy(), second.numpy())
 
