@@ -26,7 +26,8 @@ def plateau_args(data_dir, job_dir):
 
 @pytest.fixture(scope="session")
 def plateau_job(sample_records, tmp_path_factory):
-    """One quick run with a real plateau and early stop, shared by the evaluate and branch tests.
+    """One quick run with a real plateau and early stop, shared by the evaluate, branch, calibration,
+    TFLite and chance-level tests (its barely trained best model validates at chance).
 
     Read-only: a test that writes into the job dir copies it first.
 
