@@ -77,6 +77,8 @@ def gradcam_layer(arch, model):
         return usual, None
     layer = layers.choose_layer(model)
     height, width = model.get_layer(layer).output.shape[1:3]
+    # Only Inception-ResNet-v2 gets here: Minception and Inception v1 keep a map of 2x2 or more
+    # at the smallest input side the registry accepts.
     enough = models.inception_resnet_v2.SPATIAL_BACKBONE_SIZE
     return layer, (
         f"at this input side the feature map of {usual!r} is 1x1: the export's Grad-CAM explains {layer!r} "
