@@ -81,8 +81,11 @@ def gradcam_layer(arch, model):
     # at the smallest input side the registry accepts.
     enough = models.inception_resnet_v2.SPATIAL_BACKBONE_SIZE
     return layer, (
-        f"at this input side the feature map of {usual!r} is 1x1: the export's Grad-CAM explains {layer!r} "
-        f"({height}x{width}) instead; a --backbone-size of {enough} or more keeps {usual!r}"
+        # Not the layer's name: Keras numbers unnamed layers per session, so the export's own build
+        # of the model names the same layer differently.
+        f"at this input side the feature map of {usual!r} is 1x1: the export's Grad-CAM explains the "
+        f"last layer still spatial ({height}x{width}) instead; a --backbone-size of {enough} or more "
+        f"keeps {usual!r}"
     )
 
 
