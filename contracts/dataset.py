@@ -335,6 +335,7 @@ def make_dataset(
     drop_remainder = training if drop_remainder is None else drop_remainder
     all_features = features == "all"
 
+    @stream.as_written
     def decode(serialized):
         return _decode_batch(serialized, info.image_size, all_features)
 
@@ -371,9 +372,11 @@ def make_dataset(
             dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
             dataset = dataset.map(decode, num_parallel_calls=AUTOTUNE)
         transform = _eval_fn(policy, info.image_size, crop_size)
-    dataset = dataset.map(transform, num_parallel_calls=AUTOTUNE)
+    dataset = dataset.map(stream.as_written(transform), num_parallel_calls=AUTOTUNE)
     if not all_features:
-        dataset = dataset.map(lambda batch: (batch["image"], batch["label"]), num_parallel_calls=AUTOTUNE)
+        dataset = dataset.map(
+            stream.as_written(lambda batch: (batch["image"], batch["label"])), num_parallel_calls=AUTOTUNE
+        )
     return dataset.prefetch(AUTOTUNE)
 
 

@@ -37,6 +37,18 @@ _ALG = "philox"
 # augmentation of the same (epoch, pass/batch) never share random numbers.
 _FILE_ORDER, _RECORD_ORDER, _AUGMENT, _MIXING = 1, 2, 3, 4
 _FOREVER = np.iinfo(np.int64).max
+
+
+def as_written(function):
+    """``function`` for ``Dataset.map`` and ``flat_map``, traced as written (AutoGraph off).
+
+    None of the pipeline's functions branches in Python on a tensor (a condition on one
+    raises when traced), and AutoGraph's conversion of each, with its check of every call
+    inside, cost a quick Minception run about a second of its start (docs/trainer.md).
+    """
+    return tf.autograph.experimental.do_not_convert(function)
+
+
 # Graph seed of the record shuffle (any non-zero constant; see ``shuffled``).
 _GRAPH_SEED = 87654321
 
@@ -73,7 +85,7 @@ def augment_seeds(seed, batches_per_epoch, initial_epoch=0, initial_batch=0, pip
         initial_batch=initial_batch,
         repeat=True,
     )
-    return stream.map(lambda epoch, batch, _: batch_seed(seed, epoch, batch, pipeline))
+    return stream.map(as_written(lambda epoch, batch, _: batch_seed(seed, epoch, batch, pipeline)))
 
 
 def _shard_files(files, input_context):
@@ -132,10 +144,10 @@ def _by_epoch(epoch_batches, *, batches_per_epoch, initial_epoch, initial_batch,
         # range() first: zip stops at the epoch's end without pulling another batch.
         indexed = tf.data.Dataset.zip(tf.data.Dataset.range(batches_per_epoch), epoch_batches(epoch))
         indexed = indexed.skip(tf.where(tf.equal(epoch, first_epoch), first_batch, tf.constant(0, tf.int64)))
-        return indexed.map(lambda index, batch: (epoch, index, batch))
+        return indexed.map(as_written(lambda index, batch: (epoch, index, batch)))
 
     stop = _FOREVER if repeat else initial_epoch + 1
-    return tf.data.Dataset.range(initial_epoch, stop).flat_map(one_epoch)
+    return tf.data.Dataset.range(initial_epoch, stop).flat_map(as_written(one_epoch))
 
 
 def _scalar_seed(key):
@@ -196,7 +208,7 @@ def training_batches(
         # an iterator read to the end: fill it now, so that epochs shorter than
         # a pass are served from memory too.
         decoded = read_records(files, input_context).batch(batch_size)
-        decoded = decoded.map(decode, num_parallel_calls=AUTOTUNE).unbatch().cache()
+        decoded = decoded.map(as_written(decode), num_parallel_calls=AUTOTUNE).unbatch().cache()
         if tf.executing_eagerly():
             decoded.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1)
 
@@ -209,7 +221,7 @@ def training_batches(
             return shuffled(records, epoch, index)
 
     def epoch_batches(epoch):
-        passes = tf.data.Dataset.range(_FOREVER).flat_map(lambda index: one_pass(epoch, index))
+        passes = tf.data.Dataset.range(_FOREVER).flat_map(as_written(lambda index: one_pass(epoch, index)))
         return passes.batch(batch_size, drop_remainder=True)
 
     stream = _by_epoch(
@@ -220,8 +232,8 @@ def training_batches(
         repeat=repeat,
     )
     if not cache:  # Decoded after the skip, so skipped batches cost no decoding.
-        stream = stream.map(lambda epoch, index, batch: (epoch, index, decode(batch)), AUTOTUNE)
+        stream = stream.map(as_written(lambda epoch, index, batch: (epoch, index, decode(batch))), AUTOTUNE)
     return stream.map(
-        lambda epoch, index, batch: (batch, batch_seed(seed, epoch, index, pipeline)),
+        as_written(lambda epoch, index, batch: (batch, batch_seed(seed, epoch, index, pipeline))),
         num_parallel_calls=AUTOTUNE,
     )

@@ -126,7 +126,9 @@ class Explainer:
         self._compiled = None
         if method == "gradcam" and compiled:
             cam = tfcam.GradCam(clone, self.layer)
-            self._compiled = tf.function(lambda pixels, classes: cam(pixels, classes)["heatmap"])
+            self._compiled = tf.function(
+                lambda pixels, classes: cam(pixels, classes)["heatmap"], autograph=False
+            )
             return
         self._visualizer = _VISUALIZERS[method](clone, model_modifier=ReplaceToLinear(), clone=False)
 

@@ -141,7 +141,7 @@ def _batch_shapes():
     def shape(data):
         return tf.shape(schema.decode_jpeg(data), out_type=tf.int32)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
     def shapes(data):
         spec = tf.TensorSpec([3], tf.int32)
         return tf.map_fn(shape, data, fn_output_signature=spec, parallel_iterations=16)

@@ -318,7 +318,7 @@ def stop_check(strategy, stop_flag, every_steps=10):
     steps = 0
 
     # A tf.function: run eagerly, every collective of MultiWorkerMirroredStrategy is set up anew.
-    @tf.function
+    @tf.function(autograph=False)
     def all_reduce(flag):
         return strategy.reduce("SUM", strategy.run(tf.identity, args=(flag,)), axis=None)
 

@@ -81,7 +81,7 @@ def probabilities_function(model):
     def probabilities(images):
         return tf.cast(model(images, training=False), tf.float32)
 
-    return tf.function(probabilities, reduce_retracing=True)
+    return tf.function(probabilities, reduce_retracing=True, autograph=False)
 
 
 def calibrate(model, datasets):

@@ -181,7 +181,7 @@ def serving_function(
         image_size=image_size, policy=policy, crop_size=crop_size, resize_policy=resize_policy
     )
 
-    @tf.function(input_signature=_INPUT)
+    @tf.function(input_signature=_INPUT, autograph=False)
     def serve(images):
         probabilities = tf.cast(model(_never_empty(preprocess(images)), training=False), tf.float32)
         outputs = _top_k_outputs(probabilities, wnids, class_names, top_k, temperature)
@@ -216,7 +216,7 @@ def explain_function(
     )
     gradcam = tfcam.GradCam(model, layer)
 
-    @tf.function(input_signature=_INPUT)
+    @tf.function(input_signature=_INPUT, autograph=False)
     def explain(images):
         # One forward pass gives both: top_k and GradCam break ties alike, so
         # the heatmap is always that of classes[:, 0].
@@ -249,7 +249,9 @@ def export_saved_model(model, directory, *, layer=None, **kwargs):
         "resize_policy": kwargs.get("resize_policy", resize.DEFAULT_POLICY),
     }
     preprocess = preprocess_function(**settings)
-    pixels = tf.function(lambda images: {"pixels": preprocess(images)}, input_signature=_INPUT)
+    pixels = tf.function(
+        lambda images: {"pixels": preprocess(images)}, input_signature=_INPUT, autograph=False
+    )
     signatures = {
         SIGNATURE: serving_function(model, **kwargs),
         EXPLAIN_SIGNATURE: explain_function(model, layer=layer, **kwargs),

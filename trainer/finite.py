@@ -32,7 +32,7 @@ class VariableCheck:
         if self.checks <= HOST_CHECKS:
             return tf.constant(float(bool(self.non_finite_paths(first_only=True))))
         if self._traced is None:
-            self._traced = tf.function(self._graph_any_non_finite)
+            self._traced = tf.function(self._graph_any_non_finite, autograph=False)
         return self._traced()
 
     def non_finite_paths(self, first_only=False):

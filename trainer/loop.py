@@ -181,7 +181,7 @@ class DistributedLoop:
                 optimizer.build(self.model.trainable_variables)
         update = self._replica_update
         if self.jit_compile:
-            update = tf.function(update, jit_compile=True, reduce_retracing=True)
+            update = tf.function(update, jit_compile=True, reduce_retracing=True, autograph=False)
 
         def replica_step(images, labels):
             # Augmentation and mixing stay outside the XLA cluster: the book policy's
@@ -194,7 +194,7 @@ class DistributedLoop:
             images, targets = self._replica_mix(images, labels)
             return update(images, labels, targets)
 
-        @tf.function
+        @tf.function(autograph=False)
         def train_function(iterator):
             images, labels = next(iterator)
             stats = self.strategy.run(replica_step, args=(images, labels))
@@ -269,7 +269,7 @@ class DistributedLoop:
 
         # The dataset's own signature (batch dimension open): a split's smaller last
         # batch and the next split reuse the one trace instead of tracing again.
-        @tf.function(input_signature=list(element_spec))
+        @tf.function(input_signature=list(element_spec), autograph=False)
         def eval_function(images, labels):
             stats = self.strategy.run(replica_step, args=(images, labels))
             return {k: self.strategy.reduce("SUM", v, axis=None) for k, v in stats.items()}

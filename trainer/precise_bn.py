@@ -103,7 +103,7 @@ class PreciseBatchNorm:
             return tf.cond(tf.shape(images)[0] > 0, lambda: sums(images, shifts), lambda: zeros(shifts))
 
         # The last batch of the split may be smaller: one more trace, not one per size.
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)
         def step(images, shifts):
             per_replica = self.strategy.run(replica_step, args=(images, shifts))
             # One reduction per tensor: a cluster's collectives cannot pack tensors of mixed ranks.
@@ -112,7 +112,7 @@ class PreciseBatchNorm:
 
         # The workers of a cluster each keep their own moving means; the sums of all of them
         # must be taken about one common shift: their mean over every replica.
-        @tf.function
+        @tf.function(autograph=False)
         def common_shifts():
             per_replica = self.strategy.run(
                 lambda: [tf.identity(layer.moving_mean.value) for layer in layers]

@@ -77,7 +77,7 @@ def probabilities_function(model, *, image_size, policy, crop_size, quantized=Fa
     dtype = tf.float32 if quantized else tf.uint8
     spec = tf.TensorSpec([None, image_size, image_size, 3], dtype, name=INPUT_NAME)
 
-    @tf.function(input_signature=[spec])
+    @tf.function(input_signature=[spec], autograph=False)
     def probabilities(images):
         pixels = tf.cast(images, tf.float32)
         if quantized:
