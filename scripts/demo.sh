@@ -62,9 +62,9 @@ IRV2_WEIGHTS=none
 if [ -f "${KERAS_HOME:-$HOME/.keras}/models/inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5" ]; then
     IRV2_WEIGHTS=imagenet
 fi
-# As Inception v1, plus: its 54M float32 weights make a 210 MB model.keras, so plain SGD
-# keeps optimizer slots out of that file (Adam's two would triple it; its export would add
-# another 214 MB). The backbone sees the 64-px images upsized to 96 rather than the book's 224:
+# As Inception v1, plus: its 54M float32 weights make a 210 MB model.keras (no optimizer state:
+# trainer/callbacks.py), and plain SGD keeps slots out of the backup written at the epoch's end
+# (Adam's two would triple it to 650 MB; its export would add another 214 MB). The backbone sees the 64-px images upsized to 96 rather than the book's 224:
 # about a fifth of the compute, for a few steps that teach it nothing either way
 # (--backbone-size, docs/models.md).
 echo "Inception-ResNet-v2: weights $IRV2_WEIGHTS, backbone at 96x96"

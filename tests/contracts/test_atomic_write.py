@@ -175,14 +175,30 @@ def test_final_file_cut_short_by_the_kernel_keeps_the_last_good_one(name, tmp_pa
     assert os.listdir(os.path.dirname(path)) == [name]
 
 
-def test_saved_model_file_loads_back(tmp_path):
+def test_saved_model_file_loads_back_without_the_optimizer(tmp_path):
+    import zipfile
+
+    import h5py
     import keras
 
+    from trainer import callbacks
+
     path = str(tmp_path / "model.keras")
-    model = _save_model(path)
+    model = _keras_model()
+    model.compile(optimizer=keras.optimizers.Adam(), loss="sparse_categorical_crossentropy")
+    model.optimizer.build(model.trainable_variables)
+    callbacks.save_model(model, path)
     images = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
-    np.testing.assert_allclose(keras.models.load_model(path)(images), model(images), rtol=1e-6)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(loaded(images), model(images), rtol=1e-6)
+    assert loaded.name == model.name and [layer.name for layer in loaded.layers] == [
+        layer.name for layer in model.layers
+    ]
     assert os.listdir(tmp_path) == ["model.keras"]
+    # The weights alone: the compiled model's optimizer (two Adam slots per weight) stays out.
+    with zipfile.ZipFile(path) as archive, archive.open("model.weights.h5") as weights:
+        assert "optimizer" not in h5py.File(weights, "r")
+    assert getattr(loaded, "optimizer", None) is None and model.optimizer.built
 
 
 def test_per_class_csv_is_whole(tmp_path):
