@@ -43,8 +43,9 @@ def as_written(function):
     """``function`` for ``Dataset.map`` and ``flat_map``, traced as written (AutoGraph off).
 
     None of the pipeline's functions branches in Python on a tensor (a condition on one
-    raises when traced), and AutoGraph's conversion of each, with its check of every call
-    inside, cost a quick Minception run about a second of its start (docs/trainer.md).
+    raises when traced). AutoGraph's conversion of each, with its check of every call
+    inside, was part of the tenth of a quick run py-spy found in AutoGraph
+    (docs/trainer.md, "Benchmark").
     """
     return tf.autograph.experimental.do_not_convert(function)
 

@@ -80,7 +80,7 @@ def save_model(model, path):
     Raises:
         contracts.storage.WriteError: The file could not be written (one line naming it).
     """
-    view = keras.Model(model.inputs, model.outputs, name=model.name)
+    view = keras.Model(model.input, model.output, name=model.name)
     storage.write_atomically(path, view.save)
 
 

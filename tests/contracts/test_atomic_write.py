@@ -190,6 +190,8 @@ def test_saved_model_file_loads_back_without_the_optimizer(tmp_path):
     callbacks.save_model(model, path)
     images = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
     loaded = keras.models.load_model(path)
+    # The same structure (one tensor, not a list of one) and the same numbers.
+    assert not keras.tree.is_nested(loaded.output) and not keras.tree.is_nested(loaded(images))
     np.testing.assert_allclose(loaded(images), model(images), rtol=1e-6)
     assert loaded.name == model.name and [layer.name for layer in loaded.layers] == [
         layer.name for layer in model.layers

@@ -1,4 +1,4 @@
-"""A dataset without test images trains, evaluates on valid, and exits 0 with its reports and export."""
+"""A dataset without test images trains, evaluates and calibrates on valid, and exits 0 with its reports."""
 
 import csv
 import os
@@ -23,8 +23,10 @@ def test_a_dataset_without_test_images_is_evaluated_on_valid(tmp_path, capsys):
     assert valid_count > 0
 
     job = str(tmp_path / "job")
-    # --class-weight balanced rides along: its start-up line is checked in a real run too.
-    extra = ["--export", "true", "--explain", "false", "--class-weight", "balanced", *helpers.FINAL_STAGES]
+    # --class-weight balanced rides along: its start-up line is checked in a real run too. The
+    # temperature is fitted and measured on valid here; the export and precise batch norm read no
+    # evaluation split (the mirrored run in test_run.py checks them).
+    extra = ["--explain", "false", "--class-weight", "balanced", "--calibration", "temperature"]
     proc = helpers.run_cli(helpers.quick_args(records, job, 2, *extra))
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "evaluation dataset is empty" not in proc.stderr
@@ -39,7 +41,7 @@ def test_a_dataset_without_test_images_is_evaluated_on_valid(tmp_path, capsys):
     with open(os.path.join(job, "per_class_accuracy.csv"), newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == CLASSES and sum(int(row["count"]) for row in rows) == valid_count
-    assert os.path.isfile(os.path.join(job, "export", "saved_model.pb"))
+    assert metrics["calibration"]["split"] == "valid" and metrics["calibration"]["temperature"] > 0
     config = helpers.read_job_json(job, "config.json")
     # The crop side resolved from the 64-px images (7/8), not left unset.
     assert (config["policy"], config["crop_size"], config["class_weight"]) == ("crop", 56, "balanced")
