@@ -37,6 +37,8 @@ _ALG = "philox"
 # augmentation of the same (epoch, pass/batch) never share random numbers.
 _FILE_ORDER, _RECORD_ORDER, _AUGMENT, _MIXING = 1, 2, 3, 4
 _FOREVER = np.iinfo(np.int64).max
+# Graph seed of the record shuffle (any non-zero constant; see ``shuffled``).
+_GRAPH_SEED = 87654321
 
 
 def as_written(function):
@@ -48,10 +50,6 @@ def as_written(function):
     (docs/trainer.md, "Benchmark").
     """
     return tf.autograph.experimental.do_not_convert(function)
-
-
-# Graph seed of the record shuffle (any non-zero constant; see ``shuffled``).
-_GRAPH_SEED = 87654321
 
 
 def derive_seed(seed, *path):

@@ -64,7 +64,8 @@ if [ -f "${KERAS_HOME:-$HOME/.keras}/models/inception_resnet_v2_weights_tf_dim_o
 fi
 # As Inception v1, plus: its 54M float32 weights make a 210 MB model.keras (no optimizer state:
 # trainer/callbacks.py), and plain SGD keeps slots out of the backup written at the epoch's end
-# (Adam's two would triple it to 650 MB; its export would add another 214 MB). The backbone sees the 64-px images upsized to 96 rather than the book's 224:
+# (Adam's two would triple it to 650 MB; its export would add another 214 MB). The backbone
+# sees the 64-px images upsized to 96 rather than the book's 224:
 # about a fifth of the compute, for a few steps that teach it nothing either way
 # (--backbone-size, docs/models.md).
 echo "Inception-ResNet-v2: weights $IRV2_WEIGHTS, backbone at 96x96"
