@@ -8,26 +8,17 @@ capability dropped, the runtime's default seccomp profile, no host
 namespaces or host paths; and a read-only root file system whose writable
 scratch is the image's ``/tmp`` and the trainer user's home (the Dockerfile's).
 
-That the trainer still works with a read-only root is run, not assumed: a
-real ``python -m trainer.task`` run (a ``gs://`` job dir in the GCS emulator,
-as every cloud job has) inside a mount namespace whose root is remounted
-read-only, with only the two scratch folders writable (``unshare``, no
-privileges needed; skipped where the kernel refuses user namespaces).
+That the trainer still works with a read-only root is run, not assumed:
+tests/deploy/test_cloud_run.py.
 """
 
 import os
-import shutil
-import subprocess
-import sys
 
 import kubernetes_validate
 import pytest
 import yaml
 
-from contracts import storage
 from deploy import gke, submit
-from tests import tiers
-from tests.trainer import helpers
 
 K8S_VERSION = "1.33"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -95,44 +86,3 @@ def test_the_image_runs_as_a_numeric_non_root_user_whose_home_is_the_writable_sc
     assert f"--uid {uid}" in useradd and "--create-home" in useradd and useradd.split()[-1] == "trainer"
     # The trainer starts in its home: a relative path, Keras' and CUDA's caches land on the scratch volume.
     assert _dockerfile("WORKDIR")[-1] == gke.SCRATCH_VOLUMES["home"] == "/home/trainer"
-
-
-# In a user + mount namespace: the scratch folders become mounts of their own (left writable), then the
-# root is remounted read-only; a write outside the scratch must fail before the trainer starts.
-READ_ONLY_ROOT = """
-for folder in "$TMPDIR" "$HOME"; do mount --bind "$folder" "$folder" || exit 90; done
-mount -o remount,bind,ro / || exit 91
-touch "$OUTSIDE" 2>/dev/null && exit 92
-exec "$@"
-"""
-UNSHARE = ["unshare", "--user", "--map-root-user", "--mount"]
-
-
-def _namespaces_allowed():
-    if shutil.which("unshare") is None:
-        return False
-    return subprocess.run([*UNSHARE, "true"], capture_output=True, timeout=30, check=False).returncode == 0
-
-
-@tiers.long("a trainer run on a read-only root file system, into the GCS emulator")
-def test_the_trainer_runs_on_a_read_only_root_writing_only_its_scratch(sample_records, gcs_bucket, tmp_path):
-    if not _namespaces_allowed():
-        pytest.skip("this kernel refuses unprivileged user and mount namespaces")
-    data_dir, _ = sample_records
-    scratch = {name: tmp_path / name for name in gke.SCRATCH_VOLUMES}
-    for folder in scratch.values():
-        folder.mkdir()
-    outside = tmp_path / "outside"
-    job = f"gs://{gcs_bucket}/jobs/read-only"
-    env = helpers.cli_env(HOME=str(scratch["home"]), TMPDIR=str(scratch["tmp"]), OUTSIDE=str(outside))
-    command = [*UNSHARE, "sh", "-c", READ_ONLY_ROOT, "sh", sys.executable, "-m", "trainer.task"]
-    # Every stage that writes (the reliability diagram, the export) writes nowhere but the bucket.
-    command += helpers.quick_args(data_dir, job, 1, "--export", "true", *helpers.FINAL_STAGES)
-    proc = subprocess.run(
-        command, cwd=scratch["home"], env=env, capture_output=True, text=True, timeout=600, check=False
-    )
-    assert proc.returncode == 0, (proc.returncode, proc.stderr[-4000:])
-    assert not outside.exists()
-    names = {blob.name for blob in storage.gcs_client().list_blobs(gcs_bucket)}
-    for name in ("config.json", "metrics.json", "model.keras", "export/saved_model.pb"):
-        assert f"jobs/read-only/{name}" in names, sorted(names)

@@ -1,5 +1,6 @@
 """End-to-end runs of ``python -m trainer.task``: mirrored over 2 logical CPUs, outputs,
-export, TensorBoard, gs:// job dir (a cluster: tests/trainer/test_multi_worker.py)."""
+export, TensorBoard (a cluster: tests/trainer/test_multi_worker.py; a gs:// job dir in Vertex AI's
+environment: tests/deploy/test_cloud_run.py)."""
 
 import csv
 import json
@@ -191,37 +192,3 @@ def test_tensorboard_hparams_match_the_job(tensorboard, mirrored_run):
                 name,
             )
     assert hparams["label_smoothing"] == 0.1 and hparams["clip_norm"] == 5
-
-
-@tiers.long("a trainer run into the GCS emulator")
-def test_gcs_job_dir_and_vertex_environment(sample_records, gcs_bucket, tmp_path):
-    from contracts import storage
-
-    data_dir, _ = sample_records
-    job = f"gs://{gcs_bucket}/runs/a"
-    logs = f"gs://{gcs_bucket}/tensorboard/a"
-    args = helpers.quick_args(data_dir, job, 2, "--export", "true")
-    metric_file = str(tmp_path / "hypertune" / "output.metrics")
-    proc = helpers.run_cli(
-        args,
-        AIP_TENSORBOARD_LOG_DIR=logs,
-        CLOUD_ML_HP_METRIC_TAG="val_acc",
-        CLOUD_ML_HP_METRIC_FILE=metric_file,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    client = storage.gcs_client()
-    names = {blob.name for blob in client.list_blobs(gcs_bucket)}
-    for name in ("config.json", "metrics.json", "model.keras", "history.csv", "export/saved_model.pb"):
-        assert f"runs/a/{name}" in names, sorted(names)
-    assert any(n.startswith("tensorboard/a/validation/events.out") for n in names)
-    assert not any(n.startswith("runs/a/backup/") for n in names)
-    bucket = client.bucket(gcs_bucket)
-    metrics = json.loads(bucket.blob("runs/a/metrics.json").download_as_text())
-    history = list(csv.DictReader(bucket.blob("runs/a/history.csv").download_as_text().splitlines()))
-    with open(metric_file) as f:
-        reported = [json.loads(line) for line in f.read().splitlines()]
-    # Each epoch's validation accuracy at steps 1..N, then the final evaluation's at N + 1.
-    assert [line["global_step"] for line in reported] == ["1", "2", "3"]
-    per_epoch = [float(line["val_acc"]) for line in reported[:-1]]
-    assert per_epoch == pytest.approx([float(row["val_accuracy"]) for row in history], rel=1e-5)
-    assert float(reported[-1]["val_acc"]) == pytest.approx(metrics["valid"]["accuracy"])
