@@ -16,6 +16,7 @@ import sys
 
 import pytest
 
+from contracts import storage
 from deploy import gke
 from tests import tiers
 from tests.trainer import helpers
@@ -42,13 +43,10 @@ def _namespaces_allowed():
 def cloud_run(sample_records, gcs_emulator, tmp_path_factory):
     """Returns a dict: ``bucket``, ``job`` and ``logs`` (prefixes in it), ``metric_file``, ``outside``
     (a path the run must not create) and ``read_only`` (whether the root was read-only)."""
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage as gcs
-
     data_dir, _ = sample_records
     folder = tmp_path_factory.mktemp("cloud-run")
     bucket = "cloud-run"
-    gcs.Client(project="test-project", credentials=AnonymousCredentials()).create_bucket(bucket)
+    storage.gcs_client().create_bucket(bucket)
     scratch = {name: folder / name for name in gke.SCRATCH_VOLUMES}
     for path in scratch.values():
         path.mkdir()
@@ -77,8 +75,6 @@ def cloud_run(sample_records, gcs_emulator, tmp_path_factory):
 
 
 def _blobs(run):
-    from contracts import storage
-
     client = storage.gcs_client()
     return client.bucket(run["bucket"]), {blob.name for blob in client.list_blobs(run["bucket"])}
 
