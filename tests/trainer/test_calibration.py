@@ -3,6 +3,7 @@ the temperature in predict and the export's signatures; the trainer's calibratio
 
 import json
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -172,7 +173,9 @@ def test_reliability_diagram_bars_are_the_bins_accuracy(tmp_path):
 
 
 def test_the_run_fits_a_temperature_that_evaluate_reproduces(plateau_job, tmp_path, capsys):
-    job_dir, data_dir = plateau_job["job_dir"], plateau_job["data_dir"]
+    # Evaluate writes its summaries into the job dir: a copy, the shared run stays read-only.
+    job_dir, data_dir = str(tmp_path / "job"), plateau_job["data_dir"]
+    shutil.copytree(plateau_job["job_dir"], job_dir)
     entry = helpers.read_job_json(job_dir, "metrics.json")["calibration"]
     assert entry["split"] == "test" and entry["temperature"] > 0
     assert report.calibration_line(entry) in plateau_job["stderr"]
