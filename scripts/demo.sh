@@ -62,7 +62,7 @@ IRV2_WEIGHTS=none
 if [ -f "${KERAS_HOME:-$HOME/.keras}/models/inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5" ]; then
     IRV2_WEIGHTS=imagenet
 fi
-# As Inception v1, plus: its 54M float32 weights make a 210 MB model.keras (no optimizer state:
+# As Inception v1, plus: its 54M float32 weights make a 220 MB model.keras (no optimizer state:
 # trainer/callbacks.py), and plain SGD keeps slots out of the backup written at the epoch's end
 # (Adam's two would triple it to 650 MB; its export would add another 214 MB). The backbone
 # sees the 64-px images upsized to 96 rather than the book's 224:
